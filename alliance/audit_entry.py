@@ -1,0 +1,64 @@
+"""Canonical byte encoding of audit log entries (SPEC §6; docs/audit-log.md).
+
+An entry is a JSON object serialised canonically: keys sorted, no
+insignificant white space, ASCII only (non-ASCII escaped as \\uXXXX), integers
+only (no floats), byte strings as lowercase hex. The leaf hash is
+SHA-256(0x00 || entry bytes). A verifier rebuilds the tree from the stored
+bytes and re-parses them; ``decode`` refuses any entry whose bytes are not
+exactly the canonical encoding of what they say, so two encodings of one
+entry cannot both exist."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from alliance.errors import VerificationFailed
+
+FORMAT_VERSION = 1
+
+QUERY_KINDS = ("query", "precheck")
+MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed")
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS
+
+
+def encode(entry: dict[str, Any]) -> bytes:
+    _check_types(entry)
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
+    try:
+        entry = json.loads(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise VerificationFailed(f"entry {index}: not canonical JSON ({exc})", entry=index) from exc
+    if not isinstance(entry, dict):
+        raise VerificationFailed(f"entry {index}: not a JSON object", entry=index)
+    try:
+        canonical = encode(entry)
+    except TypeError as exc:
+        raise VerificationFailed(f"entry {index}: {exc}", entry=index) from exc
+    if canonical != data:
+        raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
+    if entry.get("v") != FORMAT_VERSION or entry.get("kind") not in KINDS:
+        raise VerificationFailed(f"entry {index}: unknown version or kind", entry=index)
+    if index is not None and entry.get("seq") != index:
+        raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)
+    return entry
+
+
+def _check_types(value: Any) -> None:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return
+    if isinstance(value, float):
+        raise TypeError("floats are not allowed in audit entries")
+    if isinstance(value, list):
+        for item in value:
+            _check_types(item)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError("audit entry keys must be strings")
+            _check_types(item)
+        return
+    raise TypeError(f"audit entries hold JSON scalars, lists and objects, not {type(value).__name__}")

@@ -1,0 +1,610 @@
+"""Uniform Disclosure Schema v1: streaming validation of member files (SPEC §2).
+
+A member's whole loan book passes through here on every import, so rows are
+read one at a time from the file (memory stays flat whatever its size) and each
+rule is a cheap string test: no regex where a character-class test will do, no
+Decimal where an integer parse suffices, and never a float for money.
+
+Every error a row has is reported, each as ``file:line: field: reason``, so
+whoever fixes the file fixes it in one pass. Errors about the file as a whole
+(wrong suffix, bad header, broken CSV quoting) raise InvalidInput instead.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Union
+
+from alliance import identity
+from alliance.errors import InvalidIdNumber, InvalidInput
+
+KINDS = ("loans", "flags", "scores")
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "loans": (
+        "loan_id", "subject_type", "id_type", "id_number", "product_type", "principal", "balance",
+        "annual_rate", "term_months", "repayment_method", "opened_on", "due_on", "status",
+        "overdue_days", "overdue_amount", "guarantee_type", "updated_on",
+    ),
+    "flags": ("id_type", "id_number", "flag_type", "flagged_on", "status"),
+    "scores": ("id_type", "id_number", "score", "scored_on"),
+}
+
+SUBJECT_TYPES = ("PERSON", "ORG")
+PRODUCT_TYPES = ("CONSUMER", "BUSINESS", "AUTO", "EDUCATION", "MORTGAGE", "OTHER")
+REPAYMENT_METHODS = ("EQUAL_INSTALLMENT", "EQUAL_PRINCIPAL", "INTEREST_FIRST", "BULLET", "REVOLVING")
+LOAN_STATUSES = ("ACTIVE", "SETTLED", "WRITTEN_OFF")
+GUARANTEE_TYPES = ("NONE", "GUARANTOR", "COLLATERAL", "INSURANCE", "MARGIN")
+FLAG_TYPES = ("FRAUD", "MALICIOUS_DEFAULT")
+FLAG_STATUSES = ("ACTIVE", "CLEARED")
+
+PRINCIPAL_MIN_FEN = 1
+PRINCIPAL_LIMIT_FEN = 10**12 * 100  # principal must be strictly below 10^12 yuan
+ANNUAL_RATE_MAX_E4 = 36 * 10**4
+TERM_MONTHS_RANGE = (1, 360)
+SCORE_RANGE = (300, 900)
+
+# One physical line longer than this is refused rather than read into memory.
+MAX_LINE_CHARS = 1 << 20
+_MAX_INT_DIGITS = 15
+_SHOWN_VALUE_CHARS = 40
+_ROW = "(row)"  # the field name of an error about the row as a whole
+
+_LOAN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_SURROGATE_ESCAPES = re.compile("[\udc80-\udcff]")
+
+
+@dataclass(frozen=True, slots=True)
+class LoanRecord:
+    loan_id: str
+    subject_type: str
+    id_type: str
+    canonical_id: str
+    product_type: str
+    principal_fen: int
+    balance_fen: int
+    annual_rate_e4: int  # percent × 10^4: 7.25 % is 72500
+    term_months: int
+    repayment_method: str
+    opened_on: date
+    due_on: date
+    status: str
+    overdue_days: int
+    overdue_amount_fen: int
+    guarantee_type: str
+    updated_on: date
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRecord:
+    id_type: str
+    canonical_id: str
+    flag_type: str
+    flagged_on: date
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRecord:
+    id_type: str
+    canonical_id: str
+    score: int
+    scored_on: date
+
+
+Record = Union[LoanRecord, FlagRecord, ScoreRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    path: str
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """One data row: ``raw`` holds the values as written in the file (for a
+    reject file), ``record`` is set exactly when ``errors`` is empty."""
+
+    line: int
+    raw: dict[str, str] | None
+    record: Record | None
+    errors: list[RowError]
+
+
+class FieldError(InvalidInput):
+    """A value that breaks a rule, for callers that parse single values (for
+    example the CLI's ``--amount``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class _Bad(ValueError):
+    """Internal: why a value is invalid; the row loop adds the field name."""
+
+
+def record_key(record: Record) -> tuple[str, ...]:
+    """The upsert key (SPEC §2): loans by loan_id, flags by subject and flag
+    type, scores by subject; subjects by their canonical ID."""
+    if isinstance(record, LoanRecord):
+        return ("loan", record.loan_id)
+    if isinstance(record, FlagRecord):
+        return (record.id_type, record.canonical_id, record.flag_type)
+    return (record.id_type, record.canonical_id)
+
+
+# --- single values ---------------------------------------------------------
+
+
+def parse_yuan(text: str, field: str) -> int:
+    """An amount in yuan (digits, optionally '.' and 1–2 decimals) as integer fen."""
+    try:
+        return _yuan(text)
+    except _Bad as exc:
+        raise FieldError(field, str(exc)) from None
+
+
+def parse_percent_e4(text: str, field: str) -> int:
+    """A percentage with at most 4 decimals as an integer count of 1/10^4 percent."""
+    try:
+        return _percent_e4(text)
+    except _Bad as exc:
+        raise FieldError(field, str(exc)) from None
+
+
+def parse_date(text: str, field: str) -> date:
+    """A strict ``YYYY-MM-DD`` date (date.fromisoformat alone also takes
+    ``20240105`` and week dates)."""
+    try:
+        return _date(text)
+    except _Bad as exc:
+        raise FieldError(field, str(exc)) from None
+
+
+def _yuan(text: str) -> int:
+    return _decimal_scaled(text, 2, "an amount in yuan such as 1234.56")
+
+
+def _percent_e4(text: str) -> int:
+    return _decimal_scaled(text, 4, "a percentage such as 7.25")
+
+
+def _decimal_scaled(text: str, decimals: int, example: str) -> int:
+    whole, dot, fraction = text.partition(".")
+    if (
+        whole.isdigit() and whole.isascii() and len(whole) <= _MAX_INT_DIGITS
+        and (not dot or (0 < len(fraction) <= decimals and fraction.isdigit() and fraction.isascii()))
+    ):
+        return int(whole) * 10**decimals + (int(fraction.ljust(decimals, "0")) if dot else 0)
+    raise _Bad(_decimal_problem(text, decimals, example))
+
+
+def _decimal_problem(text: str, decimals: int, example: str) -> str:
+    """The most specific explanation of why ``text`` is not a plain decimal."""
+    whole, dot, fraction = text.partition(".")
+    if not text:
+        return f"is empty; expected {example}"
+    if text[0] in "+-":
+        return f"must be {example} without a sign, got {_shown(text)}"
+    if dot and whole.isdigit() and fraction.isdigit() and len(fraction) > decimals:
+        return f"has {len(fraction)} decimals, at most {decimals} allowed: {_shown(text)}"
+    if whole.isdigit() and whole.isascii() and len(whole) > _MAX_INT_DIGITS:
+        return f"is too large: {_shown(text)}"
+    return f"must be {example} (digits and at most {decimals} decimals, no sign, exponent or separators), got {_shown(text)}"
+
+
+def _integer(text: str) -> int:
+    if text.isdigit() and text.isascii() and len(text) <= _MAX_INT_DIGITS:
+        return int(text)
+    if not text:
+        raise _Bad("is empty; expected a whole number")
+    if text.isdigit() and text.isascii():
+        raise _Bad(f"is too large: {_shown(text)}")
+    raise _Bad(f"must be a whole number (digits only), got {_shown(text)}")
+
+
+def _date(text: str) -> date:
+    if len(text) == 10 and text[4] == "-" and text[7] == "-" and text.isascii():
+        digits = text[:4] + text[5:7] + text[8:]
+        if digits.isdigit():
+            try:
+                return date.fromisoformat(text)
+            except ValueError:
+                raise _Bad(f"{text} is not a real date") from None
+    if not text:
+        raise _Bad("is empty; expected a date as YYYY-MM-DD")
+    raise _Bad(f"must be a date as YYYY-MM-DD, got {_shown(text)}")
+
+
+def _shown(text: str) -> str:
+    """A value quoted for an error message, cut short if it is long."""
+    if len(text) > _SHOWN_VALUE_CHARS:
+        return repr(text[:_SHOWN_VALUE_CHARS] + "…")
+    return repr(text)
+
+
+def _range(parse: Callable[[str], int], low: int, high: int, unit: Callable[[int], str] = str) -> Callable[[str], int]:
+    """``parse`` restricted to low ≤ value ≤ high."""
+
+    def parse_in_range(text: str) -> int:
+        value = parse(text)
+        if low <= value <= high:
+            return value
+        raise _Bad(f"must be between {unit(low)} and {unit(high)}, got {text}")
+
+    return parse_in_range
+
+
+def _enum(allowed: Sequence[str]) -> Callable[[str], str]:
+    choices = frozenset(allowed)
+    listed = ", ".join(allowed)
+
+    def parse_enum(text: str) -> str:
+        if text in choices:
+            return text
+        if text.upper() in choices:
+            raise _Bad(f"must be upper case: {text.upper()!r}")
+        if not text:
+            raise _Bad(f"is empty; expected one of {listed}")
+        raise _Bad(f"must be one of {listed}; got {_shown(text)}")
+
+    return parse_enum
+
+
+def _loan_id(text: str) -> str:
+    if _LOAN_ID.fullmatch(text):
+        return text
+    if not text:
+        raise _Bad("is empty")
+    if len(text) > 64:
+        raise _Bad(f"is {len(text)} characters long, at most 64 allowed")
+    bad = next(c for c in text if not (c.isascii() and (c.isalnum() or c in "._:-")))
+    raise _Bad(f"character {bad!r} is not allowed (only A-Z, a-z, 0-9 and . _ : -)")
+
+
+def _principal(text: str) -> int:
+    fen = _yuan(text)
+    if fen < PRINCIPAL_MIN_FEN:
+        raise _Bad(f"must be at least 0.01, got {text}")
+    if fen >= PRINCIPAL_LIMIT_FEN:
+        raise _Bad(f"must be less than 1000000000000 (10^12 yuan), got {text}")
+    return fen
+
+
+def _yuan_text(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def _percent_text(e4: int) -> str:
+    return f"{e4 // 10**4}" if e4 % 10**4 == 0 else f"{e4 / 10**4:g}"
+
+
+# --- rows ------------------------------------------------------------------
+
+Parser = Callable[[str], object]
+CrossCheck = Callable[[list], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """Per-field parsers in FIELDS order (None marks id_number, which depends
+    on id_type), the checks that span fields, and the record they build: the
+    record's attributes are in FIELDS order, so parsed values map by position."""
+
+    fields: tuple[str, ...]
+    parsers: tuple[Parser | None, ...]
+    cross_check: CrossCheck
+    record_type: type
+
+    @property
+    def id_type_index(self) -> int:
+        return self.fields.index("id_type")
+
+    @property
+    def field_order(self) -> dict[str, int]:
+        return {field: i for i, field in enumerate(self.fields)}
+
+
+def _loan_cross_check(values: list) -> list[tuple[str, str]]:
+    (_, subject_type, id_type, _, _, principal, balance, _, _, _, opened_on, due_on, status,
+     overdue_days, overdue_amount, _, _) = values
+    errors = []
+    if subject_type is not None and id_type is not None and identity.SUBJECT_TYPE_FOR_ID_TYPE[id_type] != subject_type:
+        errors.append(("id_type", f"{id_type} is for subject_type {identity.SUBJECT_TYPE_FOR_ID_TYPE[id_type]}, "
+                                  f"but subject_type is {subject_type}"))
+    if balance is not None:
+        if principal is not None and balance > principal:
+            errors.append(("balance", f"{_yuan_text(balance)} is more than principal {_yuan_text(principal)}"))
+        if status == "SETTLED" and balance != 0:
+            errors.append(("balance", f"must be 0 when status is SETTLED, got {_yuan_text(balance)}"))
+    if opened_on is not None and due_on is not None and due_on < opened_on:
+        errors.append(("due_on", f"{due_on} is before opened_on {opened_on}"))
+    if overdue_days is not None and overdue_days > 0 and status is not None and status != "ACTIVE":
+        errors.append(("overdue_days", f"must be 0 unless status is ACTIVE (status is {status}), got {overdue_days}"))
+    if overdue_amount is not None:
+        if balance is not None and overdue_amount > balance:
+            errors.append(("overdue_amount",
+                           f"{_yuan_text(overdue_amount)} is more than balance {_yuan_text(balance)}"))
+        if overdue_days == 0 and overdue_amount != 0:
+            errors.append(("overdue_amount",
+                           f"must be 0 when overdue_days is 0, got {_yuan_text(overdue_amount)}"))
+        if overdue_days is not None and overdue_days > 0 and overdue_amount == 0:
+            errors.append(("overdue_amount", f"must be more than 0 when overdue_days is {overdue_days}"))
+    return errors
+
+
+def _no_cross_check(values: list) -> list[tuple[str, str]]:
+    return []
+
+
+_SCHEMAS = {
+    "loans": _Schema(
+        FIELDS["loans"],
+        (
+            _loan_id, _enum(SUBJECT_TYPES), _enum(identity.ID_TYPES), None, _enum(PRODUCT_TYPES),
+            _principal, _yuan, _range(_percent_e4, 0, ANNUAL_RATE_MAX_E4, _percent_text),
+            _range(_integer, *TERM_MONTHS_RANGE), _enum(REPAYMENT_METHODS), _date, _date, _enum(LOAN_STATUSES),
+            _integer, _yuan, _enum(GUARANTEE_TYPES), _date,
+        ),
+        _loan_cross_check,
+        LoanRecord,
+    ),
+    "flags": _Schema(
+        FIELDS["flags"],
+        (_enum(identity.ID_TYPES), None, _enum(FLAG_TYPES), _date, _enum(FLAG_STATUSES)),
+        _no_cross_check,
+        FlagRecord,
+    ),
+    "scores": _Schema(
+        FIELDS["scores"],
+        (_enum(identity.ID_TYPES), None, _range(_integer, *SCORE_RANGE), _date),
+        _no_cross_check,
+        ScoreRecord,
+    ),
+}
+
+
+def _validate(schema: _Schema, id_type_index: int, cleaned: Sequence[str],
+              today: date) -> tuple[Record | None, list[tuple[str, str]]]:
+    """Parse every field of one row (values in schema.fields order, already
+    normalised) and collect every error, not just the first."""
+    values: list = []
+    errors: list[tuple[str, str]] = []
+    for field, parse, text in zip(schema.fields, schema.parsers, cleaned):
+        try:
+            if parse is not None:
+                values.append(parse(text))
+            else:
+                id_type = values[id_type_index]
+                values.append(identity.canonical_id(id_type, text, today=today) if id_type else None)
+        except (_Bad, InvalidIdNumber) as exc:
+            errors.append((field, str(exc)))
+            values.append(None)
+    errors += schema.cross_check(values)
+    if errors:
+        return None, errors
+    return schema.record_type(*values), errors
+
+
+def _clean(value: str) -> str:
+    """NFKC and trim."""
+    return unicodedata.normalize("NFKC", value).strip()
+
+
+def _undecodable(value: str) -> str | None:
+    """Why ``value`` is not text, or None. Files are decoded with
+    surrogateescape, so bytes that are not UTF-8 arrive as lone surrogates."""
+    match = _SURROGATE_ESCAPES.search(value)
+    if match is None:
+        return None
+    byte = ord(match.group()) - 0xDC00
+    return f"is not valid UTF-8 (byte 0x{byte:02X}); UDS-1 files must be saved as UTF-8, not GBK or GB18030"
+
+
+class _RowBuilder:
+    """Turns the text values of one row into a RowResult. Problems the reader
+    already found with a field (missing key, JSON number, bytes that are not
+    UTF-8) are reported instead of the parser's complaint about that field."""
+
+    def __init__(self, kind: str, path_name: str, today: date) -> None:
+        self.schema = _SCHEMAS[kind]
+        self.id_type_index = self.schema.id_type_index
+        self.field_order = self.schema.field_order
+        self.path_name = path_name
+        self.today = today
+
+    def build(self, line: int, raw: dict[str, str] | None, texts: Sequence[str],
+              problems: dict[str, str] | None = None) -> RowResult:
+        if "".join(texts).isascii():  # ASCII is already NFKC: the common case stays cheap
+            cleaned = [text.strip() for text in texts]
+        else:
+            cleaned = [_clean(text) for text in texts]
+            problems = self._undecodable_fields(texts, problems)
+        record, errors = _validate(self.schema, self.id_type_index, cleaned, self.today)
+        if problems:
+            errors = [(f, r) for f, r in errors if f not in problems] + list(problems.items())
+            record = None
+        if not errors:
+            return RowResult(line, raw, record, [])
+        errors.sort(key=lambda error: self.field_order.get(error[0], -1))
+        return RowResult(line, raw, None, [RowError(self.path_name, line, f, r) for f, r in errors])
+
+    def row_error(self, line: int, reason: str, raw: dict[str, str] | None = None) -> RowResult:
+        return RowResult(line, raw, None, [RowError(self.path_name, line, _ROW, reason)])
+
+    def _undecodable_fields(self, texts: Sequence[str], problems: dict[str, str] | None) -> dict[str, str] | None:
+        found = {field: why for field, text in zip(self.schema.fields, texts) if (why := _undecodable(text))}
+        return {**found, **problems} if problems else found
+
+
+# --- files -----------------------------------------------------------------
+
+
+def iter_rows(path: Path, kind: str, *, today: date | None = None,
+              display_name: str | None = None) -> Iterator[RowResult]:
+    """Validate a UDS-1 file row by row, lazily: one RowResult per data row,
+    with physical line numbers (a CSV header is line 1). ``today`` bounds birth
+    dates in resident IDs (default: today in Asia/Shanghai, fixed for the whole
+    file). The kind and suffix are checked at once; the header and rows as the
+    iterator advances."""
+    if kind not in _SCHEMAS:
+        raise InvalidInput(f"unknown UDS-1 kind {kind!r}; expected one of {', '.join(KINDS)}")
+    name = display_name if display_name is not None else str(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        reader = _csv_rows
+    elif suffix in (".jsonl", ".ndjson"):
+        reader = _jsonl_rows
+    else:
+        raise InvalidInput(f"{name}: unsupported file type {path.suffix!r}; UDS-1 files are .csv, .jsonl or .ndjson")
+    if not path.is_file():
+        raise InvalidInput(f"{name}: no such file")
+    return reader(path, _RowBuilder(kind, name, today or identity.shanghai_today()))
+
+
+def _open_text(path: Path, newline: str) -> io.TextIOWrapper:
+    """UTF-8 with an optional BOM; bad bytes become lone surrogates so they can
+    be reported against the field and line they are in."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+
+
+def _lines(handle: io.TextIOWrapper, name: str) -> Iterator[str]:
+    """Physical lines, each read with a size limit so that one absurdly long
+    line is refused instead of held in memory."""
+    number = 0
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_LINE_CHARS:
+            raise InvalidInput(f"{name}:{number}: line is longer than {MAX_LINE_CHARS} characters")
+        yield line
+
+
+def _csv_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
+    name = rows.path_name
+    with _open_text(path, newline="") as handle:
+        reader = csv.reader(_lines(handle, name), strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise InvalidInput(f"{name}: the file is empty; expected a header row")
+            order = _csv_column_order(header, rows.schema.fields, name)
+            width = len(header)
+            last_line = reader.line_num
+            for row in reader:
+                line, last_line = last_line + 1, reader.line_num
+                if (not row or not row[0].strip()) and not "".join(row).strip():
+                    continue  # a blank line, or a spreadsheet's row of empty cells: no data to import
+                raw = dict(zip(header, row))
+                if len(row) != width:
+                    yield rows.row_error(line, f"has {len(row)} values, the header has {width} columns", raw)
+                    continue
+                yield rows.build(line, raw, [row[i] for i in order])
+        except csv.Error as exc:
+            raise InvalidInput(f"{name}:{reader.line_num}: malformed CSV: {exc}") from None
+
+
+def _csv_column_order(header: list[str], fields: tuple[str, ...], name: str) -> list[int]:
+    """Index of each schema field in the file's columns; InvalidInput naming
+    every unknown, missing or repeated column."""
+    names = [_clean(h) for h in header]
+    if any(_undecodable(n) for n in names):
+        raise InvalidInput(f"{name}:1: the header is not valid UTF-8; UDS-1 files must be saved as UTF-8")
+    problems = []
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    unknown = [n for n in names if n not in fields]
+    missing = [f for f in fields if f not in names]
+    if unknown:
+        problems.append("unknown column(s) " + ", ".join(map(repr, unknown)))
+    if missing:
+        problems.append("missing column(s) " + ", ".join(map(repr, missing)))
+    if repeated:
+        problems.append("repeated column(s) " + ", ".join(map(repr, repeated)))
+    if problems:
+        raise InvalidInput(f"{name}:1: " + "; ".join(problems) + f" (expected: {', '.join(fields)})")
+    return [names.index(f) for f in fields]
+
+
+_JSON_NUMBER = "must be a JSON string (numbers are refused: floats are not money)"
+
+
+def _jsonl_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
+    fields = rows.schema.fields
+    field_set = frozenset(fields)
+    with _open_text(path, newline="\n") as handle:
+        for line, text in enumerate(_lines(handle, rows.path_name), start=1):
+            if not text.strip():
+                continue
+            try:
+                pairs = json.loads(text, object_pairs_hook=_Pairs)
+            except json.JSONDecodeError as exc:
+                yield rows.row_error(line, f"not valid JSON: {exc.msg} at column {exc.colno}")
+                continue
+            if not isinstance(pairs, _Pairs):
+                yield rows.row_error(line, f"must be a JSON object, got {_json_kind(pairs)}")
+                continue
+            yield _json_object_row(rows, line, pairs, fields, field_set)
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, so repeated keys are seen
+    rather than silently resolved to the last one."""
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, _Pairs):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string"
+
+
+def _json_object_row(rows: _RowBuilder, line: int, pairs: list[tuple[str, object]],
+                     fields: tuple[str, ...], field_set: frozenset[str]) -> RowResult:
+    obj = dict(pairs)
+    raw = {k: v if isinstance(v, str) else _json_text(v) for k, v in obj.items()}
+    problems: dict[str, str] = {}
+    if len(obj) != len(pairs):
+        for key in sorted({k for k, _ in pairs if sum(1 for k2, _ in pairs if k2 == k) > 1}):
+            problems[key] = "appears more than once in the object"
+    for key in obj.keys() - field_set:
+        problems[key] = "is not a UDS-1 field"
+    texts = []
+    for field in fields:
+        value = obj.get(field)
+        if isinstance(value, str):
+            texts.append(value)
+            continue
+        texts.append("")
+        if field not in obj:
+            problems[field] = "is missing"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            problems[field] = _JSON_NUMBER
+        else:
+            problems[field] = f"must be a JSON string, got {_json_kind(value)}"
+    return rows.build(line, raw, texts, problems)
+
+
+def _json_text(value: object) -> str:
+    """A non-string JSON value written back as JSON, for the reject file."""
+    if isinstance(value, _Pairs):
+        value = {k: v for k, v in value}
+    return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,223 @@
+"""Operator actions behind `alliance admin`: create the alliance, admit and
+manage members. Every membership change is written to the audit log in the
+same transaction as the registry change (SPEC §6), so a member can watch the
+log for any credential issued in its name."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine, func, insert, select, update
+
+from alliance import checkpoint, db, pki
+from alliance.errors import InvalidInput, Refused, UsageError
+from alliance.v1 import alliance_pb2 as pb
+from alliance_gateway import audit_log, schema
+from alliance_gateway.home import AdminConfig, AdminHome, GatewayConfig, GatewayHome, resolve_db_url
+
+CREDENTIAL_VALIDITY = timedelta(days=365)
+STATUSES = ("active", "suspended", "revoked")
+
+
+@dataclass(frozen=True)
+class InitResult:
+    admin_home: Path
+    gateway_home: Path
+    db_url: str
+    log_verifier: str
+
+
+def init_alliance(
+    admin_dir: Path,
+    gateway_dir: Path,
+    *,
+    alliance_name: str,
+    listen: str,
+    gateway_endpoint: str,
+    hosts: tuple[str, ...],
+    db_url: str | None = None,
+    default_quota: int = 10_000,
+    deadline_ms: int = 2000,
+    k_min: int = 2,
+) -> InitResult:
+    """Create the CA (admin home), the gateway's TLS and log keys (gateway
+    home, without the CA key) and the registry database."""
+    admin, gateway = AdminHome(admin_dir), GatewayHome(gateway_dir)
+    if admin.ca_key.exists():
+        raise UsageError(f"{admin_dir} already holds an alliance CA; refusing to overwrite it")
+    if k_min < 2:
+        raise UsageError("k must be at least 2: a report over one member would disclose that member's figures")
+    admin_dir.mkdir(parents=True, exist_ok=True)
+    gateway_dir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = pki.create_ca(f"{alliance_name} alliance CA")
+    pki.write_private_pem(admin.ca_key, ca_key)
+    pki.write_cert_pem(admin.ca_cert, ca_cert)
+    pki.write_cert_pem(gateway.ca_cert, ca_cert)
+    tls_key = pki.new_tls_key()
+    now = datetime.now(timezone.utc)
+    tls_cert = pki.issue_tls_certificate(
+        ca_key, ca_cert, tls_key.public_key(), member_id="gateway", role="gateway", hosts=hosts,
+        not_before=now - timedelta(minutes=5), not_after=now + CREDENTIAL_VALIDITY,
+    )
+    pki.write_private_pem(gateway.tls_key, tls_key)
+    pki.write_cert_pem(gateway.tls_cert, tls_cert)
+    log_key = Ed25519PrivateKey.generate()
+    pki.write_private_pem(gateway.log_key, log_key)
+    origin = f"{alliance_name}/audit-log"
+    verifier = checkpoint.verifier_key(origin, log_key.public_key())
+    gateway.log_verifier.write_text(verifier + "\n", encoding="utf-8")
+    url = resolve_db_url(db_url, None, gateway.default_db)
+    gateway.write_config(
+        GatewayConfig(listen=listen, db_url=url, log_origin=origin, log_key_name=origin,
+                      k_min=k_min, deadline_ms=deadline_ms, default_daily_quota=default_quota)
+    )
+    admin.write_config(
+        AdminConfig(alliance_name=alliance_name, gateway_home=str(gateway_dir.resolve()), db_url=url,
+                    gateway_endpoint=gateway_endpoint, default_daily_quota=default_quota)
+    )
+    schema.create_schema(db.make_engine(url))
+    return InitResult(admin_dir, gateway_dir, url, verifier)
+
+
+class Admin:
+    """Registry operations for an initialised admin home."""
+
+    def __init__(self, admin_dir: Path, *, db_url: str | None = None) -> None:
+        self.home = AdminHome(admin_dir)
+        self.config = self.home.config()
+        self.engine: Engine = db.make_engine(db_url or self.config.db_url)
+        schema.create_schema(self.engine)
+
+    def add(self, join_request: bytes, *, daily_quota: int | None = None, expected_role: str | None = None) -> bytes:
+        """Check a join request, register the member, log the issued
+        credential, and return the credential bundle for `member join`."""
+        try:
+            request = pb.JoinRequest.FromString(join_request)
+        except Exception:  # noqa: BLE001
+            raise InvalidInput("not a join request file (expected the join-request.bin of `alliance member keygen`)") from None
+        body = pki.verify_join_request(request)
+        role = pb.Role.Name(body.role).removeprefix("ROLE_").lower()
+        if expected_role is not None and role != expected_role:
+            raise InvalidInput(f"this join request is for role {role!r}, not {expected_role!r}")
+        ca_key = pki.load_private_pem(self.home.ca_key)
+        ca_cert = pki.load_cert_pem(self.home.ca_cert)
+        now = datetime.now(timezone.utc)
+        host = body.endpoint.rsplit(":", 1)[0] if body.endpoint else "localhost"
+        hosts = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
+        csr = x509.load_der_x509_csr(body.tls_csr_der)
+        tls_cert = pki.issue_tls_certificate(
+            ca_key, ca_cert, csr.public_key(), member_id=body.member_id, role=role, hosts=hosts,
+            not_before=now - timedelta(minutes=5), not_after=now + CREDENTIAL_VALIDITY,
+        )
+        quota = daily_quota if daily_quota is not None else self.config.default_daily_quota
+        with self.engine.begin() as conn:
+            existing = conn.execute(select(schema.members).where(schema.members.c.member_id == body.member_id)).first()
+            if existing is not None and not request.predecessor_signature:
+                raise Refused(
+                    f"member {body.member_id!r} already exists; new keys need a rotation request signed by its current key",
+                    reason="member_exists",
+                )
+            serial = (conn.execute(select(func.max(schema.members.c.credential_serial))).scalar() or 0) + 1
+            credential = pki.issue_credential(
+                ca_key=ca_key, join_body=body, tls_cert=tls_cert, serial=serial,
+                not_before=int((now - timedelta(minutes=5)).timestamp()), not_after=int((now + CREDENTIAL_VALIDITY).timestamp()),
+                predecessor_signature=request.predecessor_signature,
+            )
+            cred_body = pb.CredentialBody.FromString(credential.body)
+            row = dict(
+                name=body.name, role=role, status="active", endpoint=body.endpoint,
+                credential=credential.SerializeToString(), credential_serial=serial,
+                fingerprint=cred_body.member_fingerprint, ed25519_public_key=body.ed25519_public_key,
+                paillier_n=body.paillier_n, tls_cert_sha256=cred_body.tls_cert_sha256,
+                daily_quota=quota if existing is None else existing.daily_quota,
+                updated_at_ms=_now_ms(),
+            )
+            if existing is None:
+                conn.execute(insert(schema.members).values(member_id=body.member_id, **row))
+            else:
+                conn.execute(update(schema.members).where(schema.members.c.member_id == body.member_id).values(**row))
+            audit_log.append(conn, lambda seq, when: {
+                "v": 1, "kind": "credential_issued", "seq": seq, "time": when,
+                "member_id": body.member_id, "name": body.name, "role": role, "serial": serial,
+                "endpoint": body.endpoint, "fingerprint": cred_body.member_fingerprint.hex(),
+                "credential": credential.SerializeToString().hex(),
+            }, _now_ms())
+        gateway = GatewayHome(Path(self.config.gateway_home))
+        return make_bundle(credential, tls_cert, ca_cert, self.config.gateway_endpoint,
+                           gateway.log_verifier.read_text(encoding="utf-8").strip())
+
+    def set_status(self, member_id: str, status: str) -> None:
+        if status not in STATUSES:
+            raise UsageError(f"status must be one of {STATUSES}")
+        with self.engine.begin() as conn:
+            current = self._get(conn, member_id)
+            if current.status == "revoked":
+                raise Refused(f"member {member_id} is revoked; revocation is final", reason="revoked")
+            if current.status == status:
+                raise UsageError(f"member {member_id} is already {status}")
+            conn.execute(update(schema.members).where(schema.members.c.member_id == member_id)
+                         .values(status=status, updated_at_ms=_now_ms()))
+            kind = {"active": "member_resumed", "suspended": "member_suspended", "revoked": "member_revoked"}[status]
+            audit_log.append(conn, lambda seq, when: {"v": 1, "kind": kind, "seq": seq, "time": when, "member_id": member_id}, _now_ms())
+
+    def set_quota(self, member_id: str, daily_quota: int) -> None:
+        if daily_quota < 0:
+            raise UsageError("the daily quota must be ≥ 0")
+        with self.engine.begin() as conn:
+            self._get(conn, member_id)
+            conn.execute(update(schema.members).where(schema.members.c.member_id == member_id)
+                         .values(daily_quota=daily_quota, updated_at_ms=_now_ms()))
+            audit_log.append(conn, lambda seq, when: {
+                "v": 1, "kind": "quota_changed", "seq": seq, "time": when, "member_id": member_id, "daily_quota": daily_quota,
+            }, _now_ms())
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schema.members).order_by(schema.members.c.member_id)).all()
+        return [_public_view(r) for r in rows]
+
+    def show(self, member_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return _public_view(self._get(conn, member_id))
+
+    @staticmethod
+    def _get(conn: Any, member_id: str) -> Any:
+        row = conn.execute(select(schema.members).where(schema.members.c.member_id == member_id)).first()
+        if row is None:
+            raise InvalidInput(f"no member {member_id!r}")
+        return row
+
+
+def _public_view(row: Any) -> dict[str, Any]:
+    return {
+        "member_id": row.member_id,
+        "name": row.name,
+        "role": row.role,
+        "status": row.status,
+        "endpoint": row.endpoint,
+        "credential_serial": row.credential_serial,
+        "fingerprint": pki.format_fingerprint(bytes(row.fingerprint)),
+        "daily_quota": row.daily_quota,
+    }
+
+
+def make_bundle(credential: pb.Credential, tls_cert: Any, ca_cert: Any, gateway_endpoint: str, log_verifier: str) -> bytes:
+    """What `member join` installs: public material only."""
+    return json.dumps({
+        "credential": base64.b64encode(credential.SerializeToString()).decode(),
+        "tls_cert": pki.cert_pem(tls_cert).decode(),
+        "ca_cert": pki.cert_pem(ca_cert).decode(),
+        "gateway": gateway_endpoint,
+        "log_verifier": log_verifier,
+    }, indent=2).encode()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,101 @@
+"""The gateway's append-only audit log (SPEC §6): canonical entries as leaves
+of an RFC 6962 tree whose perfect-subtree hashes live in the database, so an
+append costs O(log n) and proofs never rebuild the tree."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+
+from alliance import audit_entry, checkpoint, merkle
+from alliance.errors import InvalidInput
+from alliance_gateway import schema
+
+EntryBuilder = Callable[[int, str], dict[str, Any]]
+
+
+def utc_timestamp(ms: int) -> str:
+    """RFC 3339 UTC with milliseconds: the `time` of an entry."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def append(conn: Connection, build: EntryBuilder, now_ms: int) -> tuple[int, bytes]:
+    """Append one entry inside the caller's transaction; returns (seq, leaf hash).
+
+    The head row is updated *first*: that takes the write lock (SQLite) or the
+    row lock (PostgreSQL) before anything is read, so concurrent appenders from
+    any number of processes get one gap-free sequence."""
+    conn.execute(update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1))
+    seq = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one() - 1
+    data = audit_entry.encode(build(seq, utc_timestamp(now_ms)))
+    leaf = merkle.leaf_hash(data)
+    conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
+    nodes = merkle.nodes_to_add(seq, leaf, _getter(conn))
+    conn.execute(insert(schema.log_nodes), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
+    return seq, leaf
+
+
+def _getter(conn: Connection) -> Callable[[int, int], bytes]:
+    def get(level: int, index: int) -> bytes:
+        row = conn.execute(
+            select(schema.log_nodes.c.hash).where(and_(schema.log_nodes.c.level == level, schema.log_nodes.c.idx == index))
+        ).first()
+        if row is None:
+            raise LookupError(f"log node ({level}, {index}) is missing")
+        return bytes(row.hash)
+
+    return get
+
+
+class LogReader:
+    """Read side for checkpoints and proofs; safe to use from many threads."""
+
+    def __init__(self, engine: Engine, *, origin: str, key_name: str, signing_key: Ed25519PrivateKey) -> None:
+        self.engine = engine
+        self.origin = origin
+        self.key_name = key_name
+        self.signing_key = signing_key
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
+
+    def signed_checkpoint(self, size: int | None = None) -> tuple[int, str]:
+        with self.engine.connect() as conn:
+            if size is None:
+                size = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
+            root = merkle.root_at(size, _getter(conn)) if size else merkle.EMPTY_ROOT
+        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root), self.key_name, self.signing_key)
+        return size, note
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size <= self.size():
+            raise InvalidInput(f"no leaf {index} in a tree of size {size} (log size {self.size()})")
+        with self.engine.connect() as conn:
+            return merkle.inclusion_proof(index, size, _getter(conn))
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        if not 0 < first <= second <= self.size():
+            raise InvalidInput(f"no consistency proof from size {first} to {second} (log size {self.size()})")
+        with self.engine.connect() as conn:
+            return merkle.consistency_proof(first, second, _getter(conn))
+
+    def entry(self, seq: int) -> bytes:
+        with self.engine.connect() as conn:
+            return bytes(conn.execute(select(schema.log_entries.c.data).where(schema.log_entries.c.seq == seq)).scalar_one())
+
+    def entries(self, start: int, end: int, *, page: int = 1000) -> Iterator[tuple[int, bytes]]:
+        while start < end:
+            stop = min(end, start + page)
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(schema.log_entries.c.seq, schema.log_entries.c.data)
+                    .where(and_(schema.log_entries.c.seq >= start, schema.log_entries.c.seq < stop))
+                    .order_by(schema.log_entries.c.seq)
+                ).all()
+            for row in rows:
+                yield row.seq, bytes(row.data)
+            start = stop

@@ -1,0 +1,96 @@
+"""The gateway's database: member registry, matching-key relay (ciphertext
+only), the inquiry index behind inquiries_30d and quotas, and the audit log
+with its stored Merkle node hashes. Nothing here is secret: the gateway holds
+no Paillier private key, no matching key and no raw ID (SPEC §1)."""
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+)
+
+metadata = MetaData()
+
+members = Table(
+    "members",
+    metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("role", String(16), nullable=False),  # member | auditor
+    Column("status", String(16), nullable=False),  # active | suspended | revoked
+    Column("endpoint", String(256), nullable=False),
+    Column("credential", LargeBinary, nullable=False),
+    Column("credential_serial", BigInteger, nullable=False),
+    Column("fingerprint", LargeBinary(32), nullable=False),
+    Column("ed25519_public_key", LargeBinary(32), nullable=False),
+    Column("paillier_n", LargeBinary, nullable=False),
+    Column("tls_cert_sha256", LargeBinary(32), nullable=False),
+    Column("daily_quota", Integer, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+key_shares = Table(
+    "key_shares",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recipient_id", String(64), nullable=False, index=True),
+    Column("sender_id", String(64), nullable=False),
+    Column("share", LargeBinary, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+# One row per query or precheck the gateway accepted or refused; the audit log
+# is the authority, this is its index for quotas and inquiries_30d.
+inquiries = Table(
+    "inquiries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("querier_id", String(64), nullable=False),
+    Column("token_sha256", LargeBinary(32), nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("accepted", Boolean, nullable=False),
+    Index("ix_inquiries_token_time", "token_sha256", "received_at_ms"),
+    Index("ix_inquiries_querier_time", "querier_id", "received_at_ms"),
+)
+
+# Single row: the log's size. Appenders update it first, which serialises
+# appends across processes on SQLite and PostgreSQL alike.
+log_head = Table(
+    "log_head",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+)
+
+log_entries = Table(
+    "log_entries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
+# Hash of every perfect subtree: level 0 = leaf hashes (alliance.merkle).
+log_nodes = Table(
+    "log_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
+            conn.execute(insert(log_head).values(id=1, size=0))

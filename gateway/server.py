@@ -1,0 +1,76 @@
+"""Wiring for `alliance gateway serve`: load the gateway home, open the
+database, start the mutual-TLS gRPC server with health and reflection."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+
+from alliance import db, paillier, pki, transport
+from alliance.v1 import alliance_pb2, alliance_pb2_grpc
+from alliance_gateway import audit_log, schema
+from alliance_gateway.home import GatewayHome, resolve_db_url
+from alliance_gateway.registry import Registry
+from alliance_gateway.service import GatewayService
+
+log = logging.getLogger("alliance.gateway")
+
+
+class MemberChannels:
+    """One mutual-TLS channel per member endpoint, reused across queries."""
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
+        self._creds = (key_pem, cert_pem, ca_pem)
+        self._stubs: dict[str, alliance_pb2_grpc.MemberNodeStub] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, endpoint: str) -> alliance_pb2_grpc.MemberNodeStub:
+        with self._lock:
+            stub = self._stubs.get(endpoint)
+            if stub is None:
+                stub = alliance_pb2_grpc.MemberNodeStub(transport.secure_channel(endpoint, *self._creds))
+                self._stubs[endpoint] = stub
+            return stub
+
+
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
+    home = GatewayHome(home_dir)
+    cfg = home.config()
+    engine = db.make_engine(resolve_db_url(db_url, cfg.db_url, home.default_db))
+    schema.create_schema(engine)
+    key_pem, cert_pem, ca_pem = home.tls_key.read_bytes(), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
+    reader = audit_log.LogReader(
+        engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
+    )
+    channels = MemberChannels(key_pem, cert_pem, ca_pem)
+    service = GatewayService(
+        engine=engine,
+        registry=Registry(engine, cfg.registry_refresh_ms),
+        log_reader=reader,
+        config=cfg,
+        member_stub=channels.stub,
+        mask_pools=paillier.MaskPools(target=8),
+    )
+    server = transport.make_server(max_workers=32)
+    alliance_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name])
+    port = server.add_secure_port(listen or cfg.listen, transport.server_credentials(key_pem, cert_pem, ca_pem))
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or cfg.listen}")
+    return server, port
+
+
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None) -> None:  # type: ignore[no-untyped-def]
+    server, port = build_server(home_dir, db_url=db_url, listen=listen)
+    server.start()
+    log.info("gateway listening on port %d", port)
+    if on_ready is not None:
+        on_ready(port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()

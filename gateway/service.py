@@ -1,0 +1,476 @@
+"""The gateway's gRPC service: authenticate the querier, fan the signed query
+out to every other active member under a deadline, check and multiply their
+ciphertexts, log the query, and only then answer (SPEC §4–§6).
+
+The gateway never holds a Paillier private key or the matching key: it sees
+token hashes, tokens and ciphertexts, and multiplies ciphertexts."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+from sqlalchemy import Engine, and_, func, insert, select
+
+from alliance import paillier, protocol, signing
+from alliance.errors import CryptoError, Refused
+from alliance.v1 import alliance_pb2 as pb
+from alliance.v1 import alliance_pb2_grpc as pb_grpc
+from alliance_gateway import audit_log, schema
+from alliance_gateway.home import GatewayConfig
+from alliance_gateway.registry import MemberRecord, Registry
+from alliance.transport import peer_identity
+
+log = logging.getLogger("alliance.gateway")
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+INQUIRY_WINDOW_MS = 720 * 3600 * 1000
+MAX_SHARE_BYTES = 4096
+
+# reason -> (gRPC status, SPEC §7 exit status)
+REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
+    "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, 4),
+    "wrong_role": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "unknown_member": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "member_suspended": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "member_revoked": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "querier_mismatch": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "stale_credential": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "bad_signature": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "stale_timestamp": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "token_mismatch": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "foreign_key": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "missing_consent": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "unknown_purpose": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "quota_exceeded": (grpc.StatusCode.RESOURCE_EXHAUSTED, 4),
+    "malformed_request": (grpc.StatusCode.INVALID_ARGUMENT, 3),
+    "too_few_members": (grpc.StatusCode.UNAVAILABLE, 5),
+    "too_few_answers": (grpc.StatusCode.UNAVAILABLE, 5),
+    "incomplete_precheck": (grpc.StatusCode.UNAVAILABLE, 5),
+}
+
+
+class QueryFailure(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.code, self.exit_code = REFUSALS.get(reason, (grpc.StatusCode.PERMISSION_DENIED, 4))
+
+    def as_error(self) -> pb.QueryError:
+        return pb.QueryError(exit_code=self.exit_code, reason=self.reason, message=str(self))
+
+
+@dataclass
+class _Context:
+    """Everything known about one query so far; becomes its audit entry."""
+
+    kind: str
+    peer_id: str
+    query: pb.SignedQuery
+    received_ms: int
+    body: pb.QueryRequestBody | None = None
+    asked: list[str] = field(default_factory=list)
+    receipts: list[pb.AnswerReceipt] = field(default_factory=list)
+    dropped: list[dict[str, str]] = field(default_factory=list)
+    inquiries_30d: int = 0
+
+
+def shanghai_day_start_ms(now_ms: int) -> int:
+    local = datetime.fromtimestamp(now_ms / 1000, tz=SHANGHAI)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return int(midnight.timestamp() * 1000)
+
+
+class GatewayService(pb_grpc.GatewayServicer):
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        registry: Registry,
+        log_reader: audit_log.LogReader,
+        config: GatewayConfig,
+        member_stub: Callable[[str], pb_grpc.MemberNodeStub],
+        mask_pools: paillier.MaskPools,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.log = log_reader
+        self.config = config
+        self.member_stub = member_stub
+        self.mask_pools = mask_pools
+        self.clock = clock
+
+    # -- RPCs -------------------------------------------------------------
+
+    def Query(self, request: pb.SignedQuery, context: grpc.ServicerContext) -> pb.GatewayQueryResponse:
+        return self._unary(request, context, "query")
+
+    def Precheck(self, request: pb.SignedQuery, context: grpc.ServicerContext) -> pb.GatewayQueryResponse:
+        return self._unary(request, context, "precheck")
+
+    def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
+        peer_id, peer_role = self._peer(context)
+        for request in request_iterator:
+            kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
+            try:
+                yield self.process(request, peer_id, peer_role, kind)
+            except QueryFailure as failure:
+                yield pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
+
+    def GetMemberCredential(self, request: pb.GetMemberCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
+        self._require_reader(context)
+        record = self.registry.get(request.member_id)
+        if record is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.member_id!r}")
+        return pb.Credential.FromString(record.credential)
+
+    def PostKeyShare(self, request: pb.MatchingKeyShare, context: grpc.ServicerContext) -> pb.PostKeyShareResponse:
+        peer_id, peer_role = self._peer(context)
+        sender = self.registry.get(peer_id)
+        if peer_role != "member" or sender is None or sender.status != "active":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only active members relay matching-key shares")
+        body = pb.MatchingKeyShareBody()
+        try:
+            if len(request.body) > MAX_SHARE_BYTES:
+                raise ValueError("share too large")
+            body.ParseFromString(request.body)
+            signing.verify(sender.ed25519_public_key, signing.MATCHING_KEY_SHARE, request.body, request.signature, what="key share")
+        except (ValueError, CryptoError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed key share: {exc}")
+        if body.sender_id != peer_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "a key share must be sent by its own sender")
+        recipient = self.registry.get(body.recipient_id)
+        if recipient is None or recipient.role != "member":
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no member {body.recipient_id!r}")
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(schema.key_shares).values(
+                    recipient_id=body.recipient_id,
+                    sender_id=peer_id,
+                    share=request.SerializeToString(),
+                    created_at_ms=self._now_ms(),
+                )
+            )
+        return pb.PostKeyShareResponse()
+
+    def FetchKeyShares(self, request: pb.FetchKeySharesRequest, context: grpc.ServicerContext) -> pb.FetchKeySharesResponse:
+        peer_id, _ = self._peer(context)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(schema.key_shares.c.share).where(schema.key_shares.c.recipient_id == peer_id).order_by(schema.key_shares.c.id)
+            ).all()
+        return pb.FetchKeySharesResponse(shares=[pb.MatchingKeyShare.FromString(bytes(r.share)) for r in rows])
+
+    def GetCheckpoint(self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext) -> pb.GetCheckpointResponse:
+        self._require_reader(context)
+        _, note = self.log.signed_checkpoint()
+        return pb.GetCheckpointResponse(checkpoint=note)
+
+    def GetEntries(self, request: pb.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[pb.LogEntry]:
+        _, role = self._require_reader(context)
+        if role != "auditor":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "log entries are for auditors")
+        end = min(request.end, self.log.size())
+        for seq, data in self.log.entries(request.start, end):
+            yield pb.LogEntry(index=seq, data=data)
+
+    def GetInclusionProof(self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext) -> pb.Proof:
+        self._require_reader(context)
+        try:
+            return pb.Proof(hashes=self.log.inclusion_proof(request.index, request.tree_size))
+        except Exception as exc:  # noqa: BLE001 - any bad range is the caller's error
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext) -> pb.Proof:
+        self._require_reader(context)
+        try:
+            return pb.Proof(hashes=self.log.consistency_proof(request.first, request.second))
+        except Exception as exc:  # noqa: BLE001
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    # -- the query path ---------------------------------------------------
+
+    def _unary(self, request: pb.SignedQuery, context: grpc.ServicerContext, kind: str) -> pb.GatewayQueryResponse:
+        peer_id, peer_role = self._peer(context)
+        try:
+            return self.process(request, peer_id, peer_role, kind)
+        except QueryFailure as failure:
+            context.set_trailing_metadata((("alliance-reason", failure.reason), ("alliance-exit-code", str(failure.exit_code))))
+            context.abort(failure.code, f"{failure.reason}: {failure}")
+            raise  # unreachable: abort raises
+
+    def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str) -> pb.GatewayQueryResponse:
+        ctx = _Context(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms())
+        try:
+            querier, body = self._admit(ctx, peer_role)
+            pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
+            targets = [m for m in self.registry.active_members() if m.member_id != querier.member_id]
+            ctx.asked = [m.member_id for m in targets]
+            if len(targets) < self.config.k_min:
+                raise QueryFailure("too_few_members", f"only {len(targets)} other active member(s); a report needs at least {self.config.k_min}")
+            answers = self._fan_out(ctx, targets, querier, pk)
+            if len(answers) < self.config.k_min:
+                raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed")
+            if kind == "precheck":
+                if len(answers) != len(targets):
+                    raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
+                enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext)
+                aggregate = paillier.blind_precheck(pk, enc_x, list(answers.values()), self.mask_pools.for_key(pk).take())
+            else:
+                aggregate = paillier.add(pk, answers.values())
+            ctx.inquiries_30d = self._inquiries_30d(querier.member_id, body.subject_token_sha256, ctx.received_ms)
+            seq = self._commit(ctx, querier, outcome="accepted")
+        except QueryFailure as failure:
+            self._commit(ctx, None, outcome="refused", failure=failure)
+            raise
+        except CryptoError as exc:  # e.g. a garbled Enc(x) in a precheck
+            failure = QueryFailure("malformed_request", str(exc))
+            self._commit(ctx, None, outcome="refused", failure=failure)
+            raise failure from None
+        return pb.GatewayQueryResponse(
+            query_id=body.query_id,
+            members_asked=len(ctx.asked),
+            members_answered=len(answers),
+            complete=len(answers) == len(ctx.asked),
+            aggregate_ciphertext=paillier.encode_ciphertext(pk, aggregate),
+            inquiries_30d=ctx.inquiries_30d,
+            asked_member_ids=ctx.asked,
+            answers=ctx.receipts,
+            audit=self._receipt(seq),
+        )
+
+    def _admit(self, ctx: _Context, peer_role: str) -> tuple[MemberRecord, pb.QueryRequestBody]:
+        """Every check the gateway can make before asking anyone."""
+        if peer_role != "member":
+            raise QueryFailure("wrong_role", f"role {peer_role!r} may not query; only members may")
+        querier = self.registry.get(ctx.peer_id)
+        if querier is None or querier.role != "member":
+            raise QueryFailure("unknown_member", f"{ctx.peer_id!r} is not a registered member")
+        if querier.status != "active":
+            raise QueryFailure(f"member_{querier.status}", f"member {ctx.peer_id} is {querier.status}")
+        try:
+            body = protocol.parse_body(ctx.query)
+        except Refused as exc:
+            raise QueryFailure(exc.reason, str(exc)) from None
+        ctx.body = body
+        if protocol.mode_name(body.mode) != ctx.kind:
+            raise QueryFailure("malformed_request", f"a {protocol.mode_name(body.mode)} request was sent as a {ctx.kind}")
+        if body.querier_id != ctx.peer_id:
+            raise QueryFailure("querier_mismatch", f"request names querier {body.querier_id!r} but the TLS peer is {ctx.peer_id!r}")
+        if body.credential_serial != querier.credential_serial:
+            raise QueryFailure("stale_credential", f"request names credential serial {body.credential_serial}, current is {querier.credential_serial}")
+        try:
+            protocol.verify_query_signature(ctx.query, querier.ed25519_public_key)
+            protocol.check_fresh(body, ctx.received_ms)
+            protocol.check_token(ctx.query, body)
+        except Refused as exc:
+            raise QueryFailure(exc.reason, str(exc)) from None
+        if body.paillier_key_fingerprint != paillier.PaillierPublicKey.from_bytes(querier.paillier_n).fingerprint():
+            raise QueryFailure("foreign_key", "the request's Paillier key is not the querier's registered key")
+        used = self._accepted_today(querier.member_id, ctx.received_ms)
+        if used >= querier.daily_quota:
+            raise QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
+        return querier, body
+
+    def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, int]:
+        """Ask every target at once; keep the well-formed, correctly signed
+        answers that arrive before the deadline. Everything else is dropped
+        and recorded, never summed."""
+        assert ctx.body is not None
+        request = pb.MemberQueryRequest(query=ctx.query, querier_credential=querier.credential)
+        deadline_s = self.config.deadline_ms / 1000
+        pending = len(targets)
+        all_done = threading.Event()
+        lock = threading.Lock()
+
+        def on_done(_fut: Any) -> None:
+            nonlocal pending
+            with lock:
+                pending -= 1
+                if pending == 0:
+                    all_done.set()
+
+        calls = []
+        for member in targets:
+            try:
+                fut = self.member_stub(member.endpoint).Answer.future(request, timeout=deadline_s)
+            except Exception as exc:  # noqa: BLE001 - a broken channel is one dropped member
+                ctx.dropped.append({"member_id": member.member_id, "reason": f"unreachable: {exc}"})
+                on_done(None)
+                continue
+            fut.add_done_callback(on_done)
+            calls.append((member, fut))
+        all_done.wait(deadline_s + 0.1)
+        answers: dict[str, int] = {}
+        for member, fut in calls:
+            if not fut.done():
+                fut.cancel()
+                ctx.dropped.append({"member_id": member.member_id, "reason": "deadline_exceeded"})
+                continue
+            try:
+                response = fut.result()
+            except grpc.RpcError as exc:
+                code = exc.code().name.lower() if exc.code() else "error"
+                ctx.dropped.append({"member_id": member.member_id, "reason": f"{code}: {exc.details()}"[:300]})
+                continue
+            except grpc.FutureCancelledError:
+                ctx.dropped.append({"member_id": member.member_id, "reason": "deadline_exceeded"})
+                continue
+            try:
+                answers[member.member_id] = self._check_answer(ctx, member, pk, response)
+            except CryptoError as exc:
+                log.warning("dropped answer from %s: %s", member.member_id, exc)
+                ctx.dropped.append({"member_id": member.member_id, "reason": f"malformed_answer: {exc}"[:300]})
+        return answers
+
+    def _check_answer(self, ctx: _Context, member: MemberRecord, pk: paillier.PaillierPublicKey, response: pb.MemberQueryResponse) -> int:
+        assert ctx.body is not None
+        if response.member_id != member.member_id:
+            raise CryptoError(f"answer names {response.member_id!r}, expected {member.member_id!r}")
+        ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
+        signing.verify(
+            member.ed25519_public_key,
+            signing.MEMBER_ANSWER,
+            protocol.answer_message(ctx.body, ctx.query.body, response.ciphertext),
+            response.signature,
+            what=f"answer of {member.member_id}",
+        )
+        ctx.receipts.append(
+            pb.AnswerReceipt(member_id=member.member_id, ciphertext_sha256=signing.sha256(response.ciphertext), signature=response.signature)
+        )
+        return ciphertext
+
+    # -- bookkeeping --------------------------------------------------------
+
+    def _accepted_today(self, member_id: str, now_ms: int, conn: Any = None) -> int:
+        stmt = select(func.count()).select_from(schema.inquiries).where(
+            and_(
+                schema.inquiries.c.querier_id == member_id,
+                schema.inquiries.c.accepted.is_(True),
+                schema.inquiries.c.received_at_ms >= shanghai_day_start_ms(now_ms),
+            )
+        )
+        if conn is not None:
+            return conn.execute(stmt).scalar_one()
+        with self.engine.connect() as c:
+            return c.execute(stmt).scalar_one()
+
+    def _inquiries_30d(self, querier_id: str, token_sha256: bytes, now_ms: int) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(func.count(func.distinct(schema.inquiries.c.querier_id))).where(
+                    and_(
+                        schema.inquiries.c.token_sha256 == token_sha256,
+                        schema.inquiries.c.accepted.is_(True),
+                        schema.inquiries.c.querier_id != querier_id,
+                        schema.inquiries.c.received_at_ms >= now_ms - INQUIRY_WINDOW_MS,
+                        schema.inquiries.c.received_at_ms < now_ms,
+                    )
+                )
+            ).scalar_one()
+
+    def _commit(self, ctx: _Context, querier: MemberRecord | None, *, outcome: str, failure: QueryFailure | None = None) -> int:
+        """Durably log the query before anything is answered. The daily quota
+        is re-checked under the log's lock, so concurrent queries cannot
+        overrun it."""
+        with self.engine.begin() as conn:
+            def build(seq: int, when: str) -> dict[str, Any]:
+                nonlocal outcome, failure
+                if outcome == "accepted" and querier is not None:
+                    if self._accepted_today(querier.member_id, ctx.received_ms, conn) >= querier.daily_quota:
+                        outcome, failure = "refused", QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
+                return _query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
+
+            seq, _ = audit_log.append(conn, build, ctx.received_ms)
+            conn.execute(
+                insert(schema.inquiries).values(
+                    seq=seq,
+                    querier_id=ctx.peer_id,
+                    token_sha256=ctx.body.subject_token_sha256 if ctx.body is not None else b"",
+                    received_at_ms=ctx.received_ms,
+                    accepted=outcome == "accepted",
+                )
+            )
+        if outcome != "accepted" and failure is not None and querier is not None:
+            raise failure
+        return seq
+
+    def _receipt(self, seq: int) -> pb.AuditReceipt:
+        size, note = self.log.signed_checkpoint(seq + 1)
+        return pb.AuditReceipt(
+            present=True, leaf_index=seq, tree_size=size, checkpoint=note,
+            inclusion_proof=self.log.inclusion_proof(seq, size), entry=self.log.entry(seq),
+        )
+
+    def _peer(self, context: grpc.ServicerContext) -> tuple[str, str]:
+        try:
+            member_id, role, _ = peer_identity(context)
+        except Refused as exc:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        return member_id, role
+
+    def _require_reader(self, context: grpc.ServicerContext) -> tuple[str, str]:
+        peer_id, role = self._peer(context)
+        record = self.registry.get(peer_id)
+        if role not in ("member", "auditor") or record is None or record.status != "active":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_id} may not read the audit log")
+        return peer_id, role
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+def _query_entry(ctx: _Context, seq: int, when: str, outcome: str, failure: QueryFailure | None, k_min: int) -> dict[str, Any]:
+    body = ctx.body
+    return {
+        "v": 1,
+        "kind": ctx.kind,
+        "seq": seq,
+        "time": when,
+        "received_at_ms": ctx.received_ms,
+        "querier_id": ctx.peer_id,
+        "request_body": ctx.query.body.hex(),
+        "request_signature": ctx.query.signature.hex(),
+        "query_id": body.query_id if body else None,
+        "subject_token_sha256": body.subject_token_sha256.hex() if body else None,
+        "purpose": protocol.purpose_name(body.purpose) if body else None,
+        "consent_id": body.consent_id if body else None,
+        "consent_sha256": body.consent_sha256.hex() if body else None,
+        "members_asked": list(ctx.asked),
+        "members_answered": [r.member_id for r in ctx.receipts],
+        "answers": [
+            {"member_id": r.member_id, "ciphertext_sha256": r.ciphertext_sha256.hex(), "signature": r.signature.hex()}
+            for r in ctx.receipts
+        ],
+        "dropped": list(ctx.dropped),
+        "k_min": k_min,
+        "inquiries_30d": ctx.inquiries_30d,
+        "outcome": outcome,
+        "reason": failure.reason if failure else None,
+        "detail": str(failure) if failure else None,
+    }
+
+
+def _peek_mode(request: pb.SignedQuery) -> int:
+    body = pb.QueryRequestBody()
+    try:
+        body.ParseFromString(request.body)
+    except Exception:  # noqa: BLE001 - the full parse reports it properly
+        return pb.QUERY_MODE_REPORT
+    return body.mode
+
+
+def _peek_query_id(request: pb.SignedQuery) -> str:
+    body = pb.QueryRequestBody()
+    try:
+        body.ParseFromString(request.body)
+    except Exception:  # noqa: BLE001
+        return ""
+    return body.query_id

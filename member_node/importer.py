@@ -1,0 +1,227 @@
+"""UDS-1 import into the member store (SPEC §2).
+
+One database transaction per file: all-or-nothing by default, so an invalid
+row, Ctrl-C or a crash leaves the store exactly as it was. Rows stream through
+in chunks, so memory stays flat whatever the file size: duplicate keys within
+one file are found by tagging every written row with this import's run id and
+asking the database, not by remembering keys in memory."""
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Connection, Engine, Table, and_, delete, insert, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from alliance import identity, uds1
+from alliance.errors import InvalidInput, UsageError
+from alliance.matching_key import MatchingKey
+from alliance_member import store
+
+CHUNK_ROWS = 2000
+
+
+@dataclass
+class ImportResult:
+    kind: str
+    rows_read: int = 0
+    rows_written: int = 0
+    rows_rejected: int = 0
+    rows_removed: int = 0
+    committed: bool = False
+    reject_file: Path | None = None
+    first_errors: list[str] = field(default_factory=list)
+
+
+ErrorSink = Callable[[uds1.RowError], None]
+ProgressSink = Callable[[int], None]
+
+
+def import_file(
+    engine: Engine,
+    path: Path,
+    kind: str,
+    matching_key: MatchingKey,
+    *,
+    skip_invalid: bool = False,
+    snapshot: bool = False,
+    reject_path: Path | None = None,
+    on_error: ErrorSink | None = None,
+    on_progress: ProgressSink | None = None,
+    today: date | None = None,
+) -> ImportResult:
+    """Import one UDS-1 file. Raises InvalidInput (nothing written) when any row
+    is invalid and ``skip_invalid`` is off; with ``skip_invalid`` valid rows are
+    committed, invalid ones go to ``reject_path`` and the result says how many."""
+    if kind not in uds1.FIELDS:
+        raise UsageError(f"--kind must be one of {', '.join(uds1.FIELDS)}, not {kind!r}")
+    if snapshot and skip_invalid:
+        raise UsageError("--snapshot is all-or-nothing and cannot be combined with --skip-invalid")
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    table = store.BOOK_TABLES[kind]
+    result = ImportResult(kind=kind)
+    rejects = _RejectWriter(reject_path, path, kind) if skip_invalid else None
+
+    def reject(errors: list[uds1.RowError], raw: dict[str, str] | None) -> None:
+        result.rows_rejected += 1
+        for err in errors:
+            if len(result.first_errors) < 20:
+                result.first_errors.append(str(err))
+            if on_error is not None:
+                on_error(err)
+        if rejects is not None:
+            rejects.write(raw, errors)
+
+    try:
+        with engine.begin() as conn:
+            run_id = conn.execute(
+                insert(store.import_runs).values(kind=kind, source=path.name, started_at=datetime.now(timezone.utc))
+            ).inserted_primary_key[0]
+            writer = _Upserter(conn, table, kind, matching_key, run_id, source=str(path))
+            for row in uds1.iter_rows(path, kind, today=today, display_name=str(path)):
+                result.rows_read += 1
+                if row.record is None:
+                    reject(row.errors, row.raw)
+                else:
+                    for dup_error, dup_raw in writer.add(row.line, row.record, row.raw):
+                        reject([dup_error], dup_raw)
+                if on_progress is not None and result.rows_read % 1000 == 0:
+                    on_progress(result.rows_read)
+            for dup_error, dup_raw in writer.flush():
+                reject([dup_error], dup_raw)
+            result.rows_written = writer.written
+            if result.rows_rejected and not skip_invalid:
+                raise _Rollback()
+            if snapshot:
+                result.rows_removed = conn.execute(delete(table).where(table.c.import_run != run_id)).rowcount
+            if on_progress is not None:
+                on_progress(result.rows_read)
+    except _Rollback:
+        raise InvalidInput(
+            f"{path}: {result.rows_rejected} invalid row(s) out of {result.rows_read}; nothing was imported"
+        ) from None
+    finally:
+        if rejects is not None:
+            rejects.close()
+    result.committed = True
+    result.reject_file = rejects.path if rejects is not None and result.rows_rejected else None
+    return result
+
+
+class _Rollback(Exception):
+    """Raised inside the transaction to undo an all-or-nothing import."""
+
+
+Duplicate = tuple[uds1.RowError, "dict[str, str] | None"]
+
+
+class _Upserter:
+    """Buffers valid records and writes them in chunks. A key seen earlier in
+    the same file makes the later row invalid: within a chunk the buffer finds
+    it, across chunks the database does (rows carry this run's id)."""
+
+    def __init__(self, conn: Connection, table: Table, kind: str, key: MatchingKey, run_id: int, *, source: str) -> None:
+        self.conn, self.table, self.kind, self.key, self.run_id, self.source = conn, table, kind, key, run_id, source
+        self.key_columns = list(table.primary_key.columns)
+        self.insert = postgresql.insert if conn.engine.dialect.name == "postgresql" else sqlite.insert
+        self.pending: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, str] | None]] = {}
+        self.written = 0
+
+    def add(self, line: int, record: Any, raw: dict[str, str] | None) -> list[Duplicate]:
+        values = self._values(line, record)
+        db_key = tuple(values[c.name] for c in self.key_columns)
+        earlier = self.pending.get(db_key)
+        if earlier is not None:
+            return [(self._duplicate(line, earlier[0]["import_line"]), raw)]
+        self.pending[db_key] = (values, raw)
+        return self.flush() if len(self.pending) >= CHUNK_ROWS else []
+
+    def flush(self) -> list[Duplicate]:
+        if not self.pending:
+            return []
+        duplicates = self._pop_keys_already_written_by_this_run()
+        if self.pending:
+            rows = [values for values, _ in self.pending.values()]
+            stmt = self.insert(self.table)
+            update = {c.name: stmt.excluded[c.name] for c in self.table.columns if not c.primary_key}
+            self.conn.execute(stmt.on_conflict_do_update(index_elements=self.key_columns, set_=update), rows)
+            self.written += len(rows)
+        self.pending.clear()
+        return duplicates
+
+    def _pop_keys_already_written_by_this_run(self) -> list[Duplicate]:
+        cols = self.key_columns
+        if len(cols) == 1:
+            key_match = cols[0].in_([k[0] for k in self.pending])
+        else:
+            key_match = tuple_(*cols).in_(list(self.pending))
+        seen = self.conn.execute(
+            select(*cols, self.table.c.import_line).where(and_(key_match, self.table.c.import_run == self.run_id))
+        ).all()
+        duplicates = []
+        for row in seen:
+            values, raw = self.pending.pop(tuple(row[: len(cols)]))
+            duplicates.append((self._duplicate(values["import_line"], row.import_line), raw))
+        return duplicates
+
+    def _duplicate(self, line: int, first_line: int) -> uds1.RowError:
+        field_name = {"loans": "loan_id", "flags": "flag_type", "scores": "id_number"}[self.kind]
+        return uds1.RowError(self.source, line, field_name, f"duplicate key: already given on line {first_line}")
+
+    def _values(self, line: int, record: Any) -> dict[str, Any]:
+        token = identity.subject_token(self.key.key, record.id_type, record.canonical_id)
+        common = {
+            "subject_token": token,
+            "key_epoch": self.key.epoch,
+            "masked_id": identity.masked_id(record.canonical_id),
+            "id_type": record.id_type,
+            "import_run": self.run_id,
+            "import_line": line,
+        }
+        if self.kind == "loans":
+            return {**common, **{name: getattr(record, name) for name in _LOAN_FIELDS}}
+        if self.kind == "flags":
+            return {**common, "flag_type": record.flag_type, "flagged_on": record.flagged_on, "status": record.status}
+        return {**common, "score": record.score, "scored_on": record.scored_on}
+
+
+_LOAN_FIELDS = (
+    "loan_id", "subject_type", "product_type", "principal_fen", "balance_fen", "annual_rate_e4",
+    "term_months", "repayment_method", "opened_on", "due_on", "status", "overdue_days",
+    "overdue_amount_fen", "guarantee_type", "updated_on",
+)
+
+
+class _RejectWriter:
+    """--skip-invalid: invalid rows, as they were, plus the reasons, in the
+    input's own format so they can be fixed and imported again."""
+
+    def __init__(self, path: Path | None, source: Path, kind: str) -> None:
+        self.path = path or source.with_name(source.stem + ".rejects" + source.suffix)
+        self.is_csv = source.suffix.lower() == ".csv"
+        self.columns = list(uds1.FIELDS[kind]) + ["reject_reason"]
+        self._fh: TextIO | None = None
+        self._csv: Any = None
+
+    def write(self, raw: dict[str, str] | None, errors: list[uds1.RowError]) -> None:
+        if self._fh is None:
+            self._fh = self.path.open("w", encoding="utf-8", newline="")
+            if self.is_csv:
+                self._csv = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
+                self._csv.writeheader()
+        row = dict(raw or {})
+        row["reject_reason"] = "; ".join(str(e) for e in errors)
+        if self.is_csv:
+            self._csv.writerow(row)
+        else:
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()

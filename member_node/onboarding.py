@@ -1,0 +1,163 @@
+"""Member-side onboarding (SPEC §3, §5): keys are generated here and never
+leave the member; the admin only ever sees a join request of public keys.
+The matching key travels member to member, encrypted and signed, with
+fingerprints and the key's check value confirmed out of band, so the operator
+relaying it can neither read it nor plant one of its own."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from alliance import matching_key, paillier, pki, signing
+from alliance._internal.files import write_atomic
+from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
+from alliance.v1 import alliance_pb2 as pb
+from alliance_member.home import MemberConfig, MemberHome
+from alliance_member.gateway_client import GatewayClient
+
+
+@dataclass(frozen=True)
+class KeygenResult:
+    join_request: Path
+    fingerprint: str
+
+
+def keygen(
+    home_dir: Path, *, member_id: str, name: str, role: str, endpoint: str, listen: str, gateway: str,
+    db_url: str | None = None, paillier_bits: int = paillier.MIN_KEY_BITS,
+) -> KeygenResult:
+    home = MemberHome(home_dir)
+    if home.signing_key.exists():
+        raise UsageError(f"{home_dir} already holds member keys; refusing to overwrite them")
+    if role not in ("member", "auditor"):
+        raise UsageError("role must be member or auditor")
+    keys = pki.generate_member_keys()
+    paillier_n = b""
+    home_dir.mkdir(parents=True, exist_ok=True)
+    if role == "member":
+        pub, priv = paillier.generate_keypair(paillier_bits)
+        write_atomic(home.paillier_key, priv.to_json_bytes(), private=True)
+        paillier_n = pub.to_bytes()
+    keys.save(home_dir)  # tls.key, ed25519.key, x25519.key, all 0600
+    request = pki.make_join_request(
+        member_id=member_id, name=name, role=role, endpoint=endpoint if role == "member" else "",
+        keys=keys, paillier_n=paillier_n,
+    )
+    write_atomic(home.join_request, request.SerializeToString())
+    home.write_config(MemberConfig(member_id=member_id, name=name, role=role, endpoint=endpoint,
+                                   listen=listen, gateway=gateway, db_url=db_url))
+    body = pki.verify_join_request(request)
+    return KeygenResult(home.join_request, pki.format_fingerprint(pki.join_request_fingerprint(body)))
+
+
+def own_fingerprint(home: MemberHome) -> bytes:
+    body = pki.verify_join_request(home.join_request.read_bytes())
+    return pki.join_request_fingerprint(body)
+
+
+def join(home_dir: Path, bundle: bytes) -> pb.CredentialBody:
+    """Install the credential bundle from `admin member add`, after checking
+    that it is CA-signed and binds exactly this home's keys."""
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    try:
+        data = json.loads(bundle)
+        credential = base64.b64decode(data["credential"], validate=True)
+        ca_cert = x509.load_pem_x509_certificate(data["ca_cert"].encode())
+        tls_cert = x509.load_pem_x509_certificate(data["tls_cert"].encode())
+        gateway, log_verifier = str(data["gateway"]), str(data["log_verifier"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput(f"not a credential bundle from `alliance admin member add`: {exc}") from None
+    body = pki.verify_credential(credential, ca_cert)
+    if body.member_id != cfg.member_id:
+        raise CryptoError(f"bundle is for member {body.member_id!r}, this home is {cfg.member_id!r}")
+    if body.member_fingerprint != own_fingerprint(home):
+        raise CryptoError("the credential does not bind this home's keys (fingerprint differs)")
+    own_tls_public = pki.load_private_pem(home.tls_key).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    cert_public = tls_cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert_public != own_tls_public or pki.cert_sha256(tls_cert) != body.tls_cert_sha256:
+        raise CryptoError("the TLS certificate in the bundle is not for this home's TLS key")
+    pki.write_cert_pem(home.ca_cert, ca_cert)
+    pki.write_cert_pem(home.tls_cert, tls_cert)
+    write_atomic(home.log_verifier, (log_verifier + "\n").encode())
+    write_atomic(home.credential, credential)
+    cfg.gateway = gateway
+    home.write_config(cfg)
+    return body
+
+
+def _fingerprint_arg(text: str) -> bytes:
+    cleaned = re.sub(r"[^0-9a-fA-F]", "", text)
+    if len(cleaned) != 64:
+        raise UsageError("a fingerprint is 64 hex digits (separators are ignored)")
+    return bytes.fromhex(cleaned)
+
+
+def create_matching_key(home_dir: Path, *, epoch: int = 1) -> matching_key.MatchingKey:
+    home = MemberHome(home_dir)
+    if home.matching_key.exists():
+        current = matching_key.load(home.matching_key)
+        if epoch <= current.epoch:
+            raise UsageError(f"a matching key of epoch {current.epoch} is installed; a new one needs a higher epoch")
+    mk = matching_key.create(epoch)
+    matching_key.save(home.matching_key, mk, overwrite=True)
+    return mk
+
+
+def share_matching_key(home_dir: Path, *, recipient_id: str, recipient_fingerprint: str) -> None:
+    """Encrypt this member's matching key to a newcomer whose fingerprint was
+    confirmed out of band, and hand the ciphertext to the gateway to relay."""
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    mk = matching_key.load(home.matching_key)
+    with GatewayClient(home) as client:
+        cred = client.member_credential(recipient_id)
+    body = pki.verify_credential(cred, pki.load_cert_pem(home.ca_cert))
+    if body.member_id != recipient_id or body.role != pb.ROLE_MEMBER:
+        raise Refused(f"{recipient_id!r} is not a member", reason="not_a_member")
+    if body.member_fingerprint != _fingerprint_arg(recipient_fingerprint):
+        raise Refused(
+            f"{recipient_id}'s credential has fingerprint {pki.format_fingerprint(body.member_fingerprint)}, "
+            "not the one confirmed out of band: not sharing", reason="fingerprint_mismatch",
+        )
+    share = matching_key.seal_share(
+        mk, sender_id=cfg.member_id, sender_ed25519_key=pki.load_ed25519_private_pem(home.signing_key),
+        recipient_id=recipient_id, recipient_x25519_public=body.x25519_public_key, now=int(time.time()),
+    )
+    with GatewayClient(home) as client:
+        client.post_key_share(share)
+
+
+def install_matching_key(home_dir: Path, *, sender_id: str, sender_fingerprint: str, check_value: str) -> matching_key.MatchingKey:
+    """Open the newest share from ``sender_id``; refuse unless the sender's
+    fingerprint and the key's published check value match what was confirmed
+    out of band."""
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    expected_check = bytes.fromhex(re.sub(r"[^0-9a-fA-F]", "", check_value))
+    with GatewayClient(home) as client:
+        shares = client.key_shares()
+        sender_cred = client.member_credential(sender_id)
+    sender = pki.verify_credential(sender_cred, pki.load_cert_pem(home.ca_cert))
+    if sender.member_fingerprint != _fingerprint_arg(sender_fingerprint):
+        raise Refused(f"{sender_id}'s credential does not have the fingerprint confirmed out of band", reason="fingerprint_mismatch")
+    candidates = [s for s in shares if pb.MatchingKeyShareBody.FromString(s.body).sender_id == sender_id]
+    if not candidates:
+        raise Refused(f"no matching-key share from {sender_id} is waiting at the gateway", reason="no_share")
+    mk = matching_key.open_share(
+        candidates[-1], recipient_id=cfg.member_id, recipient_x25519_key=pki.load_x25519_private_pem(home.x25519_key),
+        sender_ed25519_public=sender.ed25519_public_key, expected_check_value=expected_check,
+    )
+    if home.matching_key.exists() and matching_key.load(home.matching_key).epoch > mk.epoch:
+        raise Refused("the shared key is older than the installed one", reason="old_epoch")
+    matching_key.save(home.matching_key, mk, overwrite=True)
+    return mk

@@ -1,0 +1,260 @@
+"""The querying member's side (SPEC §4, §5): make the subject token, sign the
+request, decrypt only the alliance-wide sum, check every slot, and check that
+the query is in the audit log it was promised to be in."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from alliance import checkpoint, db, identity, matching_key, merkle, paillier, pki, protocol, report, uds1
+from alliance._internal.files import write_atomic
+from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
+from alliance.v1 import alliance_pb2 as pb
+from alliance_member import store
+from alliance_member.gateway_client import GatewayClient
+from alliance_member.home import MemberHome
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+# Interim Measures (2016): total outstanding borrowing cap per subject, in fen.
+CAP_FEN = {"RESIDENT_ID": 1_000_000 * 100, "USCC": 5_000_000 * 100}
+MAX_AMOUNT_FEN = 10**12 * 100
+
+
+def today_shanghai() -> date:
+    return datetime.now(SHANGHAI).date()
+
+
+@dataclass(frozen=True)
+class Subject:
+    id_type: str
+    canonical_id: str
+
+    @classmethod
+    def parse(cls, id_type: str, raw: str) -> "Subject":
+        if id_type not in identity.ID_TYPES:
+            raise InvalidInput(f"--id-type must be one of {', '.join(identity.ID_TYPES)}, not {id_type!r}")
+        return cls(id_type, identity.canonical_id(id_type, raw))
+
+
+@dataclass(frozen=True)
+class Consent:
+    consent_id: str
+    sha256: bytes
+
+    @classmethod
+    def from_args(cls, consent_id: str, *, file: Path | None, sha256_hex: str | None) -> "Consent":
+        if (file is None) == (sha256_hex is None):
+            raise UsageError("give exactly one of --consent-file and --consent-sha256")
+        if file is not None:
+            try:
+                digest = hashlib.sha256(file.read_bytes()).digest()
+            except OSError as exc:
+                raise InvalidInput(f"--consent-file: {exc.strerror}: {file}") from None
+        else:
+            try:
+                digest = bytes.fromhex(sha256_hex or "")
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                raise InvalidInput("--consent-sha256 must be 64 hex digits")
+        return cls(consent_id, digest)
+
+
+class Querier:
+    """A member home that asks the alliance."""
+
+    def __init__(self, home_dir: Path, *, db_url: str | None = None, client: GatewayClient | None = None) -> None:
+        self.home = MemberHome(home_dir)
+        self.config = self.home.config()
+        if self.config.role != "member":
+            raise UsageError(f"{home_dir} is an {self.config.role} home; only members query")
+        if not self.home.matching_key.exists():
+            raise UsageError(f"{home_dir} has no matching key yet (run `alliance member matching-key install`)")
+        self.credential = pki.verify_credential(self.home.credential.read_bytes(), pki.load_cert_pem(self.home.ca_cert))
+        self.signing_key = pki.load_ed25519_private_pem(self.home.signing_key)
+        self.private_key = paillier.PaillierPrivateKey.from_json_bytes(self.home.paillier_key.read_bytes())
+        self.public_key = self.private_key.public_key
+        self.matching_key = matching_key.load(self.home.matching_key)
+        self.verifier = checkpoint.parse_verifier_key(self.home.log_verifier.read_text(encoding="utf-8").strip())
+        self._db_url = db_url
+        self._engine = None
+        self.client = client or GatewayClient(self.home)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- requests -----------------------------------------------------------
+
+    def _signed(self, subject: Subject, purpose: str, consent: Consent, as_of: date, mode: int, enc_x: bytes = b"") -> tuple[pb.SignedQuery, bytes]:
+        token = identity.subject_token(self.matching_key.key, subject.id_type, subject.canonical_id)
+        signed = protocol.build_signed_query(
+            protocol.QueryParams(
+                querier_id=self.config.member_id,
+                credential_serial=self.credential.serial,
+                subject_token=token,
+                matching_key_epoch=self.matching_key.epoch,
+                purpose=purpose,
+                consent_id=consent.consent_id,
+                consent_sha256=consent.sha256,
+                as_of=as_of,
+                mode=mode,
+                paillier_key_fingerprint=self.public_key.fingerprint(),
+                timestamp_ms=int(time.time() * 1000),
+                precheck_ciphertext=enc_x,
+            ),
+            self.signing_key,
+        )
+        return signed, token
+
+    def query(self, subject: Subject, *, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
+        signed, _ = self._signed(subject, purpose, consent, as_of or today_shanghai(), pb.QUERY_MODE_REPORT)
+        return self.read_report(signed, self.client.query(signed))
+
+    def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
+        audit = self.check_receipt(signed, response)
+        m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
+        sums = paillier.unpack(m, len(report.REPORT_FIELDS), max(1, response.members_answered))
+        report.check_plausible(sums, response.members_answered)
+        return {
+            "query_id": response.query_id,
+            "members_asked": response.members_asked,
+            "members_answered": response.members_answered,
+            "complete": response.complete,
+            "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
+            "audit": audit,
+        }
+
+    def precheck(self, subject: Subject, *, amount_yuan: str, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
+        as_of = as_of or today_shanghai()
+        amount_fen = uds1.parse_yuan(amount_yuan, "amount")
+        if not 0 < amount_fen <= MAX_AMOUNT_FEN:
+            raise InvalidInput("--amount must be more than 0 and at most 10^12 yuan")
+        token = identity.subject_token(self.matching_key.key, subject.id_type, subject.canonical_id)
+        own = store.active_balance_fen(self.engine(), token, self.matching_key.epoch, as_of)
+        x = CAP_FEN[subject.id_type] - amount_fen - own
+        enc_x = paillier.encode_ciphertext(
+            self.public_key, paillier.encrypt_signed(self.public_key, x, paillier.fresh_mask(self.public_key))
+        )
+        signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_PRECHECK, enc_x)
+        response = self.client.precheck(signed)
+        audit = self.check_receipt(signed, response)
+        if not response.complete or response.members_answered != response.members_asked:
+            raise CryptoError("gateway returned a precheck over an incomplete set of members")
+        within = paillier.precheck_within_cap(self.private_key, paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
+        return {"query_id": response.query_id, "within_cap": within, "audit": audit}
+
+    def screen(self, subjects: Iterable[tuple[int, Subject | AllianceError]], *, purpose: str, consent: Consent,
+               as_of: date | None = None) -> Iterator[tuple[int, dict[str, Any] | AllianceError]]:
+        """One report per subject over one streamed call. Bad input rows
+        yield their error and do not stop the batch."""
+        as_of = as_of or today_shanghai()
+        sent: dict[str, tuple[int, pb.SignedQuery]] = {}
+        errors: list[tuple[int, AllianceError]] = []
+
+        def requests() -> Iterator[pb.SignedQuery]:
+            for line, subject in subjects:
+                if isinstance(subject, AllianceError):
+                    errors.append((line, subject))
+                    continue
+                signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_REPORT)
+                sent[pb.QueryRequestBody.FromString(signed.body).query_id] = (line, signed)
+                yield signed
+
+        for response in self.client.screen(requests()):
+            while errors:
+                yield errors.pop(0)
+            line, signed = sent.pop(response.query_id, (0, None))
+            if signed is None:
+                raise CryptoError(f"gateway answered an unknown query id {response.query_id!r}")
+            if response.HasField("error"):
+                yield line, _error_from_query_error(response.error)
+                continue
+            try:
+                yield line, self.read_report(signed, response)
+            except AllianceError as exc:
+                yield line, exc
+        yield from errors
+
+    def engine(self):  # type: ignore[no-untyped-def]
+        if self._engine is None:
+            self._engine = db.make_engine(self.home.db_url(self._db_url))
+            store.create_schema(self._engine)
+        return self._engine
+
+    # -- audit receipt ------------------------------------------------------
+
+    def check_receipt(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any] | None:
+        """The query must be in the log before it is answered: check the
+        signed checkpoint, that the logged entry holds exactly our request,
+        its inclusion proof, and consistency with the newest checkpoint we
+        kept."""
+        receipt = response.audit
+        if not receipt.present:
+            return None
+        cp = checkpoint.open_checkpoint(receipt.checkpoint, self.verifier)
+        if cp.size != receipt.tree_size:
+            raise CryptoError("audit receipt: checkpoint size differs from the receipt")
+        entry = json.loads(receipt.entry)
+        if entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
+            raise CryptoError("audit receipt: the logged entry is not this request")
+        merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
+        self._keep_newest_checkpoint(cp, receipt.checkpoint)
+        return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
+
+    def _keep_newest_checkpoint(self, cp: checkpoint.Checkpoint, note: str) -> None:
+        path = self.home.checkpoint
+        if path.exists():
+            old_note = path.read_text(encoding="utf-8")
+            old = checkpoint.open_checkpoint(old_note, self.verifier)
+            if old.size > cp.size:
+                proof = self.client.consistency_proof(cp.size, old.size)
+                merkle.verify_consistency(cp.size, old.size, proof, cp.root_hash, old.root_hash)
+                return
+            if old.size == cp.size:
+                if old.root_hash != cp.root_hash:
+                    raise CryptoError("audit log fork: two different checkpoints of the same size")
+                return
+            if old.size > 0:
+                proof = self.client.consistency_proof(old.size, cp.size)
+                merkle.verify_consistency(old.size, cp.size, proof, old.root_hash, cp.root_hash)
+        write_atomic(path, note.encode("utf-8"))
+
+
+def _error_from_query_error(err: pb.QueryError) -> AllianceError:
+    from alliance.errors import Refused, Unreachable
+
+    if err.exit_code == 5:
+        return Unreachable(err.message)
+    if err.exit_code == 3:
+        return InvalidInput(err.message)
+    return Refused(err.message, reason=err.reason)
+
+
+SCREEN_COLUMNS = ("id_type", "id_number")
+
+
+def read_screen_csv(path: Path) -> Iterator[tuple[int, Subject | AllianceError]]:
+    """Subjects to screen: a CSV with id_type and id_number columns."""
+    try:
+        fh = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise InvalidInput(f"{path}: {exc.strerror}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in SCREEN_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)}")
+        for row in reader:
+            line = reader.line_num
+            try:
+                yield line, Subject.parse(identity.normalize_text(row["id_type"] or ""), row["id_number"] or "")
+            except AllianceError as exc:
+                yield line, InvalidInput(f"{path}:{line}: id_number: {exc}")

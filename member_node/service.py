@@ -1,0 +1,163 @@
+"""The member node's gRPC service: answer one signed query with exactly one
+ciphertext of fixed width (SPEC §1 property 4, §5).
+
+Every check that protects the member happens here, independently of the
+gateway: the querier's CA-signed credential and its pin, the querier's
+signature, freshness, replay, the token's hash, the matching-key epoch and
+that the encryption key is the querier's own. A refusal is an error, never an
+encryption of zeros."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from alliance import paillier, pki, protocol, report, signing
+from alliance.errors import CryptoError, Refused
+from alliance.matching_key import MatchingKey
+from alliance.transport import peer_identity
+from alliance.v1 import alliance_pb2 as pb
+from alliance.v1 import alliance_pb2_grpc as pb_grpc
+from alliance_member import store
+
+log = logging.getLogger("alliance.member")
+
+SEEN_RETENTION_MS = 2 * protocol.FRESHNESS_MS + 60_000
+
+
+class PeerTrust:
+    """Verifies peers' credentials against the alliance CA and pins them on
+    first sight; a second credential in a known member's name is accepted
+    only when signed by that member's pinned key (SPEC §5)."""
+
+    def __init__(self, engine: Engine, ca_cert: x509.Certificate) -> None:
+        self.engine = engine
+        self.ca_cert = ca_cert
+        self._verified: dict[bytes, pb.CredentialBody] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, credential: bytes, now_s: int) -> pb.CredentialBody:
+        digest = signing.sha256(credential)
+        with self._lock:
+            cached = self._verified.get(digest)
+        if cached is not None and cached.not_before <= now_s <= cached.not_after:
+            return cached
+        try:
+            cred = pb.Credential.FromString(credential)
+        except Exception:  # noqa: BLE001 - any parse failure is a refusal
+            raise Refused("querier credential is not a Credential", reason="bad_credential") from None
+        try:
+            body = pki.verify_credential(cred, self.ca_cert, now=now_s)
+        except CryptoError as exc:
+            raise Refused(f"querier credential: {exc}", reason="bad_credential") from None
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(select(store.pinned_credentials).where(store.pinned_credentials.c.member_id == body.member_id)).first()
+            pinned = None if row is None else pki.pin_from(pb.CredentialBody.FromString(pb.Credential.FromString(bytes(row.credential)).body))
+            try:
+                decision, pin = pki.check_pin(pinned, cred, body)
+            except CryptoError as exc:
+                raise Refused(str(exc), reason="unpinned_credential") from None
+            if decision != "same":
+                values = dict(
+                    fingerprint=pin.fingerprint, ed25519_public_key=pin.ed25519_public_key, serial=pin.serial, credential=credential
+                )
+                if row is None:
+                    conn.execute(insert(store.pinned_credentials).values(member_id=body.member_id, **values))
+                else:
+                    conn.execute(
+                        store.pinned_credentials.update().where(store.pinned_credentials.c.member_id == body.member_id).values(**values)
+                    )
+                log.info("pinned credential of %s (%s)", body.member_id, decision)
+            self._verified[digest] = body
+        return body
+
+
+class MemberService(pb_grpc.MemberNodeServicer):
+    def __init__(
+        self,
+        *,
+        member_id: str,
+        engine: Engine,
+        trust: PeerTrust,
+        signing_key: Ed25519PrivateKey,
+        matching_key: Callable[[], MatchingKey | None],
+        mask_pools: paillier.MaskPools,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.member_id = member_id
+        self.engine = engine
+        self.trust = trust
+        self.signing_key = signing_key
+        self.matching_key = matching_key
+        self.mask_pools = mask_pools
+        self.clock = clock
+        self._last_prune_ms = 0
+
+    def Answer(self, request: pb.MemberQueryRequest, context: grpc.ServicerContext) -> pb.MemberQueryResponse:
+        try:
+            peer_id, role, _ = peer_identity(context)
+            if role != "gateway":
+                raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
+            return self.answer(request)
+        except Refused as exc:
+            code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
+            log.warning("refused a query: %s (%s)", exc, exc.reason)
+            context.abort(code, f"{exc.reason}: {exc}")
+            raise  # unreachable
+
+    def answer(self, request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
+        now_ms = int(self.clock() * 1000)
+        key = self.matching_key()
+        if key is None:
+            raise Refused("this member has no matching key installed yet", reason="no_matching_key")
+        querier = self.trust.verify(request.querier_credential, now_ms // 1000)
+        query = request.query
+        body = protocol.parse_body(query)
+        if querier.role != pb.ROLE_MEMBER or body.querier_id != querier.member_id:
+            raise Refused(f"request names {body.querier_id!r} but the credential is {querier.member_id!r}", reason="querier_mismatch")
+        if querier.member_id == self.member_id:
+            raise Refused("a member is never asked about its own query", reason="self_query")
+        if body.credential_serial != querier.serial:
+            raise Refused(f"request names credential serial {body.credential_serial}, credential has {querier.serial}", reason="stale_credential")
+        protocol.verify_query_signature(query, querier.ed25519_public_key)
+        protocol.check_fresh(body, now_ms)
+        protocol.check_token(query, body)
+        if body.matching_key_epoch != key.epoch:
+            raise Refused(f"token made with matching-key epoch {body.matching_key_epoch}; this member is at epoch {key.epoch}", reason="epoch_mismatch")
+        pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
+        if body.paillier_key_fingerprint != pk.fingerprint():
+            raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
+        self._remember_query_id(body.query_id, now_ms)
+        plaintext = self._plaintext(query.subject_token, key.epoch, body)
+        ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
+        signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
+        return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature)
+
+    def _plaintext(self, token: bytes, epoch: int, body: pb.QueryRequestBody) -> int:
+        """Unknown subjects give all-zero figures: the same single ciphertext."""
+        as_of = date.fromisoformat(body.as_of)
+        loans, flags, score = store.subject_facts(self.engine, token, epoch)
+        if body.mode == pb.QUERY_MODE_PRECHECK:
+            balance = sum(l.balance_fen for l in loans if l.status == "ACTIVE" and l.opened_on <= as_of)
+            return paillier.pack([balance])
+        return paillier.pack(report.member_figures(loans, flags, score, as_of))
+
+    def _remember_query_id(self, query_id: str, now_ms: int) -> None:
+        """Replay protection that survives restarts; ids older than the
+        freshness window can never be accepted again, so they are pruned."""
+        with self.engine.begin() as conn:
+            try:
+                conn.execute(insert(store.seen_queries).values(query_id=query_id, seen_at_ms=now_ms))
+            except IntegrityError:
+                raise Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query") from None
+            if now_ms - self._last_prune_ms > 60_000:
+                self._last_prune_ms = now_ms
+                conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))

@@ -1,0 +1,151 @@
+"""The member's loan book. Raw ID numbers are never stored: rows are keyed by
+the subject token (HMAC under the matching key) and keep a masked ID for the
+member's own operators. Every row records the matching-key epoch its token was
+made with; only rows of the current epoch are ever used to answer."""
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    and_,
+    select,
+)
+
+from alliance.report import FlagFacts, LoanFacts, ScoreFacts
+
+metadata = MetaData()
+
+loans = Table(
+    "loans",
+    metadata,
+    Column("loan_id", String(64), primary_key=True),
+    Column("subject_token", LargeBinary(32), nullable=False, index=True),
+    Column("key_epoch", Integer, nullable=False),
+    Column("masked_id", String(32), nullable=False),
+    Column("subject_type", String(8), nullable=False),
+    Column("id_type", String(16), nullable=False),
+    Column("product_type", String(16), nullable=False),
+    Column("principal_fen", BigInteger, nullable=False),
+    Column("balance_fen", BigInteger, nullable=False),
+    Column("annual_rate_e4", Integer, nullable=False),
+    Column("term_months", Integer, nullable=False),
+    Column("repayment_method", String(24), nullable=False),
+    Column("opened_on", Date, nullable=False),
+    Column("due_on", Date, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("overdue_days", Integer, nullable=False),
+    Column("overdue_amount_fen", BigInteger, nullable=False),
+    Column("guarantee_type", String(16), nullable=False),
+    Column("updated_on", Date, nullable=False),
+    Column("import_run", Integer, nullable=False, index=True),
+    Column("import_line", Integer, nullable=False),
+)
+
+flags = Table(
+    "flags",
+    metadata,
+    Column("subject_token", LargeBinary(32), primary_key=True),
+    Column("flag_type", String(24), primary_key=True),
+    Column("key_epoch", Integer, nullable=False),
+    Column("masked_id", String(32), nullable=False),
+    Column("id_type", String(16), nullable=False),
+    Column("flagged_on", Date, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("import_run", Integer, nullable=False, index=True),
+    Column("import_line", Integer, nullable=False),
+)
+
+scores = Table(
+    "scores",
+    metadata,
+    Column("subject_token", LargeBinary(32), primary_key=True),
+    Column("key_epoch", Integer, nullable=False),
+    Column("masked_id", String(32), nullable=False),
+    Column("id_type", String(16), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("scored_on", Date, nullable=False),
+    Column("import_run", Integer, nullable=False, index=True),
+    Column("import_line", Integer, nullable=False),
+)
+
+import_runs = Table(
+    "import_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("source", String(512), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+)
+
+# Replay protection: a query id is answered at most once, across restarts.
+seen_queries = Table(
+    "seen_queries",
+    metadata,
+    Column("query_id", String(64), primary_key=True),
+    Column("seen_at_ms", BigInteger, nullable=False, index=True),
+)
+
+# Peers' credentials pinned on first sight (SPEC §5).
+pinned_credentials = Table(
+    "pinned_credentials",
+    metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("fingerprint", LargeBinary(32), nullable=False),
+    Column("ed25519_public_key", LargeBinary(32), nullable=False),
+    Column("serial", BigInteger, nullable=False),
+    Column("credential", LargeBinary, nullable=False),
+)
+
+BOOK_TABLES = {"loans": loans, "flags": flags, "scores": scores}
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def subject_facts(
+    engine: Engine, token: bytes, epoch: int
+) -> tuple[list[LoanFacts], list[FlagFacts], ScoreFacts | None]:
+    """Everything this member holds on one subject, from current-epoch rows."""
+    with engine.connect() as conn:
+        loan_rows = conn.execute(
+            select(
+                loans.c.status,
+                loans.c.balance_fen,
+                loans.c.opened_on,
+                loans.c.overdue_days,
+                loans.c.overdue_amount_fen,
+            ).where(and_(loans.c.subject_token == token, loans.c.key_epoch == epoch))
+        ).all()
+        flag_rows = conn.execute(
+            select(flags.c.flag_type, flags.c.status, flags.c.flagged_on).where(
+                and_(flags.c.subject_token == token, flags.c.key_epoch == epoch)
+            )
+        ).all()
+        score_row = conn.execute(
+            select(scores.c.score, scores.c.scored_on).where(
+                and_(scores.c.subject_token == token, scores.c.key_epoch == epoch)
+            )
+        ).first()
+    return (
+        [LoanFacts(r.status, r.balance_fen, r.opened_on, r.overdue_days, r.overdue_amount_fen) for r in loan_rows],
+        [FlagFacts(r.flag_type, r.status, r.flagged_on) for r in flag_rows],
+        None if score_row is None else ScoreFacts(score_row.score, score_row.scored_on),
+    )
+
+
+def active_balance_fen(engine: Engine, token: bytes, epoch: int, as_of: date) -> int:
+    """Σ balance of ACTIVE loans opened on or before as_of: the precheck figure."""
+    loan_facts, _, _ = subject_facts(engine, token, epoch)
+    return sum(l.balance_fen for l in loan_facts if l.status == "ACTIVE" and l.opened_on <= as_of)
+

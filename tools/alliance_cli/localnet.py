@@ -1,0 +1,174 @@
+"""A whole alliance on one machine, built through the real onboarding path
+(admin init → member keygen → admin member add → member join → matching-key
+create / share / install) with the gateway and every member node as separate
+processes over loopback mutual TLS. Used by `alliance demo`, `alliance bench`
+and the end-to-end tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from alliance import matching_key, transport
+from alliance.errors import Unreachable
+from alliance_gateway import admin as admin_ops
+from alliance_member import onboarding
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalMember:
+    member_id: str
+    home: Path
+    endpoint: str
+    db_url: str | None = None
+    process: subprocess.Popen | None = None
+
+
+@dataclass
+class LocalAlliance:
+    root: Path
+    member_ids: list[str]
+    gateway_db_url: str | None = None
+    member_db_urls: dict[str, str] = field(default_factory=dict)
+    deadline_ms: int = 2000
+    default_quota: int = 100_000
+    with_auditor: bool = True
+    log_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.admin_home = self.root / "admin"
+        self.gateway_home = self.root / "gateway"
+        self.auditor_home: Path | None = self.root / "auditor" if self.with_auditor else None
+        self.gateway_endpoint = f"{HOST}:{free_port()}"
+        self.members = {
+            mid: LocalMember(mid, self.root / "members" / mid, f"{HOST}:{free_port()}", self.member_db_urls.get(mid))
+            for mid in self.member_ids
+        }
+        self.gateway_process: subprocess.Popen | None = None
+        self.check_value = ""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> "LocalAlliance":
+        try:
+            admin_ops.init_alliance(
+                self.admin_home, self.gateway_home, alliance_name="demo.credit-alliance", listen=self.gateway_endpoint,
+                gateway_endpoint=self.gateway_endpoint, hosts=("localhost", HOST), db_url=self.gateway_db_url,
+                default_quota=self.default_quota, deadline_ms=self.deadline_ms,
+            )
+            self.gateway_process = self._spawn("gateway", ["gateway", "serve", "--home", str(self.gateway_home)])
+            self.wait_serving(self.gateway_endpoint, self.gateway_home / "gateway.crt", self.gateway_home / "gateway.key", self.gateway_home / "ca.crt")
+            registry = admin_ops.Admin(self.admin_home)
+            fingerprints = {}
+            for m in self.members.values():
+                result = onboarding.keygen(
+                    m.home, member_id=m.member_id, name=f"{m.member_id} lending platform", role="member",
+                    endpoint=m.endpoint, listen=m.endpoint, gateway=self.gateway_endpoint, db_url=m.db_url,
+                )
+                fingerprints[m.member_id] = result.fingerprint
+                onboarding.join(m.home, registry.add(result.join_request.read_bytes(), expected_role="member"))
+            if self.auditor_home is not None:
+                result = onboarding.keygen(
+                    self.auditor_home, member_id="auditor", name="alliance auditor", role="auditor",
+                    endpoint="", listen="", gateway=self.gateway_endpoint,
+                )
+                onboarding.join(self.auditor_home, registry.add(result.join_request.read_bytes(), expected_role="auditor"))
+            self._hand_over_matching_key(fingerprints)
+            for m in self.members.values():
+                m.process = self._spawn(m.member_id, ["member", "serve", "--home", str(m.home)])
+            for m in self.members.values():
+                self.wait_serving(m.endpoint, m.home / "tls.crt", m.home / "tls.key", m.home / "ca.crt")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _hand_over_matching_key(self, fingerprints: dict[str, str]) -> None:
+        """The founding member creates the key; it is shared with each
+        newcomer through the gateway relay, fingerprints and check value
+        confirmed as they would be out of band."""
+        founder, *others = self.members.values()
+        mk = onboarding.create_matching_key(founder.home)
+        self.check_value = matching_key.format_check_value(matching_key.check_value(mk.key))
+        for m in others:
+            onboarding.share_matching_key(founder.home, recipient_id=m.member_id, recipient_fingerprint=fingerprints[m.member_id])
+            onboarding.install_matching_key(
+                m.home, sender_id=founder.member_id, sender_fingerprint=fingerprints[founder.member_id], check_value=self.check_value
+            )
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log_dir = self.log_dir or self.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = (log_dir / f"{name}.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.Popen(
+            [sys.executable, "-m", "alliance_cli.main", "-v", *args], stdout=log_file, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )
+
+    def wait_serving(self, endpoint: str, cert: Path, key: Path, ca: Path, timeout_s: float = 30.0) -> None:
+        """Poll the gRPC health service over mutual TLS until it says SERVING."""
+        channel = transport.secure_channel(endpoint, key.read_bytes(), cert.read_bytes(), ca.read_bytes())
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.1)
+            raise Unreachable(f"{endpoint} did not start serving within {timeout_s:.0f}s (see {self.root / 'logs'})")
+        finally:
+            channel.close()
+
+    def stop_member(self, member_id: str) -> None:
+        _terminate(self.members[member_id].process)
+
+    def stop(self) -> None:
+        for m in self.members.values():
+            _terminate(m.process)
+        _terminate(self.gateway_process)
+
+    def state(self) -> dict:
+        return {
+            "gateway": self.gateway_endpoint,
+            "admin_home": str(self.admin_home),
+            "gateway_home": str(self.gateway_home),
+            "auditor_home": str(self.auditor_home) if self.auditor_home else None,
+            "members": {m.member_id: {"home": str(m.home), "endpoint": m.endpoint} for m in self.members.values()},
+        }
+
+    def __enter__(self) -> "LocalAlliance":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _terminate(process: subprocess.Popen | None, timeout_s: float = 5.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+

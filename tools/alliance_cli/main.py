@@ -1,0 +1,465 @@
+"""`alliance`: one entry point for operators, members and auditors (SPEC §7).
+
+This module only parses arguments and prints; the work is done by the
+library (alliance, alliance_gateway, alliance_member). Errors are one line on
+stderr with the exit status of SPEC §7: 2 usage, 3 invalid input, 4 refused,
+5 alliance unreachable or too few answers."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import click
+
+from alliance.errors import AllianceError, UsageError
+from alliance_cli import output
+
+HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
+
+
+class AllianceGroup(click.Group):
+    """Turns every library error into one stderr line and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AllianceError as exc:
+            click.echo(f"alliance: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+            if os.environ.get("ALLIANCE_DEBUG"):
+                raise
+            click.echo(f"alliance: internal error: {type(exc).__name__}: {exc} (set ALLIANCE_DEBUG=1 for a traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=AllianceGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def cli(verbose: bool) -> None:
+    """Credit alliance gateway: multi-lending reports without disclosure."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+
+def _date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--as-of must be YYYY-MM-DD, not {value!r}") from None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+# ---------------------------------------------------------------- admin
+
+@cli.group()
+def admin() -> None:
+    """Alliance operator: CA, members, quotas."""
+
+
+@admin.command("init")
+@HOME
+@DB
+@click.option("--gateway-home", type=click.Path(path_type=Path), default=None, help="Gateway home (default: HOME/../gateway).")
+@click.option("--name", "alliance_name", default="credit-alliance.example", show_default=True, help="Alliance name; the log origin is NAME/audit-log.")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="Address the gateway listens on.")
+@click.option("--endpoint", default=None, help="host:port members use to reach the gateway (default: --listen).")
+@click.option("--host", "hosts", multiple=True, help="Extra host names for the gateway certificate.")
+@click.option("--default-quota", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--k", "k_min", type=click.IntRange(min=2), default=2, show_default=True, help="Minimum members in any sum.")
+@click.option("--deadline-ms", type=click.IntRange(min=50), default=2000, show_default=True)
+def admin_init(home: Path, db_url: str | None, gateway_home: Path | None, alliance_name: str, listen: str,
+               endpoint: str | None, hosts: tuple[str, ...], default_quota: int, k_min: int, deadline_ms: int) -> None:
+    """Create the alliance CA, gateway and log keys, and the registry database."""
+    from alliance_gateway import admin as admin_ops
+
+    gateway_home = gateway_home or home.parent / "gateway"
+    host = (endpoint or listen).rsplit(":", 1)[0]
+    result = admin_ops.init_alliance(
+        home, gateway_home, alliance_name=alliance_name, listen=listen, gateway_endpoint=endpoint or listen,
+        hosts=tuple(dict.fromkeys((host, "localhost", "127.0.0.1", *hosts))), db_url=db_url,
+        default_quota=default_quota, deadline_ms=deadline_ms, k_min=k_min,
+    )
+    click.echo(f"alliance CA created in {result.admin_home} (keep this directory offline)")
+    click.echo(f"gateway home: {result.gateway_home}")
+    click.echo(f"registry database: {result.db_url}")
+    click.echo(f"log verifier key: {result.log_verifier}")
+
+
+@admin.group("member")
+def admin_member() -> None:
+    """Admit and manage members."""
+
+
+def _admin(home: Path, db_url: str | None):  # type: ignore[no-untyped-def]
+    from alliance_gateway.admin import Admin
+
+    return Admin(home, db_url=db_url)
+
+
+@admin_member.command("add")
+@HOME
+@DB
+@click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="join-request.bin from `alliance member keygen`.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the credential bundle.")
+@click.option("--quota", type=click.IntRange(min=0), default=None, help="Daily query quota (default: the alliance default).")
+def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, quota: int | None) -> None:
+    """Check a join request and issue the member's credential."""
+    bundle = _admin(home, db_url).add(request_file.read_bytes(), daily_quota=quota, expected_role="member")
+    out_file.write_bytes(bundle)
+    click.echo(f"credential bundle written to {out_file}; hand it to the member for `alliance member join`")
+
+
+@admin_member.command("list")
+@HOME
+@DB
+@click.option("--json", "as_json", is_flag=True)
+def admin_member_list(home: Path, db_url: str | None, as_json: bool) -> None:
+    """List members and auditors."""
+    rows = _admin(home, db_url).list()
+    if as_json:
+        _echo_json(rows)
+    else:
+        output.member_table(rows)
+
+
+@admin_member.command("show")
+@HOME
+@DB
+@click.argument("member_id")
+@click.option("--json", "as_json", is_flag=True)
+def admin_member_show(home: Path, db_url: str | None, member_id: str, as_json: bool) -> None:
+    """Show one member."""
+    row = _admin(home, db_url).show(member_id)
+    if as_json:
+        _echo_json(row)
+    else:
+        output.key_values(row)
+
+
+def _status_command(name: str, status: str, help_text: str) -> None:
+    @admin_member.command(name, help=help_text)
+    @HOME
+    @DB
+    @click.argument("member_id")
+    def command(home: Path, db_url: str | None, member_id: str) -> None:
+        _admin(home, db_url).set_status(member_id, status)
+        click.echo(f"{member_id}: {status} (effective at the gateway within seconds)")
+
+
+_status_command("suspend", "suspended", "Suspend a member: it can neither query nor be asked.")
+_status_command("resume", "active", "Resume a suspended member.")
+_status_command("revoke", "revoked", "Revoke a member for good.")
+
+
+@admin_member.command("set-quota")
+@HOME
+@DB
+@click.argument("member_id")
+@click.argument("daily_quota", type=click.IntRange(min=0))
+def admin_member_set_quota(home: Path, db_url: str | None, member_id: str, daily_quota: int) -> None:
+    """Set a member's daily query quota."""
+    _admin(home, db_url).set_quota(member_id, daily_quota)
+    click.echo(f"{member_id}: daily quota {daily_quota}")
+
+
+@admin.group("auditor")
+def admin_auditor() -> None:
+    """Issue auditor credentials."""
+
+
+@admin_auditor.command("add")
+@HOME
+@DB
+@click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def admin_auditor_add(home: Path, db_url: str | None, request_file: Path, out_file: Path) -> None:
+    """Issue an auditor credential from an auditor's join request."""
+    bundle = _admin(home, db_url).add(request_file.read_bytes(), expected_role="auditor")
+    out_file.write_bytes(bundle)
+    click.echo(f"auditor credential bundle written to {out_file}")
+
+
+# ---------------------------------------------------------------- gateway
+
+@cli.group()
+def gateway() -> None:
+    """The alliance gateway."""
+
+
+@gateway.command("serve")
+@HOME
+@DB
+@click.option("--listen", default=None, help="Override the configured listen address.")
+def gateway_serve(home: Path, db_url: str | None, listen: str | None) -> None:
+    """Run the gateway (needs the gateway home only, never the CA key)."""
+    from alliance_gateway.server import serve
+
+    serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True))
+
+
+# ---------------------------------------------------------------- member
+
+@cli.group()
+def member() -> None:
+    """A member platform's node and tools."""
+
+
+@member.command("keygen")
+@HOME
+@DB
+@click.option("--id", "member_id", required=True, help="Member id, e.g. lender-a.")
+@click.option("--name", required=True, help="Legal name of the platform.")
+@click.option("--role", type=click.Choice(["member", "auditor"]), default="member", show_default=True)
+@click.option("--endpoint", default="", help="host:port where the gateway reaches this member node.")
+@click.option("--listen", default=None, help="Address the member node listens on (default: --endpoint).")
+@click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True)
+def member_keygen(home: Path, db_url: str | None, member_id: str, name: str, role: str, endpoint: str,
+                  listen: str | None, gateway_endpoint: str) -> None:
+    """Create this member's keys and a join request; print the key fingerprint."""
+    from alliance_member import onboarding
+
+    if role == "member" and not endpoint:
+        raise UsageError("--endpoint is required for a member")
+    result = onboarding.keygen(home, member_id=member_id, name=name, role=role, endpoint=endpoint,
+                               listen=listen or endpoint, gateway=gateway_endpoint, db_url=db_url)
+    click.echo(f"join request: {result.join_request}")
+    click.echo(f"fingerprint: {result.fingerprint}")
+
+
+@member.command("join")
+@HOME
+@click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+def member_join(home: Path, bundle_file: Path) -> None:
+    """Install the credential issued by the admin."""
+    from alliance_member import onboarding
+
+    body = onboarding.join(home, bundle_file.read_bytes())
+    click.echo(f"joined as {body.member_id} (credential serial {body.serial})")
+
+
+@member.group("matching-key")
+def member_matching_key() -> None:
+    """The members-only key behind subject tokens."""
+
+
+@member_matching_key.command("create")
+@HOME
+@click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True)
+def matching_key_create(home: Path, epoch: int) -> None:
+    """Founding member: create the matching key; publish its check value."""
+    from alliance import matching_key as mk_lib
+    from alliance_member import onboarding
+
+    mk = onboarding.create_matching_key(home, epoch=epoch)
+    click.echo(f"matching key epoch {mk.epoch} created")
+    click.echo(f"check value: {mk_lib.format_check_value(mk_lib.check_value(mk.key))}")
+
+
+@member_matching_key.command("share")
+@HOME
+@click.option("--to", "recipient_id", required=True)
+@click.option("--fingerprint", required=True, help="The newcomer's fingerprint, confirmed out of band.")
+def matching_key_share(home: Path, recipient_id: str, fingerprint: str) -> None:
+    """Encrypt the matching key to a newcomer and hand it to the gateway to relay."""
+    from alliance_member import onboarding
+
+    onboarding.share_matching_key(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
+    click.echo(f"matching key shared with {recipient_id}")
+
+
+@member_matching_key.command("install")
+@HOME
+@click.option("--from", "sender_id", required=True)
+@click.option("--fingerprint", required=True, help="The sender's fingerprint, confirmed out of band.")
+@click.option("--check-value", required=True, help="The key's check value published by the founding member.")
+def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_value: str) -> None:
+    """Newcomer: fetch, check and install the matching key."""
+    from alliance_member import onboarding
+
+    mk = onboarding.install_matching_key(home, sender_id=sender_id, sender_fingerprint=fingerprint, check_value=check_value)
+    click.echo(f"matching key epoch {mk.epoch} installed")
+
+
+@member.command("serve")
+@HOME
+@DB
+@click.option("--listen", default=None)
+def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
+    """Run the member node."""
+    from alliance_member.server import serve
+
+    serve(home, db_url=db_url, listen=listen)
+
+
+@member.command("import")
+@HOME
+@DB
+@click.option("--kind", type=click.Choice(["loans", "flags", "scores"]), required=True)
+@click.option("--skip-invalid", is_flag=True, help="Write valid rows; list invalid ones and write them to a reject file.")
+@click.option("--snapshot", is_flag=True, help="The file is the whole book of this kind: remove records absent from it.")
+@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def member_import(home: Path, db_url: str | None, kind: str, skip_invalid: bool, snapshot: bool,
+                  reject_file: Path | None, file: Path) -> None:
+    """Import a UDS-1 file (CSV or JSON Lines)."""
+    from alliance_member import book
+
+    result = book.import_book(home, file, kind, db_url=db_url, skip_invalid=skip_invalid, snapshot=snapshot,
+                              reject_file=reject_file, on_error=lambda e: click.echo(str(e), err=True),
+                              progress=output.import_progress(file))
+    click.echo(f"{file}: {result.rows_written} {kind} row(s) imported, {result.rows_rejected} rejected"
+               + (f", {result.rows_removed} removed (snapshot)" if snapshot else ""))
+    if result.rows_rejected:
+        click.echo(f"rejected rows written to {result.reject_file}", err=True)
+        sys.exit(3)
+
+
+def _query_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed([
+        HOME,
+        DB,
+        click.option("--id-type", type=click.Choice(["RESIDENT_ID", "USCC"]), required=True),
+        click.option("--id", "id_number", required=True),
+        click.option("--purpose", required=True, help="LOAN_APPROVAL, CREDIT_LIMIT_REVIEW or POST_LOAN_MONITORING."),
+        click.option("--consent-id", required=True, help="Reference of the borrower's signed authorisation."),
+        click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None),
+        click.option("--consent-sha256", default=None, help="SHA-256 (hex) of the signed authorisation."),
+        click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai)."),
+        click.option("--json", "as_json", is_flag=True),
+    ]):
+        f = option(f)
+    return f
+
+
+@member.command("query")
+@_query_options
+def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
+                 consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool) -> None:
+    """Ask the alliance about one subject: one aggregated report."""
+    from alliance_member.querier import Consent, Querier, Subject
+
+    consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
+    subject = Subject.parse(id_type, id_number)
+    querier = Querier(home, db_url=db_url)
+    try:
+        result = querier.query(subject, purpose=purpose, consent=consent, as_of=_date(as_of))
+    finally:
+        querier.close()
+    if as_json:
+        _echo_json(result)
+    else:
+        output.report_table(result)
+
+
+@member.command("precheck")
+@_query_options
+@click.option("--amount", required=True, help="New loan amount in yuan, e.g. 50000 or 50000.00.")
+def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
+                    consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool, amount: str) -> None:
+    """Would a new loan keep the subject within the regulatory cap? yes / no."""
+    from alliance_member.querier import Consent, Querier, Subject
+
+    consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
+    subject = Subject.parse(id_type, id_number)
+    querier = Querier(home, db_url=db_url)
+    try:
+        result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=_date(as_of))
+    finally:
+        querier.close()
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo("yes: within the cap" if result["within_cap"] else "no: the cap would be exceeded")
+
+
+@member.command("screen")
+@HOME
+@DB
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="CSV with columns id_type,id_number.")
+@click.option("--purpose", required=True)
+@click.option("--consent-id", required=True)
+@click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--consent-sha256", default=None)
+@click.option("--as-of", default=None)
+@click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSON report per line here (default: stdout).")
+def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str, consent_id: str,
+                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None) -> None:
+    """Screen a CSV of subjects: one report per subject, streamed."""
+    from alliance_member.querier import Consent, Querier, read_screen_csv
+
+    consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
+    querier = Querier(home, db_url=db_url)
+    failures = 0
+    out = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
+    try:
+        with output.screen_progress(input_file) as advance:
+            for line, result in querier.screen(read_screen_csv(input_file), purpose=purpose, consent=consent, as_of=_date(as_of)):
+                if isinstance(result, AllianceError):
+                    failures += 1
+                    out.write(json.dumps({"line": line, "error": str(result), "exit_code": result.exit_code}, ensure_ascii=False) + "\n")
+                else:
+                    out.write(json.dumps({"line": line, **result}, ensure_ascii=False) + "\n")
+                advance()
+    finally:
+        querier.close()
+        if output_file:
+            out.close()
+    if failures:
+        click.echo(f"{failures} subject(s) could not be screened; see their error lines", err=True)
+        sys.exit(3)
+
+
+# ---------------------------------------------------------------- demo, bench
+
+@cli.command("demo")
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="One folder per member with loans.csv, flags.csv, scores.csv (replaces the synthetic data).")
+@click.option("--keep-running", is_flag=True, help="Leave the alliance up until SIGTERM or SIGINT.")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--home", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to build the alliance (default: a temporary directory).")
+def demo_command(data_dir: Path | None, keep_running: bool, state_file: Path | None, work_dir: Path | None) -> None:
+    """Build a throw-away local alliance and run example queries."""
+    from alliance_cli import demo
+
+    demo.run(data_dir=data_dir, keep_running=keep_running, state_file=state_file, work_dir=work_dir, echo=click.echo)
+
+
+@cli.command("bench")
+@click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts.")
+@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, as_json: bool) -> None:
+    """Benchmark query latency and throughput against the naive-phe baseline."""
+    from alliance_cli import bench
+
+    counts = [int(x) for x in members.split(",") if x.strip()]
+    results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo)
+    if as_json:
+        _echo_json(results)
+
+
+def main() -> None:
+    cli(prog_name="alliance")
+
+
+if __name__ == "__main__":
+    main()
