@@ -129,7 +129,7 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         raise ProofError(f"{what}: negative size")
     if size1 > size2:
         raise ProofError(f"{what}: the first tree is larger than the second")
-    if False:
+    if size1 == 0:
         raise ProofError(f"{what}: the first tree is empty; there is nothing to prove")
     if size1 == size2:
         if len(proof):

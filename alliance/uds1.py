@@ -177,6 +177,11 @@ def parse_date(text: str, field: str) -> date:
 
 
 def _yuan(text: str) -> int:
+    # Fast path for the usual spelling with exactly two decimals ("1234.56").
+    if len(text) > 3 and text[-3] == "." and len(text) <= _MAX_INT_DIGITS + 3:
+        digits = text[:-3] + text[-2:]
+        if digits.isdigit() and digits.isascii():
+            return int(digits)
     return _decimal_scaled(text, 2, "an amount in yuan such as 1234.56")
 
 
@@ -219,6 +224,23 @@ def _integer(text: str) -> int:
 
 
 def _date(text: str) -> date:
+    """A strict YYYY-MM-DD date. A book repeats a few thousand dates many
+    times, so valid ones are remembered (up to a bound hostile input cannot
+    exceed)."""
+    cached = _DATES.get(text)
+    if cached is not None:
+        return cached
+    parsed = _parse_date(text)
+    if len(_DATES) < _MAX_CACHED_DATES:
+        _DATES[text] = parsed
+    return parsed
+
+
+_DATES: dict[str, date] = {}
+_MAX_CACHED_DATES = 100_000
+
+
+def _parse_date(text: str) -> date:
     if len(text) == 10 and text[4] == "-" and text[7] == "-" and text.isascii():
         digits = text[:4] + text[5:7] + text[8:]
         if digits.isdigit():
@@ -313,7 +335,10 @@ class _Schema:
 
     @property
     def id_type_index(self) -> int:
-        return self.fields.index("id_type")
+        """id_number always follows id_type, and its parser is None."""
+        index = self.fields.index("id_type")
+        assert self.fields[index + 1] == "id_number" and self.parsers[index + 1] is None
+        return index
 
     @property
     def field_order(self) -> dict[str, int]:
@@ -381,8 +406,26 @@ _SCHEMAS = {
 
 def _validate(schema: _Schema, id_type_index: int, cleaned: Sequence[str],
               today: date) -> tuple[Record | None, list[tuple[str, str]]]:
-    """Parse every field of one row (values in schema.fields order, already
-    normalised) and collect every error, not just the first."""
+    """Parse one row (values in schema.fields order, already normalised).
+
+    Almost every row is valid, so the first attempt parses all fields in one
+    comprehension under one ``try``; only a row that fails is parsed again
+    field by field to collect every error. Both passes use the same parsers,
+    so they accept exactly the same rows."""
+    try:
+        values = [parse(text) if parse is not None else text for parse, text in zip(schema.parsers, cleaned)]
+        values[id_type_index + 1] = identity.canonical_id(values[id_type_index], values[id_type_index + 1],
+                                                          today=today)
+    except (_Bad, InvalidIdNumber):
+        return None, _all_errors(schema, id_type_index, cleaned, today)
+    errors = schema.cross_check(values)
+    if errors:
+        return None, errors
+    return schema.record_type(*values), errors
+
+
+def _all_errors(schema: _Schema, id_type_index: int, cleaned: Sequence[str], today: date) -> list[tuple[str, str]]:
+    """Every error of an invalid row, each field parsed on its own."""
     values: list = []
     errors: list[tuple[str, str]] = []
     for field, parse, text in zip(schema.fields, schema.parsers, cleaned):
@@ -395,10 +438,7 @@ def _validate(schema: _Schema, id_type_index: int, cleaned: Sequence[str],
         except (_Bad, InvalidIdNumber) as exc:
             errors.append((field, str(exc)))
             values.append(None)
-    errors += schema.cross_check(values)
-    if errors:
-        return None, errors
-    return schema.record_type(*values), errors
+    return errors + schema.cross_check(values)
 
 
 def _clean(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import signal
 import tempfile
 import threading
@@ -76,10 +77,12 @@ def _example_queries(alliance: LocalAlliance, dataset: "synthetic.Dataset", as_o
     consent = Consent("DEMO-CONSENT-0001", hashlib.sha256(b"borrower's signed authorisation (demo)").digest())
     querier = Querier(alliance.members[querier_id].home)
     try:
-        person = dataset.demo_person
-        org = dataset.demo_org
-        for label, subject in (("a person known to several lenders", person), ("an organisation", org),
-                               ("an applicant nobody knows", dataset.unknown_person)):
+        person = max((s for s in dataset.subjects if s.id_type == "RESIDENT_ID"), key=lambda s: len(s.members))
+        org = max((s for s in dataset.subjects if s.id_type == "USCC"), key=lambda s: len(s.members))
+        unknown = synthetic.unknown_subjects(random.Random(7), 1)[0]
+        for label, subject in ((f"a person known to {len(person.members)} lenders", person),
+                               (f"an organisation known to {len(org.members)} lenders", org),
+                               ("an applicant nobody knows", unknown)):
             echo(f"\n{querier_id} asks about {label} ({subject.id_type} {subject.canonical_id[:6]}…):")
             result = querier.query(Subject(subject.id_type, subject.canonical_id), purpose="LOAN_APPROVAL", consent=consent, as_of=as_of)
             output.report_table(result)

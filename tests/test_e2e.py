@@ -1,0 +1,274 @@
+"""End to end: a gateway and four member nodes as separate processes over
+mutual TLS, built through the real onboarding path, fed synthetic UDS-1
+files; every report figure is checked against sums computed independently
+from those files (tests/independent.py). Runs on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from alliance import synthetic
+from alliance.errors import Refused, Unreachable
+from alliance_cli.localnet import LocalAlliance
+from alliance_member import book
+from alliance_member.querier import Consent, Querier, Subject
+from tests import independent
+from tests.conftest import IN_CI, PG_URL
+
+pytestmark = pytest.mark.e2e
+
+MEMBERS = ["lender-a", "lender-b", "lender-c", "lender-d"]
+QUERIER = "lender-a"
+OTHERS = MEMBERS[1:]
+AS_OF = date(2026, 6, 30)
+CONSENT = Consent("CONSENT-2026-0001", hashlib.sha256(b"signed authorisation").digest())
+
+
+def _pg_databases(names: list[str]) -> tuple[dict[str, str], list[str]]:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    urls, created = {}, []
+    with admin.connect() as conn:
+        for n in names:
+            db = f"e2e_{n.replace('-', '_')}_{secrets.token_hex(4)}"
+            conn.execute(text(f'CREATE DATABASE "{db}"'))
+            created.append(db)
+            urls[n] = f"{PG_URL.rsplit('/', 1)[0]}/{db}"
+    admin.dispose()
+    return urls, created
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def alliance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalAlliance, synthetic.Dataset]]:
+    root = tmp_path_factory.mktemp(f"alliance-{request.param}")
+    gateway_db, member_dbs, created = None, {}, []
+    if request.param == "postgres":
+        if not PG_URL:
+            if IN_CI:
+                pytest.fail("PostgreSQL is required under CI=true")
+            pytest.skip("*** PostgreSQL not available: run ./dev test ***")
+        urls, created = _pg_databases(["gateway", *MEMBERS])
+        gateway_db = urls.pop("gateway")
+        member_dbs = urls
+    dataset = synthetic.write_alliance_dataset(root / "data", MEMBERS, seed=42, as_of=AS_OF)
+    net = LocalAlliance(root, MEMBERS, gateway_db_url=gateway_db, member_db_urls=member_dbs, deadline_ms=2000)
+    net.start()
+    try:
+        for m in MEMBERS:
+            for kind in ("loans", "flags", "scores"):
+                book.import_book(net.members[m].home, root / "data" / m / f"{kind}.csv", kind)
+        yield net, dataset
+    finally:
+        net.stop()
+        if created:
+            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                for db in created:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def querier(alliance: tuple[LocalAlliance, synthetic.Dataset]) -> Iterator[Querier]:
+    net, _ = alliance
+    q = Querier(net.members[QUERIER].home)
+    yield q
+    q.close()
+
+
+def _subjects(dataset: synthetic.Dataset) -> list[synthetic.Subject]:
+    """People and organisations held by 0 (only the querier), 1, 2 and 3 other members."""
+    picked: list[synthetic.Subject] = []
+    for id_type in ("RESIDENT_ID", "USCC"):
+        by_count: dict[int, synthetic.Subject] = {}
+        for s in dataset.subjects:
+            if s.id_type == id_type:
+                by_count.setdefault(len([m for m in s.members if m != QUERIER]), s)
+        picked += list(by_count.values())
+    return picked
+
+
+def test_reports_match_independent_sums(alliance, querier) -> None:
+    net, dataset = alliance
+    subjects = _subjects(dataset)
+    assert {s.id_type for s in subjects} == {"RESIDENT_ID", "USCC"}
+    assert len(subjects) >= 6
+    for s in subjects:
+        result = querier.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        expected = independent.expected_report(dataset.root, OTHERS, s.id_type, s.canonical_id, AS_OF)
+        got = {k: v for k, v in result["report"].items() if k != "inquiries_30d"}
+        assert got == expected, f"{s.id_type} {s.canonical_id} held by {s.members}"
+        assert result["members_asked"] == 3 and result["members_answered"] == 3 and result["complete"] is True
+        assert result["audit"] is not None and result["audit"]["leaf_index"] >= 0
+
+
+def test_report_is_nonzero_for_a_rich_subject(alliance, querier) -> None:
+    """Guards the test above against comparing zeros with zeros."""
+    net, dataset = alliance
+    rich = max(dataset.subjects, key=lambda s: len([m for m in s.members if m != QUERIER]))
+    result = querier.query(Subject(rich.id_type, rich.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    assert result["report"]["lenders_with_active_loans"] + result["report"]["settled_loans"] + result["report"]["written_off_loans"] > 0
+
+
+def test_unknown_subjects_get_an_all_zero_report(alliance, querier) -> None:
+    for s in synthetic.unknown_subjects(random.Random(5), 2):
+        result = querier.query(Subject(s.id_type, s.canonical_id), purpose="CREDIT_LIMIT_REVIEW", consent=CONSENT, as_of=AS_OF)
+        assert result["members_answered"] == 3
+        assert all(v in (0, None) for k, v in result["report"].items() if k != "inquiries_30d")
+        assert result["report"]["average_score"] is None
+
+
+def test_variant_spellings_give_the_same_report(alliance, querier) -> None:
+    net, dataset = alliance
+    person = dataset.subjects[0]  # check character X, born 19xx: every variant applies
+    canonical = querier.query(Subject.parse(person.id_type, person.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    variants = {
+        "15-digit": person.canonical_id[:6] + person.canonical_id[8:17],
+        "lower-case x": person.canonical_id.lower(),
+        "full-width": "".join(chr(ord(c) + 0xFEE0) for c in person.canonical_id),
+        "padded": f"  {person.canonical_id[:6]} {person.canonical_id[6:14]} {person.canonical_id[14:]}  ",
+    }
+    assert person.canonical_id.endswith("X") and person.canonical_id[6:8] == "19"
+    for label, spelling in variants.items():
+        result = querier.query(Subject.parse(person.id_type, spelling), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        assert {k: v for k, v in result["report"].items() if k != "inquiries_30d"} == {
+            k: v for k, v in canonical["report"].items() if k != "inquiries_30d"}, label
+
+
+def test_precheck_on_both_sides_of_the_cap(alliance, querier) -> None:
+    net, dataset = alliance
+    for s in _subjects(dataset)[:3] + [s for s in _subjects(dataset) if s.id_type == "USCC"][:1]:
+        total = independent.active_balance(dataset.root, MEMBERS, s.id_type, s.canonical_id, AS_OF)
+        cap = 100_000_000 if s.id_type == "RESIDENT_ID" else 500_000_000
+        headroom = cap - total  # fen; a loan of exactly this keeps the subject at the cap
+        subject = Subject(s.id_type, s.canonical_id)
+        at_cap = querier.precheck(subject, amount_yuan=f"{headroom // 100}.{headroom % 100:02d}", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        over = headroom + 1
+        above = querier.precheck(subject, amount_yuan=f"{over // 100}.{over % 100:02d}", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        assert at_cap["within_cap"] is True, s
+        assert above["within_cap"] is False, s
+
+
+def test_inquiries_30d_counts_other_queriers(alliance) -> None:
+    net, dataset = alliance
+    s = dataset.subjects[5]
+    subject = Subject(s.id_type, s.canonical_id)
+    others = [Querier(net.members[m].home) for m in ("lender-b", "lender-c")]
+    try:
+        before = others[0].query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)["report"]["inquiries_30d"]
+        others[1].query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        after = others[0].query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)["report"]["inquiries_30d"]
+    finally:
+        for q in others:
+            q.close()
+    assert after == before + 1 or (after == before and before >= 1)
+
+
+def test_cli_query_json_shape(alliance) -> None:
+    net, dataset = alliance
+    s = dataset.subjects[0]
+    env = {**os.environ}
+    out = subprocess.run(
+        [sys.executable, "-m", "alliance_cli.main", "member", "query", "--home", str(net.members[QUERIER].home),
+         "--id-type", s.id_type, "--id", s.canonical_id.lower(), "--purpose", "LOAN_APPROVAL",
+         "--consent-id", "C-1", "--consent-sha256", "ab" * 32, "--as-of", AS_OF.isoformat(), "--json"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) >= {"query_id", "members_asked", "members_answered", "complete", "report", "audit"}
+    assert isinstance(data["members_asked"], int) and isinstance(data["complete"], bool)
+    assert set(data["audit"]) == {"leaf_index", "checkpoint"}
+    expected = independent.expected_report(dataset.root, OTHERS, s.id_type, s.canonical_id, AS_OF)
+    assert {k: v for k, v in data["report"].items() if k != "inquiries_30d"} == expected
+
+
+def test_cli_refusals_have_exit_codes(alliance) -> None:
+    net, dataset = alliance
+    s = dataset.subjects[0]
+    base = [sys.executable, "-m", "alliance_cli.main", "member", "query", "--home", str(net.members[QUERIER].home),
+            "--id-type", s.id_type, "--consent-id", "C-1", "--consent-sha256", "ab" * 32]
+    bad_id = subprocess.run(base + ["--id", s.canonical_id[:17] + ("1" if s.canonical_id[17] != "1" else "2"), "--purpose", "LOAN_APPROVAL"],
+                            capture_output=True, text=True, timeout=60)
+    assert bad_id.returncode == 3 and "check" in bad_id.stderr and "Traceback" not in bad_id.stderr
+    bad_purpose = subprocess.run(base + ["--id", s.canonical_id, "--purpose", "MARKETING"], capture_output=True, text=True, timeout=60)
+    assert bad_purpose.returncode == 4 and "purpose" in bad_purpose.stderr
+
+
+def test_gateway_holds_no_secrets(alliance) -> None:
+    """SPEC §1 properties 1–3: nothing in the gateway's home or database (or
+    the admin home) is a raw ID, a Paillier private key or the matching key."""
+    net, dataset = alliance
+    from alliance import matching_key, paillier
+
+    mk = matching_key.load(net.members[QUERIER].home / "matching-key.json")
+    secrets_to_find: dict[str, list[bytes]] = {"matching key": _spellings(mk.key)}
+    for m in MEMBERS:
+        sk = paillier.PaillierPrivateKey.from_json_bytes((net.members[m].home / "paillier.key").read_bytes())
+        for name in ("p", "q"):
+            v = getattr(sk, name)
+            secrets_to_find[f"{m} Paillier {name}"] = _spellings(v.to_bytes((v.bit_length() + 7) // 8, "big")) + [str(v).encode()]
+    raw_ids = [s.canonical_id.encode() for s in dataset.subjects]
+    blobs = [p.read_bytes() for home in (net.gateway_home, net.admin_home) for p in home.rglob("*") if p.is_file()]
+    blobs.append(_dump_database(net))
+    for blob in blobs:
+        for what, spellings in secrets_to_find.items():
+            assert not any(sp in blob for sp in spellings), f"{what} found in the gateway's files"
+        for raw in raw_ids:
+            assert raw not in blob, "a raw ID number is in the gateway's files"
+    assert len(blobs) > 5
+
+
+def _spellings(b: bytes) -> list[bytes]:
+    import base64
+
+    return [b, b.hex().encode(), b.hex().upper().encode(), base64.b64encode(b), base64.urlsafe_b64encode(b).rstrip(b"=")]
+
+
+def _dump_database(net: LocalAlliance) -> bytes:
+    from alliance_gateway.home import GatewayHome
+    url = GatewayHome(net.gateway_home).config().db_url
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    chunks = []
+    with engine.connect() as conn:
+        for table in ("members", "key_shares", "inquiries", "log_entries", "log_nodes", "log_head"):
+            for row in conn.execute(text(f"SELECT * FROM {table}")):
+                chunks.append(repr(tuple(row)).encode())
+                chunks.extend(bytes(v) for v in row if isinstance(v, (bytes, memoryview)))
+    engine.dispose()
+    return b"\n".join(chunks)
+
+
+def test_dead_member_does_not_stall_and_precheck_refuses(alliance, querier) -> None:
+    """Runs last in this module: freezes lender-d (SIGSTOP), so its calls hang
+    rather than fail fast, then stops it."""
+    net, dataset = alliance
+    s = dataset.subjects[0]
+    subject = Subject(s.id_type, s.canonical_id)
+    frozen = net.members["lender-d"].process
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        result = querier.query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        elapsed = time.monotonic() - start
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+        net.stop_member("lender-d")
+    assert result["members_asked"] == 3 and result["members_answered"] == 2 and result["complete"] is False
+    assert elapsed < 2.0 + 1.5, f"query took {elapsed:.1f}s with a 2s member deadline"
+    expected = independent.expected_report(dataset.root, ["lender-b", "lender-c"], s.id_type, s.canonical_id, AS_OF)
+    assert {k: v for k, v in result["report"].items() if k != "inquiries_30d"} == expected
+    with pytest.raises(Unreachable):
+        querier.precheck(subject, amount_yuan="1.00", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)

@@ -1,0 +1,177 @@
+"""UDS-1 import into the member store (SPEC §2 import semantics), on SQLite
+and PostgreSQL: all-or-nothing, --skip-invalid with a reject file, upserts,
+duplicate keys in one file, --snapshot, raw IDs never stored, and a crash
+midway leaving the store unchanged."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from alliance import db, identity, matching_key, synthetic, uds1
+from alliance.errors import InvalidInput, UsageError
+from alliance_member import importer, store
+
+KEY = matching_key.MatchingKey(epoch=1, key=bytes(range(32)))
+LOAN_HEADER = list(uds1.FIELDS["loans"])
+PERSON = "11010519491231002X"  # GB 11643 example; check character X by hand
+OTHER = "440524198001010013"
+
+
+def loan(loan_id: str, id_number: str = PERSON, **over: str) -> dict[str, str]:
+    row = {
+        "loan_id": loan_id, "subject_type": "PERSON", "id_type": "RESIDENT_ID", "id_number": id_number,
+        "product_type": "CONSUMER", "principal": "10000.00", "balance": "4000.00", "annual_rate": "12.5",
+        "term_months": "12", "repayment_method": "EQUAL_INSTALLMENT", "opened_on": "2026-01-10",
+        "due_on": "2027-01-10", "status": "ACTIVE", "overdue_days": "0", "overdue_amount": "0",
+        "guarantee_type": "NONE", "updated_on": "2026-06-01",
+    }
+    row.update(over)
+    return row
+
+
+def write_loans(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=LOAN_HEADER)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def engine(db_url):  # type: ignore[no-untyped-def]
+    e = db.make_engine(db_url)
+    store.create_schema(e)
+    yield e
+    e.dispose()
+
+
+def count(engine, table="loans") -> int:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(store.BOOK_TABLES[table])).scalar_one()
+
+
+def test_valid_file_is_imported_with_tokens_not_ids(engine, tmp_path) -> None:
+    path = write_loans(tmp_path / "loans.csv", [loan("L1"), loan("L2", OTHER, balance="0", status="SETTLED")])
+    result = importer.import_file(engine, path, "loans", KEY)
+    assert (result.rows_written, result.rows_rejected) == (2, 0)
+    with engine.connect() as conn:
+        rows = {r.loan_id: r for r in conn.execute(select(store.loans))}
+    expected_token = identity.subject_token(KEY.key, "RESIDENT_ID", PERSON)
+    assert bytes(rows["L1"].subject_token) == expected_token
+    assert rows["L1"].balance_fen == 400_000 and rows["L1"].principal_fen == 1_000_000
+    assert rows["L1"].masked_id == "110105********002X"
+    with engine.connect() as conn:
+        dump = "\n".join(repr(tuple(r)) for r in conn.execute(select(store.loans)))
+    assert PERSON not in dump and OTHER not in dump
+
+
+def test_one_invalid_row_rejects_the_whole_file(engine, tmp_path) -> None:
+    importer.import_file(engine, write_loans(tmp_path / "a.csv", [loan("KEEP")]), "loans", KEY)
+    bad = write_loans(tmp_path / "b.csv", [loan("L1"), loan("L2", balance="20000.00"), loan("L3", id_number=PERSON[:17] + "1")])
+    seen: list[str] = []
+    with pytest.raises(InvalidInput, match="2 invalid row"):
+        importer.import_file(engine, bad, "loans", KEY, on_error=lambda e: seen.append(str(e)))
+    assert any(e.startswith(f"{bad}:3: balance:") for e in seen), seen
+    assert any(e.startswith(f"{bad}:4: id_number:") for e in seen), seen
+    with engine.connect() as conn:
+        assert [r.loan_id for r in conn.execute(select(store.loans.c.loan_id))] == ["KEEP"]
+
+
+def test_skip_invalid_writes_valid_rows_and_a_reject_file(engine, tmp_path) -> None:
+    path = write_loans(tmp_path / "loans.csv", [loan("L1"), loan("L2", term_months="0"), loan("L3")])
+    result = importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=tmp_path / "rej.csv")
+    assert (result.rows_written, result.rows_rejected) == (2, 1)
+    with (tmp_path / "rej.csv").open() as fh:
+        rejects = list(csv.DictReader(fh))
+    assert [r["loan_id"] for r in rejects] == ["L2"]
+    assert ":3: term_months:" in rejects[0]["reject_reason"]
+    assert count(engine) == 2
+
+
+def test_duplicate_key_makes_the_later_row_invalid_within_and_across_chunks(engine, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    rows = [loan("L1"), loan("L2"), loan("L3"), loan("L1", balance="1.00"), loan("L4"), loan("L4")]
+    path = write_loans(tmp_path / "loans.csv", rows)
+    seen: list[str] = []
+    with pytest.raises(InvalidInput):
+        importer.import_file(engine, path, "loans", KEY, on_error=lambda e: seen.append(str(e)))
+    assert f"{path}:5: loan_id: duplicate key: already given on line 2" in seen
+    assert f"{path}:7: loan_id: duplicate key: already given on line 6" in seen
+    assert count(engine) == 0
+
+
+def test_rows_upsert_by_key(engine, tmp_path) -> None:
+    importer.import_file(engine, write_loans(tmp_path / "a.csv", [loan("L1"), loan("L2")]), "loans", KEY)
+    importer.import_file(engine, write_loans(tmp_path / "b.csv", [loan("L1", balance="123.45")]), "loans", KEY)
+    with engine.connect() as conn:
+        balances = dict(conn.execute(select(store.loans.c.loan_id, store.loans.c.balance_fen)).all())
+    assert balances == {"L1": 12_345, "L2": 400_000}
+
+
+def test_snapshot_removes_absent_records_and_refuses_skip_invalid(engine, tmp_path) -> None:
+    importer.import_file(engine, write_loans(tmp_path / "a.csv", [loan("L1"), loan("L2"), loan("L3")]), "loans", KEY)
+    result = importer.import_file(engine, write_loans(tmp_path / "b.csv", [loan("L2")]), "loans", KEY, snapshot=True)
+    assert result.rows_removed == 2
+    with engine.connect() as conn:
+        assert [r.loan_id for r in conn.execute(select(store.loans.c.loan_id))] == ["L2"]
+    with pytest.raises(UsageError):
+        importer.import_file(engine, tmp_path / "b.csv", "loans", KEY, snapshot=True, skip_invalid=True)
+
+
+def test_flags_and_scores_upsert_by_subject(engine, tmp_path) -> None:
+    flags = tmp_path / "flags.jsonl"
+    flags.write_text(
+        '{"id_type":"RESIDENT_ID","id_number":"%s","flag_type":"FRAUD","flagged_on":"2026-01-01","status":"ACTIVE"}\n'
+        '{"id_type":"RESIDENT_ID","id_number":"%s","flag_type":"FRAUD","flagged_on":"2026-02-01","status":"CLEARED"}\n'
+        % (PERSON, PERSON.lower())
+    )
+    seen: list[str] = []
+    with pytest.raises(InvalidInput):
+        importer.import_file(engine, flags, "flags", KEY, on_error=lambda e: seen.append(str(e)))
+    assert any(":2: flag_type: duplicate key" in e for e in seen), "the lower-case x spelling is the same subject"
+    scores = tmp_path / "scores.csv"
+    scores.write_text(f"id_type,id_number,score,scored_on\nRESIDENT_ID,{PERSON},700,2026-01-01\n")
+    importer.import_file(engine, scores, "scores", KEY)
+    scores.write_text(f"scored_on,score,id_number,id_type\n2026-03-01,650,{PERSON[:6]}{PERSON[8:17]},RESIDENT_ID\n")
+    importer.import_file(engine, scores, "scores", KEY)
+    with engine.connect() as conn:
+        assert conn.execute(select(store.scores.c.score)).scalars().all() == [650]
+
+
+def test_import_killed_midway_leaves_the_store_unchanged(db_url, tmp_path) -> None:
+    engine = db.make_engine(db_url)
+    store.create_schema(engine)
+    importer.import_file(engine, write_loans(tmp_path / "seed.csv", [loan("SEED")]), "loans", KEY)
+    big = tmp_path / "big.csv"
+    synthetic.write_loans_csv(big, 300_000, seed=3)
+    script = (
+        "import sys; from pathlib import Path; from alliance import db, matching_key; from alliance_member import importer;"
+        "key = matching_key.MatchingKey(epoch=1, key=bytes(range(32)));"
+        f"e = db.make_engine({db_url!r});"
+        "importer.import_file(e, Path(sys.argv[1]), 'loans', key, on_progress=lambda n: print(n, flush=True))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(big)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    progressed = 0
+    deadline = time.monotonic() + 120
+    while progressed < 20_000 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        progressed = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert progressed >= 20_000, "the import should have been killed midway, not before it started"
+    with engine.connect() as conn:
+        ids = conn.execute(select(store.loans.c.loan_id)).scalars().all()
+    assert ids == ["SEED"]
+    engine.dispose()

@@ -1,0 +1,168 @@
+"""`alliance bench` (SPEC §8): the real thing — gateway and N member nodes as
+separate processes over loopback mutual TLS — measured end to end from the
+querier's side, and the naive baseline (phe defaults: every figure encrypted
+separately with fresh randomness, no packing, no precomputation) run on the
+same machine in the same invocation, one process per member, for a ratio."""
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import phe
+
+from alliance import report, synthetic
+from alliance_cli.localnet import LocalAlliance
+from alliance_member import book
+from alliance_member.querier import Consent, Querier, Subject, today_shanghai
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / CLOCK_TICKS
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def _latency_summary(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    ms = sorted(x * 1000 for x in latencies_s)
+    return {
+        "queries": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "queries_per_s": round(len(ms) / wall_s, 2),
+    }
+
+
+def run(member_counts: list[int], *, queries: int, concurrency: int, naive_queries: int, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    results = []
+    for n in member_counts:
+        echo(f"\n== {n} members ==")
+        with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
+            ours = _bench_ours(Path(tmp), n, queries=queries, concurrency=concurrency, echo=echo)
+        naive = _bench_naive(n, queries=naive_queries, concurrency=concurrency, echo=echo)
+        ratio = {
+            "p50_speedup": round(naive["sequential"]["p50_ms"] / ours["sequential"]["p50_ms"], 1),
+            "throughput_speedup": round(ours["concurrent"]["queries_per_s"] / naive["concurrent"]["queries_per_s"], 1),
+            "cpu_per_query_ratio": round(naive["cpu_ms_per_query"] / ours["cpu_ms_per_query"], 1),
+        }
+        echo(f"speed-up over naive: p50 ×{ratio['p50_speedup']}, throughput ×{ratio['throughput_speedup']}, "
+             f"CPU per query ×{ratio['cpu_per_query_ratio']}")
+        results.append({"members": n, "ours": ours, "naive": naive, "speedup": ratio})
+    return results
+
+
+def _bench_ours(root: Path, n: int, *, queries: int, concurrency: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    ids = [f"m{i:02d}" for i in range(n)]
+    as_of = today_shanghai()
+    dataset = synthetic.write_alliance_dataset(root / "data", ids, seed=8, as_of=as_of)
+    echo(f"starting gateway + {n} member processes (mutual TLS, SQLite)…")
+    with LocalAlliance(root, ids, with_auditor=False) as alliance:
+        for mid in ids:
+            for kind in ("loans", "flags", "scores"):
+                book.import_book(alliance.members[mid].home, root / "data" / mid / f"{kind}.csv", kind)
+        subjects = [Subject(s.id_type, s.canonical_id) for s in dataset.subjects]
+        consent = Consent("BENCH-CONSENT", hashlib.sha256(b"bench").digest())
+        querier = Querier(alliance.members[ids[0]].home)
+        pids = [alliance.gateway_process.pid] + [m.process.pid for m in alliance.members.values()]
+
+        def one(i: int) -> float:
+            start = time.perf_counter()
+            querier.query(subjects[i % len(subjects)], purpose="LOAN_APPROVAL", consent=consent, as_of=as_of)
+            return time.perf_counter() - start
+
+        for i in range(5):  # warm up channels, mask pools and caches
+            one(i)
+        time.sleep(1.0)  # let the members' mask pools refill
+        seq_n = max(10, queries // 4)
+        t0 = time.perf_counter()
+        sequential = [one(i) for i in range(seq_n)]
+        seq_summary = _latency_summary(sequential, time.perf_counter() - t0)
+        echo(f"ours, light load (1 at a time): {_fmt(seq_summary)}")
+        cpu0 = sum(_cpu_seconds(p) for p in pids) + time.process_time()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            concurrent = list(pool.map(one, range(queries)))
+        wall = time.perf_counter() - t0
+        cpu = sum(_cpu_seconds(p) for p in pids) + time.process_time() - cpu0
+        conc_summary = _latency_summary(concurrent, wall)
+        echo(f"ours, {concurrency} concurrent: {_fmt(conc_summary)}; CPU {cpu / queries * 1000:.1f} ms/query (all processes)")
+        querier.close()
+    return {"sequential": seq_summary, "concurrent": conc_summary, "cpu_ms_per_query": round(cpu / queries * 1000, 2)}
+
+
+# -- the naive baseline ---------------------------------------------------
+
+_NAIVE_KEY: phe.PaillierPublicKey | None = None
+
+
+def _naive_member_init(n: int) -> None:
+    global _NAIVE_KEY
+    _NAIVE_KEY = phe.PaillierPublicKey(n)
+
+
+def _naive_member_answer(figures: list[int]) -> list[tuple[int, int]]:
+    """A member the naive way: each figure its own encryption, fresh r each time."""
+    assert _NAIVE_KEY is not None
+    return [(c.ciphertext(be_secure=True), c.exponent) for c in (_NAIVE_KEY.encrypt(v) for v in figures)]
+
+
+def _bench_naive(n: int, *, queries: int, concurrency: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    public, private = phe.generate_paillier_keypair(n_length=2048)
+    figures = [[(i * 7 + j) % 5 for j in range(len(report.REPORT_FIELDS))] for i in range(n)]
+    with ProcessPoolExecutor(max_workers=n, initializer=_naive_member_init, initargs=(public.n,)) as members:
+        list(members.map(_naive_member_answer, figures))  # start the processes
+
+        def one(_i: int) -> float:
+            start = time.perf_counter()
+            answers = list(members.map(_naive_member_answer, figures))
+            sums = [phe.EncryptedNumber(public, 1, 0) for _ in report.REPORT_FIELDS]
+            totals = []
+            for slot in range(len(report.REPORT_FIELDS)):
+                acc = phe.EncryptedNumber(public, answers[0][slot][0], answers[0][slot][1])
+                for member in answers[1:]:
+                    acc = acc + phe.EncryptedNumber(public, member[slot][0], member[slot][1])
+                totals.append(private.decrypt(acc))
+            del sums
+            return time.perf_counter() - start
+
+        t0 = time.perf_counter()
+        sequential = [one(i) for i in range(queries)]
+        seq_summary = _latency_summary(sequential, time.perf_counter() - t0)
+        echo(f"naive, light load: {_fmt(seq_summary)}")
+        cpu0 = _children_cpu(members) + time.process_time()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            concurrent = list(pool.map(one, range(queries)))
+        wall = time.perf_counter() - t0
+        cpu = _children_cpu(members) + time.process_time() - cpu0
+    conc_summary = _latency_summary(concurrent, wall)
+    echo(f"naive, {concurrency} concurrent: {_fmt(conc_summary)}; CPU {cpu / queries * 1000:.1f} ms/query")
+    return {"sequential": seq_summary, "concurrent": conc_summary, "cpu_ms_per_query": round(cpu / queries * 1000, 2)}
+
+
+def _children_cpu(pool: ProcessPoolExecutor) -> float:
+    return sum(_cpu_seconds(p) for p in getattr(pool, "_processes", {}) or {})
+
+
+def _fmt(s: dict[str, float]) -> str:
+    return f"p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms, p99 {s['p99_ms']} ms, {s['queries_per_s']} queries/s"
