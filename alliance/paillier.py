@@ -461,9 +461,9 @@ def blind_precheck(pk: PaillierPublicKey, enc_x: int, enc_balances: Sequence[int
                    rng: RandBelow = secrets) -> int:
     """The gateway's half of the cap check (SPEC §4): Enc(r·(x − Σ) + r′).
 
-    With d = x − Σ: d ≥ 0 gives a value in [0, r·(d+1)), d ≤ −1 gives one in
-    [−r, 0) — mod n, in the top half. |r·d| < 2^128 · 2^82 ≪ n/2, so nothing
-    wraps. The querier learns the sign of d and r·d + r′ (d blurred by an
+    With d = x − Σ: d ≥ 0 gives r·d + r′ in [0, r·(d+1)); d ≤ −1 gives
+    r·d + r′ < r·d + r ≤ 0, i.e. mod n the top half. Under SPEC §4 bounds
+    |d| < 2^81, so |r·d| < 2^209 ≪ n/2 and nothing wraps. The querier learns the sign of d and r·d + r′ (d blurred by an
     unknown factor of 64–128 bits). Multiplying by a fresh Enc(r′; mask)
     re-randomises the result, so it is unlinkable to the inputs."""
     if not enc_balances:
@@ -535,11 +535,9 @@ class _PoolState:
 
 
 def _random_units(n: Any, count: int) -> list[Any]:
-    """``count`` values uniform in Z*_n by rejection sampling from ONE
-    os.urandom call. Every urandom call releases the GIL, and getting it back
-    from a busy request thread costs a switch interval (5 ms): drawing per
-    value would add 5 ms per mask. Accepting x < n (and gcd(x, n) = 1, which
-    fails only if x reveals a factor) keeps the draw exactly uniform."""
+    """``count`` values uniform in Z*_n from one os.urandom call per batch.
+    Rejection sampling (accept 0 < x < n with gcd(x, n) = 1, which fails only
+    if x reveals a factor) keeps each draw exactly uniform."""
     bits = n.bit_length()
     width, excess = (bits + 7) // 8, -bits % 8
     units: list[Any] = []
@@ -586,8 +584,9 @@ class _Refiller:
             self._cond.notify()
 
     def _run(self) -> None:
-        # No thread-wide allow_release_gil: it would make every small mpz op
-        # (gcd, compare) drop the GIL and wait a switch interval to get it back.
+        # No thread-wide allow_release_gil: measured, it makes the small mpz
+        # ops between batches (gcd, compare) each wait ~5 ms (one switch
+        # interval) to get the GIL back from a busy request thread.
         _lower_own_priority()
         while True:
             with self._cond:

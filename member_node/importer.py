@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, insert, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 
 from alliance import identity, uds1
 from alliance.errors import InvalidInput, UsageError
 from alliance.matching_key import MatchingKey
 from alliance_member import store
 
-CHUNK_ROWS = 2000
+CHUNK_ROWS = 5000
 
 
 @dataclass
@@ -129,7 +128,9 @@ class _Upserter:
     def __init__(self, conn: Connection, table: Table, kind: str, key: MatchingKey, run_id: int, *, source: str) -> None:
         self.conn, self.table, self.kind, self.key, self.run_id, self.source = conn, table, kind, key, run_id, source
         self.key_columns = list(table.primary_key.columns)
-        self.insert = postgresql.insert if conn.engine.dialect.name == "postgresql" else sqlite.insert
+        self.columns = [c.name for c in table.columns]
+        self.is_sqlite = conn.engine.dialect.name == "sqlite"
+        self.upsert_sql = _upsert_sql(table, "?" if self.is_sqlite else "%s")
         self.pending: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, str] | None]] = {}
         self.written = 0
 
@@ -147,10 +148,10 @@ class _Upserter:
             return []
         duplicates = self._pop_keys_already_written_by_this_run()
         if self.pending:
-            rows = [values for values, _ in self.pending.values()]
-            stmt = self.insert(self.table)
-            update = {c.name: stmt.excluded[c.name] for c in self.table.columns if not c.primary_key}
-            self.conn.execute(stmt.on_conflict_do_update(index_elements=self.key_columns, set_=update), rows)
+            # Plain driver executemany: SQLAlchemy's per-row parameter
+            # processing would cost more than validation and hashing together.
+            rows = [self._row(values) for values, _ in self.pending.values()]
+            self.conn.exec_driver_sql(self.upsert_sql, rows)
             self.written += len(rows)
         self.pending.clear()
         return duplicates
@@ -169,6 +170,11 @@ class _Upserter:
             values, raw = self.pending.pop(tuple(row[: len(cols)]))
             duplicates.append((self._duplicate(values["import_line"], row.import_line), raw))
         return duplicates
+
+    def _row(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        if self.is_sqlite:  # SQLAlchemy stores SQLite dates as ISO text
+            return tuple(v.isoformat() if isinstance(v, date) else v for v in (values[c] for c in self.columns))
+        return tuple(values[c] for c in self.columns)
 
     def _duplicate(self, line: int, first_line: int) -> uds1.RowError:
         field_name = {"loans": "loan_id", "flags": "flag_type", "scores": "id_number"}[self.kind]
@@ -189,6 +195,17 @@ class _Upserter:
         if self.kind == "flags":
             return {**common, "flag_type": record.flag_type, "flagged_on": record.flagged_on, "status": record.status}
         return {**common, "score": record.score, "scored_on": record.scored_on}
+
+
+def _upsert_sql(table: Table, placeholder: str) -> str:
+    """INSERT … ON CONFLICT (key) DO UPDATE: the same text on SQLite ≥ 3.24 and PostgreSQL."""
+    columns = [c.name for c in table.columns]
+    keys = [c.name for c in table.primary_key.columns]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
 
 
 _LOAN_FIELDS = (

@@ -489,3 +489,25 @@ def test_precheck_result_is_fresh_and_needs_balances(pk, sk):
     assert P.precheck_within_cap(sk, one) and P.precheck_within_cap(sk, two)
     with pytest.raises(ValueError):
         P.blind_precheck(pk, enc_x, [], P.fresh_mask(pk))
+
+
+def test_mask_pool_concurrent_takes_never_repeat(pk):
+    import threading
+
+    pool = P.MaskPool(pk, target=6)
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def worker(out: list[int]) -> None:
+        for _ in range(8):
+            out.append(pool.take())
+
+    try:
+        threads = [threading.Thread(target=worker, args=(out,)) for out in taken]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        masks = [m for out in taken for m in out]
+        assert len(masks) == 32 and len(set(masks)) == 32
+    finally:
+        pool.close()
