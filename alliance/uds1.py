@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeVar, Union
 
 from alliance import identity
 from alliance.errors import InvalidIdNumber, InvalidInput
@@ -101,6 +101,7 @@ class ScoreRecord:
 
 
 Record = Union[LoanRecord, FlagRecord, ScoreRecord]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,25 +229,8 @@ def _integer(text: str) -> int:
     raise _Bad(f"must be a whole number (digits only), got {_shown(text)}")
 
 
-def _date(text: str) -> date:
-    """A strict YYYY-MM-DD date. A book repeats a few thousand dates many
-    times, so valid ones are remembered (up to a bound hostile input cannot
-    exceed)."""
-    cached = _DATES.get(text)
-    if cached is not None:
-        return cached
-    parsed = _parse_date(text)
-    if len(_DATES) < _MAX_CACHED_DATES:
-        _DATES[text] = parsed
-    return parsed
-
-
-_DATES: dict[str, date] = {}
-_MAX_CACHED_DATES = 100_000
-_date.known = _DATES  # type: ignore[attr-defined]
-
-
 def _parse_date(text: str) -> date:
+    """A strict YYYY-MM-DD date."""
     if len(text) == 10 and text[4] == "-" and text[7] == "-" and text.isascii():
         digits = text[:4] + text[5:7] + text[8:]
         if digits.isdigit():
@@ -257,6 +241,27 @@ def _parse_date(text: str) -> date:
     if not text:
         raise _Bad("is empty; expected a date as YYYY-MM-DD")
     raise _Bad(f"must be a date as YYYY-MM-DD, got {_shown(text)}")
+
+
+def _remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse``, remembering what it accepted in ``.known`` for the fast pass
+    (see _fast_parser). For fields with few distinct values (dates, rates,
+    terms): a book repeats them endlessly. Bounded, so memory stays flat
+    whatever the input."""
+    known: dict[str, T] = {}
+
+    def parse_and_remember(text: str) -> T:
+        value = parse(text)
+        if len(known) < _MAX_REMEMBERED:
+            known[text] = value
+        return value
+
+    parse_and_remember.known = known  # type: ignore[attr-defined]
+    return parse_and_remember
+
+
+_MAX_REMEMBERED = 100_000
+_date = _remembered(_parse_date)
 
 
 def _shown(text: str) -> str:
@@ -410,9 +415,9 @@ _SCHEMAS = {
         FIELDS["loans"],
         (
             _loan_id, _enum(SUBJECT_TYPES), _enum(identity.ID_TYPES), None, _enum(PRODUCT_TYPES),
-            _principal, _yuan, _range(_percent_e4, 0, ANNUAL_RATE_MAX_E4, _percent_text),
-            _range(_integer, *TERM_MONTHS_RANGE), _enum(REPAYMENT_METHODS), _date, _date, _enum(LOAN_STATUSES),
-            _integer, _yuan, _enum(GUARANTEE_TYPES), _date,
+            _principal, _yuan, _remembered(_range(_percent_e4, 0, ANNUAL_RATE_MAX_E4, _percent_text)),
+            _remembered(_range(_integer, *TERM_MONTHS_RANGE)), _enum(REPAYMENT_METHODS), _date, _date,
+            _enum(LOAN_STATUSES), _remembered(_integer), _yuan, _enum(GUARANTEE_TYPES), _date,
         ),
         _loan_cross_check,
         _fast_constructor(LoanRecord),
@@ -425,7 +430,7 @@ _SCHEMAS = {
     ),
     "scores": _Schema(
         FIELDS["scores"],
-        (_enum(identity.ID_TYPES), None, _range(_integer, *SCORE_RANGE), _date),
+        (_enum(identity.ID_TYPES), None, _remembered(_range(_integer, *SCORE_RANGE)), _date),
         _no_cross_check,
         _fast_constructor(ScoreRecord),
     ),
@@ -514,7 +519,7 @@ class _RowBuilder:
     def build(self, line: int, raw: dict[str, str] | None, texts: Sequence[str],
               problems: dict[str, str] | None = None) -> RowResult:
         if "".join(texts).isascii():  # ASCII is already NFKC: the common case stays cheap
-            cleaned = [text.strip() for text in texts]
+            cleaned = list(map(str.strip, texts))
         else:
             cleaned = [_clean(text) for text in texts]
             problems = self._undecodable_fields(texts, problems)
@@ -627,31 +632,76 @@ def _csv_columns(header: list[str], fields: tuple[str, ...], name: str) -> list[
 _JSON_NUMBER = "must be a JSON string (numbers are refused: floats are not money)"
 
 
+class _RepeatedKeys(dict):
+    """A JSON object that gave a key more than once (``repeated``): refused,
+    where json would silently keep the last value."""
+
+    repeated: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    flagged = _RepeatedKeys(obj)
+    flagged.repeated = sorted({key for key, _ in pairs if sum(1 for k, _ in pairs if k == key) > 1})
+    return flagged
+
+
+# One decoder for all lines: json.loads with a hook builds a new one per call.
+_JSON_DECODER = json.JSONDecoder(object_pairs_hook=_json_object)
+
+
 def _jsonl_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
     fields = rows.schema.fields
-    field_set = frozenset(fields)
+    decode = _JSON_DECODER.decode
     with _open_text(path, newline="\n") as handle:
         for line, text in enumerate(_lines(handle, rows.path_name), start=1):
-            if not text.strip():
+            if text.isspace():
                 continue
             try:
-                pairs = json.loads(text, object_pairs_hook=_Pairs)
+                obj = decode(text)
             except json.JSONDecodeError as exc:
                 yield rows.row_error(line, f"not valid JSON: {exc.msg} at column {exc.colno}")
                 continue
-            if not isinstance(pairs, _Pairs):
-                yield rows.row_error(line, f"must be a JSON object, got {_json_kind(pairs)}")
-                continue
-            yield _json_object_row(rows, line, pairs, fields, field_set)
+            if type(obj) is dict and len(obj) == len(fields):
+                try:
+                    texts = [obj[field] for field in fields]
+                    "".join(texts)  # TypeError unless every value is a string
+                except (KeyError, TypeError):
+                    pass
+                else:
+                    yield rows.build(line, obj, texts)
+                    continue
+            yield _json_row_with_problems(rows, line, obj)
 
 
-class _Pairs(list):
-    """A JSON object as its (key, value) pairs, so repeated keys are seen
-    rather than silently resolved to the last one."""
+def _json_row_with_problems(rows: _RowBuilder, line: int, obj: object) -> RowResult:
+    """A line that is not exactly one JSON object of string values with the
+    schema's keys: every key and value problem, reported by field."""
+    if not isinstance(obj, dict):
+        return rows.row_error(line, f"must be a JSON object, got {_json_kind(obj)}")
+    fields = rows.schema.fields
+    raw = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in obj.items()}
+    problems = {key: "appears more than once in the object" for key in getattr(obj, "repeated", ())}
+    for key in obj:
+        if key not in fields:
+            problems[key] = "is not a UDS-1 field"
+    texts = []
+    for field in fields:
+        value = obj.get(field)
+        texts.append(value if isinstance(value, str) else "")
+        if field not in obj:
+            problems[field] = "is missing"
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            problems[field] = _JSON_NUMBER
+        elif not isinstance(value, str):
+            problems[field] = f"must be a JSON string, got {_json_kind(value)}"
+    return rows.build(line, raw, texts, problems)
 
 
 def _json_kind(value: object) -> str:
-    if isinstance(value, _Pairs):
+    if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
         return "an array"
@@ -660,36 +710,3 @@ def _json_kind(value: object) -> str:
     if isinstance(value, (int, float)):
         return "a number"
     return "a string"
-
-
-def _json_object_row(rows: _RowBuilder, line: int, pairs: list[tuple[str, object]],
-                     fields: tuple[str, ...], field_set: frozenset[str]) -> RowResult:
-    obj = dict(pairs)
-    raw = {k: v if isinstance(v, str) else _json_text(v) for k, v in obj.items()}
-    problems: dict[str, str] = {}
-    if len(obj) != len(pairs):
-        for key in sorted({k for k, _ in pairs if sum(1 for k2, _ in pairs if k2 == k) > 1}):
-            problems[key] = "appears more than once in the object"
-    for key in obj.keys() - field_set:
-        problems[key] = "is not a UDS-1 field"
-    texts = []
-    for field in fields:
-        value = obj.get(field)
-        if isinstance(value, str):
-            texts.append(value)
-            continue
-        texts.append("")
-        if field not in obj:
-            problems[field] = "is missing"
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            problems[field] = _JSON_NUMBER
-        else:
-            problems[field] = f"must be a JSON string, got {_json_kind(value)}"
-    return rows.build(line, raw, texts, problems)
-
-
-def _json_text(value: object) -> str:
-    """A non-string JSON value written back as JSON, for the reject file."""
-    if isinstance(value, _Pairs):
-        value = {k: v for k, v in value}
-    return json.dumps(value, ensure_ascii=False)

@@ -26,6 +26,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 # Interim Measures (2016): total outstanding borrowing cap per subject, in fen.
 CAP_FEN = {"RESIDENT_ID": 1_000_000 * 100, "USCC": 5_000_000 * 100}
 MAX_AMOUNT_FEN = 10**12 * 100
+MIN_SUMMANDS = 2
 
 
 def today_shanghai() -> date:
@@ -120,8 +121,9 @@ class Querier:
 
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         audit = self.check_receipt(signed, response)
+        summed = self._check_answer_count(response)
         m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
-        sums = paillier.unpack(m, len(report.REPORT_FIELDS), max(1, response.members_answered))
+        sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
         report.check_plausible(sums, response.members_answered)
         return {
             "query_id": response.query_id,
@@ -131,6 +133,19 @@ class Querier:
             "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
             "audit": audit,
         }
+
+    @staticmethod
+    def _check_answer_count(response: pb.GatewayQueryResponse) -> int:
+        """Never decrypt a sum over fewer than k = 2 members (SPEC §1 property
+        3), whatever the gateway claims: count the signed answer receipts."""
+        receipts = {r.member_id for r in response.answers}
+        if len(receipts) != len(response.answers) or len(receipts) != response.members_answered:
+            raise CryptoError("gateway response: answer receipts do not match members_answered")
+        if not receipts <= set(response.asked_member_ids) or len(response.asked_member_ids) != response.members_asked:
+            raise CryptoError("gateway response: an answering member was not asked")
+        if len(receipts) < MIN_SUMMANDS:
+            raise CryptoError(f"gateway returned a sum over {len(receipts)} member(s); at least {MIN_SUMMANDS} are required")
+        return len(receipts)
 
     def precheck(self, subject: Subject, *, amount_yuan: str, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
         as_of = as_of or today_shanghai()
@@ -146,6 +161,7 @@ class Querier:
         signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_PRECHECK, enc_x)
         response = self.client.precheck(signed)
         audit = self.check_receipt(signed, response)
+        self._check_answer_count(response)
         if not response.complete or response.members_answered != response.members_asked:
             raise CryptoError("gateway returned a precheck over an incomplete set of members")
         within = paillier.precheck_within_cap(self.private_key, paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
