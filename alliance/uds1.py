@@ -216,7 +216,8 @@ def _decimal_problem(text: str, decimals: int, example: str) -> str:
         return f"has {len(fraction)} decimals, at most {decimals} allowed: {_shown(text)}"
     if whole.isdigit() and whole.isascii() and len(whole) > _MAX_INT_DIGITS:
         return f"is too large: {_shown(text)}"
-    return f"must be {example} (digits and at most {decimals} decimals, no sign, exponent or separators), got {_shown(text)}"
+    return (f"must be {example} (digits and at most {decimals} decimals, no sign, exponent or separators), "
+            f"got {_shown(text)}")
 
 
 def _integer(text: str) -> int:
@@ -325,7 +326,8 @@ def _yuan_text(fen: int) -> str:
 
 
 def _percent_text(e4: int) -> str:
-    return f"{e4 // 10**4}" if e4 % 10**4 == 0 else f"{e4 / 10**4:g}"
+    whole, fraction = divmod(e4, 10**4)
+    return f"{whole}.{fraction:04d}".rstrip("0").rstrip(".")
 
 
 # --- rows ------------------------------------------------------------------

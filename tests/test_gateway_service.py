@@ -1,0 +1,225 @@
+"""The gateway's query path without a network (SPEC §4, §5): member answers
+come from in-process member services or from deliberately broken fakes, so
+each failure mode is exact: a malformed or wrongly signed answer is dropped
+and logged, never summed; a dead member costs at most the deadline; fewer
+than k answers is an error; a precheck with a missing member never says yes."""
+from __future__ import annotations
+
+import threading
+from datetime import date
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import insert, select
+
+from alliance import audit_entry, db, identity, paillier, report
+from alliance.errors import Refused
+from alliance.v1 import alliance_pb2 as pb
+from alliance_gateway import audit_log, schema
+from alliance_gateway.home import GatewayConfig
+from alliance_gateway.registry import Registry
+from alliance_gateway.service import GatewayService, QueryFailure
+from alliance_member import store
+from alliance_member.service import MemberService, PeerTrust
+from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class FakeStub:
+    """Stands in for a member's gRPC stub: Answer.future(request, timeout)."""
+
+    def __init__(self, handler: Callable[[pb.MemberQueryRequest], pb.MemberQueryResponse] | None) -> None:
+        self.handler = handler
+        self.Answer = self
+
+    def future(self, request: pb.MemberQueryRequest, timeout: float) -> Future:
+        fut: Future = Future()
+        if self.handler is None:  # a dead member: never answers
+            return fut
+
+        def run() -> None:
+            try:
+                fut.set_result(self.handler(request))
+            except Refused as exc:
+                fut.set_exception(FakeRpcError(grpc.StatusCode.PERMISSION_DENIED, str(exc)))
+
+        threading.Thread(target=run, daemon=True).start()
+        return fut
+
+
+@pytest.fixture(scope="module")
+def ca() -> LocalCA:
+    return LocalCA()
+
+
+@pytest.fixture(scope="module")
+def members(ca):  # type: ignore[no-untyped-def]
+    return {mid: ca.enrol(mid) for mid in ("mq", "ma", "mb", "mc")}
+
+
+@pytest.fixture
+def gateway(members, ca, tmp_path, db_url):  # type: ignore[no-untyped-def]
+    engine = db.make_engine(db_url)
+    schema.create_schema(engine)
+    with engine.begin() as conn:
+        for m in members.values():
+            conn.execute(insert(schema.members).values(
+                member_id=m.member_id, name=m.member_id, role="member", status="active", endpoint=m.member_id,
+                credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
+                fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
+                paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=3, updated_at_ms=0))
+    services = {}
+    for mid in ("ma", "mb", "mc"):
+        mengine = db.make_engine(db.sqlite_url(tmp_path / f"{mid}.db"))
+        store.create_schema(mengine)
+        token = identity.subject_token(MK.key, *SUBJECT)
+        with mengine.begin() as conn:  # each member scores the subject: 600, 700, 800
+            conn.execute(store.scores.insert().values(subject_token=token, key_epoch=1, masked_id="x", id_type="RESIDENT_ID",
+                                                      score={"ma": 600, "mb": 700, "mc": 800}[mid], scored_on=date(2026, 1, 1),
+                                                      import_run=1, import_line=2))
+        services[mid] = MemberService(member_id=mid, engine=mengine, trust=PeerTrust(mengine, ca.cert),
+                                      signing_key=members[mid].signing_key, matching_key=lambda: MK,
+                                      mask_pools=paillier.MaskPools(target=2))
+    stubs: dict[str, Any] = {mid: FakeStub(services[mid].answer) for mid in services}
+    cfg = GatewayConfig(listen="", db_url=db_url, log_origin="test/log", log_key_name="test/log", k_min=2, deadline_ms=800,
+                        registry_refresh_ms=0)
+    svc = GatewayService(engine=engine, registry=Registry(engine, 0), config=cfg, member_stub=lambda ep: stubs[ep],
+                         log_reader=audit_log.LogReader(engine, origin="test/log", key_name="test/log",
+                                                        signing_key=Ed25519PrivateKey.generate()),
+                         mask_pools=paillier.MaskPools(target=2))
+    yield svc, stubs, members
+    engine.dispose()
+
+
+def _decrypt_report(members, response: pb.GatewayQueryResponse) -> list[int]:  # type: ignore[no-untyped-def]
+    q = members["mq"]
+    m = q.private_key.decrypt(paillier.decode_ciphertext(q.public_key, response.aggregate_ciphertext))
+    return paillier.unpack(m, len(report.REPORT_FIELDS), response.members_answered)
+
+
+def _last_entry(svc) -> dict:  # type: ignore[no-untyped-def]
+    size = svc.log.size()
+    return audit_entry.decode(svc.log.entry(size - 1), index=size - 1)
+
+
+def test_all_members_answer_and_the_sum_is_exact(gateway) -> None:
+    svc, _, members = gateway
+    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert (resp.members_asked, resp.members_answered, resp.complete) == (3, 3, True)
+    sums = _decrypt_report(members, resp)
+    assert sums[report.FIELD_INDEX["score_sum"]] == 2100 and sums[report.FIELD_INDEX["scored_lenders"]] == 3
+    entry = _last_entry(svc)
+    assert entry["outcome"] == "accepted" and sorted(entry["members_answered"]) == ["ma", "mb", "mc"]
+    assert resp.audit.present and resp.audit.leaf_index == entry["seq"]
+
+
+def test_malformed_answer_is_dropped_and_logged_never_summed(gateway) -> None:
+    svc, stubs, members = gateway
+    good = stubs["mc"].handler
+
+    def garbage(request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
+        resp = good(request)
+        return pb.MemberQueryResponse(member_id="mc", ciphertext=resp.ciphertext[:-1], signature=resp.signature)
+
+    stubs["mc"] = FakeStub(garbage)
+    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert (resp.members_answered, resp.complete) == (2, False)
+    assert _decrypt_report(members, resp)[report.FIELD_INDEX["score_sum"]] == 1300
+    dropped = _last_entry(svc)["dropped"]
+    assert dropped and dropped[0]["member_id"] == "mc" and dropped[0]["reason"].startswith("malformed_answer")
+
+
+def test_answer_with_a_wrong_signature_is_dropped(gateway) -> None:
+    svc, stubs, members = gateway
+    good = stubs["mb"].handler
+
+    def resigned(request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
+        resp = good(request)
+        resp.signature = bytes(64)
+        return resp
+
+    stubs["mb"] = FakeStub(resigned)
+    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert resp.members_answered == 2 and "mb" not in [r.member_id for r in resp.answers]
+
+
+def test_dead_member_costs_at_most_the_deadline(gateway) -> None:
+    svc, stubs, members = gateway
+    stubs["ma"] = FakeStub(None)
+    start = time.monotonic()
+    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert time.monotonic() - start < 0.8 + 0.5
+    assert (resp.members_answered, resp.complete) == (2, False)
+    assert _last_entry(svc)["dropped"] == [{"member_id": "ma", "reason": "deadline_exceeded"}]
+
+
+def test_report_over_a_single_member_is_refused(gateway) -> None:
+    svc, stubs, members = gateway
+    stubs["ma"] = FakeStub(None)
+    stubs["mb"] = FakeStub(None)
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert exc.value.reason == "too_few_answers" and exc.value.exit_code == 5
+    entry = _last_entry(svc)
+    assert entry["outcome"] == "refused" and entry["reason"] == "too_few_answers" and entry["members_answered"] == ["mc"]
+
+
+def test_precheck_with_a_missing_member_never_says_yes(gateway) -> None:
+    svc, stubs, members = gateway
+    stubs["ma"] = FakeStub(None)
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK), "mq", "member", "precheck")
+    assert exc.value.reason == "incomplete_precheck" and exc.value.exit_code == 5
+
+
+def test_refusals_are_logged_with_their_reason(gateway) -> None:
+    svc, _, members = gateway
+    q = signed_query(members["mq"])
+    q.signature = bytes(64)
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(q, "mq", "member", "query")
+    assert exc.value.reason == "bad_signature"
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"]), "a-different-peer", "member", "query")
+    assert exc.value.reason == "unknown_member"
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"], purpose="LOAN_APPROVAL"), "mq", "auditor", "query")
+    assert exc.value.reason == "wrong_role"
+    assert _last_entry(svc)["reason"] == "wrong_role"
+
+
+def test_daily_quota_is_enforced_and_logged(gateway) -> None:
+    svc, _, members = gateway
+    for _ in range(3):
+        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert exc.value.reason == "quota_exceeded" and exc.value.exit_code == 4
+    assert _last_entry(svc)["outcome"] == "refused"
+
+
+def test_suspended_member_is_refused_and_not_asked(gateway) -> None:
+    svc, _, members = gateway
+    with svc.engine.begin() as conn:
+        conn.execute(schema.members.update().where(schema.members.c.member_id == "mc").values(status="suspended"))
+    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert list(resp.asked_member_ids) == ["ma", "mb"]
+    with svc.engine.begin() as conn:
+        conn.execute(schema.members.update().where(schema.members.c.member_id == "mq").values(status="revoked"))
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    assert exc.value.reason == "member_revoked"
