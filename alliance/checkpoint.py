@@ -74,7 +74,7 @@ def verifier_key(name: str, public_key: Ed25519PublicKey) -> str:
 
 def parse_verifier_key(text: str) -> NoteVerifier:
     try:
-        name, kid_hex, key_b64 = text.strip().split("+")
+        name, kid_hex, key_b64 = text.strip().split("+", 2)
         kid, key = bytes.fromhex(kid_hex), base64.b64decode(key_b64, validate=True)
     except (ValueError, binascii.Error):
         raise CryptoError("not a signed-note verifier key (<name>+<key id>+<key>)") from None

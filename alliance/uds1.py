@@ -181,9 +181,9 @@ def parse_date(text: str, field: str) -> date:
 
 def _yuan(text: str) -> int:
     # Fast path for the usual spelling with exactly two decimals ("1234.56").
-    if len(text) > 3 and text[-3] == "." and len(text) <= _MAX_INT_DIGITS + 3:
+    if text[-3:-2] == ".":
         digits = text[:-3] + text[-2:]
-        if digits.isdigit() and digits.isascii():
+        if digits.isdigit() and digits.isascii() and len(digits) <= _MAX_INT_DIGITS + 2:
             return int(digits)
     return _decimal_scaled(text, 2, "an amount in yuan such as 1234.56")
 
