@@ -202,7 +202,7 @@ def write_alliance_dataset(out_dir: Path, member_ids: Sequence[str], *, seed: in
             if index < 2 or rng.random() < 0.7:
                 scores.append(_score(rng, id_type, canonical, as_of, after_as_of=index == 1))
     for member in member_ids:
-        _write_book(out_dir / member, books[member], rng, spell_all={subjects[0][1]})
+        _write_book(out_dir / member, books[member], rng, spell_all={subjects[0][1]} if subjects else set())
     subject_list = tuple(
         Subject(id_type, canonical, tuple(holders[i])) for i, (id_type, canonical) in enumerate(subjects)
     )

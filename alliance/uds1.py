@@ -181,7 +181,7 @@ def parse_date(text: str, field: str) -> date:
 
 def _yuan(text: str) -> int:
     # Fast path for the usual spelling with exactly two decimals ("1234.56").
-    if text[-3:-2] == ".":
+    if text[-3:-2] == "." and len(text) > 3:
         digits = text[:-3] + text[-2:]
         if digits.isdigit() and digits.isascii() and len(digits) <= _MAX_INT_DIGITS + 2:
             return int(digits)
