@@ -88,8 +88,8 @@ def verify_inclusion(leaf_hash: bytes, index: int, tree_size: int, proof: Sequen
     """Raise ProofError unless ``proof`` shows leaf ``index`` of a tree of
     ``tree_size`` leaves has hash ``leaf_hash`` under ``root`` (RFC 9162 §2.1.3.2)."""
     what = f"inclusion of leaf {index} in tree of size {tree_size}"
-    if index < 0 or tree_size < 0:
-        raise ProofError(f"{what}: negative index or size")
+    if not isinstance(index, int) or not isinstance(tree_size, int) or index < 0 or tree_size < 0:
+        raise ProofError(f"{what}: index and size must be non-negative integers")
     if index >= tree_size:  # step 1
         raise ProofError(f"{what}: index is not below the tree size")
     if not isinstance(leaf_hash, (bytes, bytearray)) or len(leaf_hash) != HASH_SIZE:
@@ -125,8 +125,8 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     every tree, so the caller has nothing to verify and must not ask.
     """
     what = f"consistency of tree size {size1} with tree size {size2}"
-    if size1 < 0 or size2 < 0:
-        raise ProofError(f"{what}: negative size")
+    if not isinstance(size1, int) or not isinstance(size2, int) or size1 < 0 or size2 < 0:
+        raise ProofError(f"{what}: sizes must be non-negative integers")
     if size1 > size2:
         raise ProofError(f"{what}: the first tree is larger than the second")
     if size1 == 0:
@@ -142,7 +142,7 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     _check_hashes(proof, what)
     path = list(proof)
     if size1 & (size1 - 1) == 0:  # step 2: size1 is a power of two
-        path.insert(0, bytes(root1))
+        pass
     fn, sn = size1 - 1, size2 - 1  # step 3
     while fn & 1:  # step 4
         fn >>= 1

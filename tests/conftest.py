@@ -46,3 +46,56 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     yield from _fresh_pg_database()
+
+
+def pg_databases(names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Fresh PostgreSQL databases, one per name."""
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    urls, created = {}, []
+    with admin.connect() as conn:
+        for n in names:
+            db = f"e2e_{n.replace('-', '_')}_{secrets.token_hex(4)}"
+            conn.execute(text(f'CREATE DATABASE "{db}"'))
+            created.append(db)
+            urls[n] = f"{PG_URL.rsplit('/', 1)[0]}/{db}"
+    admin.dispose()
+    return urls, created
+
+
+def drop_pg_databases(names: list[str]) -> None:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for db in names:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def running_alliance(backend: str, tmp_path_factory: pytest.TempPathFactory, members: list[str], as_of):  # type: ignore[no-untyped-def]
+    """A started LocalAlliance (separate processes, mutual TLS) with synthetic
+    books imported, on SQLite or PostgreSQL; stopped afterwards."""
+    from alliance import synthetic
+    from alliance_cli.localnet import LocalAlliance
+    from alliance_member import book
+
+    root = tmp_path_factory.mktemp(f"alliance-{backend}")
+    gateway_db, member_dbs, created = None, {}, []
+    if backend == "postgres":
+        if not PG_URL:
+            if IN_CI:
+                pytest.fail("PostgreSQL is required under CI=true")
+            pytest.skip("*** PostgreSQL not available: run ./dev test ***")
+        urls, created = pg_databases(["gateway", *members])
+        gateway_db = urls.pop("gateway")
+        member_dbs = urls
+    dataset = synthetic.write_alliance_dataset(root / "data", members, seed=42, as_of=as_of)
+    net = LocalAlliance(root, members, gateway_db_url=gateway_db, member_db_urls=member_dbs, deadline_ms=2000)
+    net.start()
+    try:
+        for m in members:
+            for kind in ("loans", "flags", "scores"):
+                book.import_book(net.members[m].home, root / "data" / m / f"{kind}.csv", kind)
+        yield net, dataset
+    finally:
+        net.stop()
+        if created:
+            drop_pg_databases(created)

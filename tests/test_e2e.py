@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -23,10 +22,9 @@ from sqlalchemy import create_engine, text
 from alliance import synthetic
 from alliance.errors import Refused, Unreachable
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
 from alliance_member.querier import Consent, Querier, Subject
 from tests import independent
-from tests.conftest import IN_CI, PG_URL
+from tests.conftest import PG_URL, running_alliance
 
 pytestmark = pytest.mark.e2e
 
@@ -37,47 +35,9 @@ AS_OF = date(2026, 6, 30)
 CONSENT = Consent("CONSENT-2026-0001", hashlib.sha256(b"signed authorisation").digest())
 
 
-def _pg_databases(names: list[str]) -> tuple[dict[str, str], list[str]]:
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    urls, created = {}, []
-    with admin.connect() as conn:
-        for n in names:
-            db = f"e2e_{n.replace('-', '_')}_{secrets.token_hex(4)}"
-            conn.execute(text(f'CREATE DATABASE "{db}"'))
-            created.append(db)
-            urls[n] = f"{PG_URL.rsplit('/', 1)[0]}/{db}"
-    admin.dispose()
-    return urls, created
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def alliance(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalAlliance, synthetic.Dataset]]:
-    root = tmp_path_factory.mktemp(f"alliance-{request.param}")
-    gateway_db, member_dbs, created = None, {}, []
-    if request.param == "postgres":
-        if not PG_URL:
-            if IN_CI:
-                pytest.fail("PostgreSQL is required under CI=true")
-            pytest.skip("*** PostgreSQL not available: run ./dev test ***")
-        urls, created = _pg_databases(["gateway", *MEMBERS])
-        gateway_db = urls.pop("gateway")
-        member_dbs = urls
-    dataset = synthetic.write_alliance_dataset(root / "data", MEMBERS, seed=42, as_of=AS_OF)
-    net = LocalAlliance(root, MEMBERS, gateway_db_url=gateway_db, member_db_urls=member_dbs, deadline_ms=2000)
-    net.start()
-    try:
-        for m in MEMBERS:
-            for kind in ("loans", "flags", "scores"):
-                book.import_book(net.members[m].home, root / "data" / m / f"{kind}.csv", kind)
-        yield net, dataset
-    finally:
-        net.stop()
-        if created:
-            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                for db in created:
-                    conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-            admin.dispose()
+    yield from running_alliance(request.param, tmp_path_factory, MEMBERS, AS_OF)
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +169,12 @@ def test_cli_refusals_have_exit_codes(alliance) -> None:
 
 def test_gateway_holds_no_secrets(alliance) -> None:
     """SPEC §1 properties 1–3: nothing in the gateway's home or database (or
-    the admin home) is a raw ID, a Paillier private key or the matching key."""
+    the admin home) is a raw ID, a member's private key (Paillier, Ed25519,
+    X25519, TLS) or the matching key, in any usual spelling."""
     net, dataset = alliance
-    from alliance import matching_key, paillier
+    from cryptography.hazmat.primitives import serialization
+
+    from alliance import matching_key, paillier, pki
 
     mk = matching_key.load(net.members[QUERIER].home / "matching-key.json")
     secrets_to_find: dict[str, list[bytes]] = {"matching key": _spellings(mk.key)}
@@ -220,6 +183,11 @@ def test_gateway_holds_no_secrets(alliance) -> None:
         for name in ("p", "q"):
             v = getattr(sk, name)
             secrets_to_find[f"{m} Paillier {name}"] = _spellings(v.to_bytes((v.bit_length() + 7) // 8, "big")) + [str(v).encode()]
+        keys = pki.MemberKeys.load(net.members[m].home)
+        raw = serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        secrets_to_find[f"{m} Ed25519 key"] = _spellings(keys.ed25519_key.private_bytes(*raw))
+        secrets_to_find[f"{m} X25519 key"] = _spellings(keys.x25519_key.private_bytes(*raw))
+        secrets_to_find[f"{m} TLS key"] = _spellings(keys.tls_key.private_numbers().private_value.to_bytes(32, "big"))
     raw_ids = [s.canonical_id.encode() for s in dataset.subjects]
     blobs = [p.read_bytes() for home in (net.gateway_home, net.admin_home) for p in home.rglob("*") if p.is_file()]
     blobs.append(_dump_database(net))
