@@ -142,7 +142,7 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
     _check_hashes(proof, what)
     path = list(proof)
     if size1 & (size1 - 1) == 0:  # step 2: size1 is a power of two
-        pass
+        path.insert(0, bytes(root1))
     fn, sn = size1 - 1, size2 - 1  # step 3
     while fn & 1:  # step 4
         fn >>= 1

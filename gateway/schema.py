@@ -18,6 +18,7 @@ from sqlalchemy import (
     insert,
     select,
 )
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 metadata = MetaData()
 
@@ -90,7 +91,14 @@ log_nodes = Table(
 
 
 def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        if conn.execute(select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
-            conn.execute(insert(log_head).values(id=1, size=0))
+    """Idempotent, and safe when several gateway processes start at once."""
+    try:
+        metadata.create_all(engine)
+    except (IntegrityError, ProgrammingError):
+        metadata.create_all(engine)  # another process created the tables first
+    try:
+        with engine.begin() as conn:
+            if conn.execute(select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
+                conn.execute(insert(log_head).values(id=1, size=0))
+    except IntegrityError:
+        pass  # another process inserted the head row first
