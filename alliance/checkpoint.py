@@ -55,7 +55,7 @@ def _check_text(text: str, what: str) -> None:
     except UnicodeEncodeError as exc:
         raise CryptoError(f"{what}: not valid UTF-8") from exc
     for ch in text:
-        if ch != "\n" and (ch < " " or ch == "\x7f"):
+        if ch < " " and ch != "\n":
             raise CryptoError(f"{what}: contains control character U+{ord(ch):04X}")
 
 
@@ -161,7 +161,7 @@ def parse_verifier_key(text: str) -> NoteVerifier:
     Surrounding whitespace (a trailing newline from a file) is ignored."""
     if not isinstance(text, str):
         raise CryptoError("verifier key must be text")
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # the name has no '+'; the base64 key may
     if len(parts) != 3:
         raise CryptoError("verifier key must be <name>+<key ID hex>+<base64 key>")
     name, kid_hex, key_b64 = parts
@@ -225,12 +225,12 @@ def open_note(note: str, verifier: NoteVerifier) -> str:
             raise CryptoError(f"signature line {number} is too short to hold a key ID and a signature")
         if name != verifier.name or sig[:4] != verifier.key_id:
             continue  # an unknown key: ignored
-        if verified:
-            raise CryptoError(f"signed note has more than one signature by {verifier.name}")
         try:
             verifier.public_key.verify(sig[4:], message)
         except InvalidSignature:
             raise CryptoError(f"signature by {verifier.name} (line {number}) does not verify") from None
+        if verified:
+            raise CryptoError(f"signed note has more than one signature by {verifier.name}")
         verified += 1
     if not verified:
         raise CryptoError(f"signed note has no signature by {verifier.name}+{verifier.key_id.hex()}")

@@ -208,14 +208,17 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str) -> pb.GatewayQueryResponse:
         ctx = _Context(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms())
+        t0 = time.perf_counter()
         try:
             querier, body = self._admit(ctx, peer_role)
+            t_admit = time.perf_counter()
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
             targets = [m for m in self.registry.active_members() if m.member_id != querier.member_id]
             ctx.asked = [m.member_id for m in targets]
             if len(targets) < self.config.k_min:
                 raise QueryFailure("too_few_members", f"only {len(targets)} other active member(s); a report needs at least {self.config.k_min}")
             answers = self._fan_out(ctx, targets, querier, pk)
+            t_fan = time.perf_counter()
             if len(answers) < self.config.k_min:
                 raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed")
             if kind == "precheck":
@@ -226,7 +229,9 @@ class GatewayService(pb_grpc.GatewayServicer):
             else:
                 aggregate = paillier.add(pk, answers.values())
             ctx.inquiries_30d = self._inquiries_30d(querier.member_id, body.subject_token_sha256, ctx.received_ms)
+            t_agg = time.perf_counter()
             seq = self._commit(ctx, querier, outcome="accepted")
+            t_commit = time.perf_counter()
         except QueryFailure as failure:
             self._commit(ctx, None, outcome="refused", failure=failure)
             raise
@@ -234,6 +239,11 @@ class GatewayService(pb_grpc.GatewayServicer):
             failure = QueryFailure("malformed_request", str(exc))
             self._commit(ctx, None, outcome="refused", failure=failure)
             raise failure from None
+        receipt = self._receipt(seq)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("query %s: admit %.1f ms, fan-out %.1f ms, aggregate %.1f ms, commit %.1f ms, receipt %.1f ms",
+                      body.query_id, *(1000 * d for d in (t_admit - t0, t_fan - t_admit, t_agg - t_fan, t_commit - t_agg,
+                                                          time.perf_counter() - t_commit)))
         return pb.GatewayQueryResponse(
             query_id=body.query_id,
             members_asked=len(ctx.asked),
@@ -243,7 +253,7 @@ class GatewayService(pb_grpc.GatewayServicer):
             inquiries_30d=ctx.inquiries_30d,
             asked_member_ids=ctx.asked,
             answers=ctx.receipts,
-            audit=self._receipt(seq),
+            audit=receipt,
         )
 
     def _admit(self, ctx: _Context, peer_role: str) -> tuple[MemberRecord, pb.QueryRequestBody]:

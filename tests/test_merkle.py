@@ -36,8 +36,8 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 def _require_reference() -> None:
     if not REFERENCE.is_dir():
         message = (
-            f"RFC 6962 REFERENCE VECTORS MISSING: {REFERENCE} does not exist. The proof verifier "
-            "is NOT being checked against them. Put shared/ beside the repository."
+            f"*** RFC 6962 REFERENCE VECTORS MISSING: {REFERENCE} does not exist. The proof verifier "
+            "is NOT being checked against them. Put shared/ beside the repository. ***"
         )
         if IN_CI:
             pytest.fail(message + " (CI=true: failing instead of skipping)")

@@ -45,7 +45,8 @@ class AllianceGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
 def cli(verbose: bool) -> None:
     """Credit alliance gateway: multi-lending reports without disclosure."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    level = logging.DEBUG if os.environ.get("ALLIANCE_DEBUG") else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
 
 
 def _date(value: str | None) -> date | None:
