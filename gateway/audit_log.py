@@ -3,6 +3,7 @@ of an RFC 6962 tree whose perfect-subtree hashes live in the database, so an
 append costs O(log n) and proofs never rebuild the tree."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
@@ -38,16 +39,41 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int) -> tuple[int, byt
     return seq, leaf
 
 
-def _getter(conn: Connection) -> Callable[[int, int], bytes]:
+def _getter(conn: Connection, cache: "NodeCache | None" = None) -> Callable[[int, int], bytes]:
     def get(level: int, index: int) -> bytes:
+        if cache is not None:
+            hit = cache.get((level, index))
+            if hit is not None:
+                return hit
         row = conn.execute(
             select(schema.log_nodes.c.hash).where(and_(schema.log_nodes.c.level == level, schema.log_nodes.c.idx == index))
         ).first()
         if row is None:
             raise LookupError(f"log node ({level}, {index}) is missing")
+        if cache is not None:
+            cache.put((level, index), bytes(row.hash))
         return bytes(row.hash)
 
     return get
+
+
+class NodeCache:
+    """Stored node hashes never change once written, so readers may keep
+    them; bounded so a long-running gateway's memory stays flat."""
+
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self._data: dict[tuple[int, int], bytes] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> bytes | None:
+        return self._data.get(key)
+
+    def put(self, key: tuple[int, int], value: bytes) -> None:
+        with self._lock:
+            if len(self._data) >= self._max:
+                self._data.clear()
+            self._data[key] = value
 
 
 class LogReader:
@@ -58,6 +84,7 @@ class LogReader:
         self.origin = origin
         self.key_name = key_name
         self.signing_key = signing_key
+        self.nodes = NodeCache()
 
     def size(self) -> int:
         with self.engine.connect() as conn:
@@ -67,7 +94,7 @@ class LogReader:
         with self.engine.connect() as conn:
             if size is None:
                 size = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
-            root = merkle.root_at(size, _getter(conn)) if size else merkle.EMPTY_ROOT
+            root = merkle.root_at(size, _getter(conn, self.nodes)) if size else merkle.EMPTY_ROOT
         note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root), self.key_name, self.signing_key)
         return size, note
 
@@ -75,13 +102,13 @@ class LogReader:
         if not 0 <= index < size <= self.size():
             raise InvalidInput(f"no leaf {index} in a tree of size {size} (log size {self.size()})")
         with self.engine.connect() as conn:
-            return merkle.inclusion_proof(index, size, _getter(conn))
+            return merkle.inclusion_proof(index, size, _getter(conn, self.nodes))
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         if not 0 < first <= second <= self.size():
             raise InvalidInput(f"no consistency proof from size {first} to {second} (log size {self.size()})")
         with self.engine.connect() as conn:
-            return merkle.consistency_proof(first, second, _getter(conn))
+            return merkle.consistency_proof(first, second, _getter(conn, self.nodes))
 
     def entry(self, seq: int) -> bytes:
         with self.engine.connect() as conn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 CAP_FEN = {"RESIDENT_ID": 1_000_000 * 100, "USCC": 5_000_000 * 100}
 MAX_AMOUNT_FEN = 10**12 * 100
 MIN_SUMMANDS = 2
+CONSISTENCY_INTERVAL_S = 5.0
 
 
 def today_shanghai() -> date:
@@ -87,9 +89,17 @@ class Querier:
         self.verifier = checkpoint.parse_verifier_key(self.home.log_verifier.read_text(encoding="utf-8").strip())
         self._db_url = db_url
         self._engine = None
+        self._checkpoint_lock = threading.Lock()
+        self._kept: checkpoint.Checkpoint | None = None
+        self._kept_at = 0.0
+        self._pending_note: tuple[checkpoint.Checkpoint, str] | None = None
         self.client = client or GatewayClient(self.home)
 
     def close(self) -> None:
+        with self._checkpoint_lock:
+            if self._pending_note is not None:
+                self._prove_and_keep(*self._pending_note)
+                self._pending_note = None
         self.client.close()
 
     # -- requests -----------------------------------------------------------
@@ -226,6 +236,21 @@ class Querier:
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
     def _keep_newest_checkpoint(self, cp: checkpoint.Checkpoint, note: str) -> None:
+        """Keep the newest checkpoint seen, after proving it consistent with
+        the one kept before. A long-running querier (screen, bench) proves
+        consistency at most every CONSISTENCY_INTERVAL_S; a one-shot CLI query
+        always does."""
+        with self._checkpoint_lock:
+            now = time.monotonic()
+            if self._kept is not None and self._kept.size >= cp.size and self._kept.root_hash == cp.root_hash:
+                return
+            if self._kept is not None and now - self._kept_at < CONSISTENCY_INTERVAL_S and cp.size > self._kept.size:
+                self._pending_note = (cp, note)
+                return
+            self._prove_and_keep(cp, note)
+            self._kept, self._kept_at, self._pending_note = cp, now, None
+
+    def _prove_and_keep(self, cp: checkpoint.Checkpoint, note: str) -> None:
         path = self.home.checkpoint
         if path.exists():
             old_note = path.read_text(encoding="utf-8")

@@ -17,7 +17,7 @@ from datetime import date
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from alliance import paillier, pki, protocol, report, signing
@@ -135,29 +135,29 @@ class MemberService(pb_grpc.MemberNodeServicer):
         pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
         if body.paillier_key_fingerprint != pk.fingerprint():
             raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
-        self._remember_query_id(body.query_id, now_ms)
-        plaintext = self._plaintext(query.subject_token, key.epoch, body)
+        with self.engine.begin() as conn:
+            self._remember_query_id(conn, body.query_id, now_ms)
+            plaintext = self._plaintext(conn, query.subject_token, key.epoch, body)
         ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature)
 
-    def _plaintext(self, token: bytes, epoch: int, body: pb.QueryRequestBody) -> int:
+    def _plaintext(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> int:
         """Unknown subjects give all-zero figures: the same single ciphertext."""
         as_of = date.fromisoformat(body.as_of)
-        loans, flags, score = store.subject_facts(self.engine, token, epoch)
+        loans, flags, score = store.subject_facts(conn, token, epoch)
         if body.mode == pb.QUERY_MODE_PRECHECK:
             balance = sum(l.balance_fen for l in loans if l.status == "ACTIVE" and l.opened_on <= as_of)
             return paillier.pack([balance])
         return paillier.pack(report.member_figures(loans, flags, score, as_of))
 
-    def _remember_query_id(self, query_id: str, now_ms: int) -> None:
+    def _remember_query_id(self, conn: Connection, query_id: str, now_ms: int) -> None:
         """Replay protection that survives restarts; ids older than the
         freshness window can never be accepted again, so they are pruned."""
-        with self.engine.begin() as conn:
-            try:
-                conn.execute(insert(store.seen_queries).values(query_id=query_id, seen_at_ms=now_ms))
-            except IntegrityError:
-                raise Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query") from None
-            if now_ms - self._last_prune_ms > 60_000:
-                self._last_prune_ms = now_ms
-                conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))
+        try:
+            conn.execute(insert(store.seen_queries).values(query_id=query_id, seen_at_ms=now_ms))
+        except IntegrityError:
+            raise Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query") from None
+        if now_ms - self._last_prune_ms > 60_000:
+            self._last_prune_ms = now_ms
+            conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))

@@ -9,6 +9,7 @@ from datetime import date
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     Date,
     DateTime,
     Engine,
@@ -114,29 +115,28 @@ def create_schema(engine: Engine) -> None:
 
 
 def subject_facts(
-    engine: Engine, token: bytes, epoch: int
+    conn: Connection, token: bytes, epoch: int
 ) -> tuple[list[LoanFacts], list[FlagFacts], ScoreFacts | None]:
     """Everything this member holds on one subject, from current-epoch rows."""
-    with engine.connect() as conn:
-        loan_rows = conn.execute(
-            select(
-                loans.c.status,
-                loans.c.balance_fen,
-                loans.c.opened_on,
-                loans.c.overdue_days,
-                loans.c.overdue_amount_fen,
-            ).where(and_(loans.c.subject_token == token, loans.c.key_epoch == epoch))
-        ).all()
-        flag_rows = conn.execute(
-            select(flags.c.flag_type, flags.c.status, flags.c.flagged_on).where(
-                and_(flags.c.subject_token == token, flags.c.key_epoch == epoch)
-            )
-        ).all()
-        score_row = conn.execute(
-            select(scores.c.score, scores.c.scored_on).where(
-                and_(scores.c.subject_token == token, scores.c.key_epoch == epoch)
-            )
-        ).first()
+    loan_rows = conn.execute(
+        select(
+            loans.c.status,
+            loans.c.balance_fen,
+            loans.c.opened_on,
+            loans.c.overdue_days,
+            loans.c.overdue_amount_fen,
+        ).where(and_(loans.c.subject_token == token, loans.c.key_epoch == epoch))
+    ).all()
+    flag_rows = conn.execute(
+        select(flags.c.flag_type, flags.c.status, flags.c.flagged_on).where(
+            and_(flags.c.subject_token == token, flags.c.key_epoch == epoch)
+        )
+    ).all()
+    score_row = conn.execute(
+        select(scores.c.score, scores.c.scored_on).where(
+            and_(scores.c.subject_token == token, scores.c.key_epoch == epoch)
+        )
+    ).first()
     return (
         [LoanFacts(r.status, r.balance_fen, r.opened_on, r.overdue_days, r.overdue_amount_fen) for r in loan_rows],
         [FlagFacts(r.flag_type, r.status, r.flagged_on) for r in flag_rows],
@@ -146,6 +146,7 @@ def subject_facts(
 
 def active_balance_fen(engine: Engine, token: bytes, epoch: int, as_of: date) -> int:
     """Σ balance of ACTIVE loans opened on or before as_of: the precheck figure."""
-    loan_facts, _, _ = subject_facts(engine, token, epoch)
+    with engine.connect() as conn:
+        loan_facts, _, _ = subject_facts(conn, token, epoch)
     return sum(l.balance_fen for l in loan_facts if l.status == "ACTIVE" and l.opened_on <= as_of)
 
