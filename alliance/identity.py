@@ -144,7 +144,7 @@ def _canonical_resident_id(text: str, today: datetime.date) -> str:
         problems.append(birth_problem)
     expected = _mod11_2(first17)
     if given != expected:
-        problems.append(f"check character is {given!r}, expected {expected!r}")
+        problems.append(f"check character {given!r} does not match the other 17 characters (mistyped number?)")
     if problems:
         raise InvalidIdNumber("; ".join(problems))
     return text
@@ -158,7 +158,7 @@ def _canonical_uscc(text: str) -> str:
             raise InvalidIdNumber(f"character {char!r} is not allowed in a USCC")
     expected = uscc_check_char(text[:17])
     if text[17] != expected:
-        raise InvalidIdNumber(f"check character is {text[17]!r}, expected {expected!r}")
+        raise InvalidIdNumber(f"check character {text[17]!r} does not match the other 17 characters (mistyped code?)")
     return text
 
 

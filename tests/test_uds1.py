@@ -135,7 +135,7 @@ LOAN_RULES = [
     ("subject_type", "person", {}, "must be upper case: 'PERSON'"),
     ("id_type", "PASSPORT", {}, "must be one of RESIDENT_ID, USCC"),
     ("id_type", "USCC", {"id_number": ORG_ID}, "USCC is for subject_type ORG, but subject_type is PERSON"),
-    ("id_number", "110105194912310029", {}, "check character is '9', expected 'X'"),
+    ("id_number", "110105194912310029", {}, "check character '9' does not match"),
     ("id_number", "110101199002301236", {}, "birth date 19900230 is not a real date"),
     ("id_number", "110101209901011239", {}, "birth date 20990101 is in the future"),
     ("id_number", "11010519491231002", {}, "must be 18 characters (or 15 digits for a legacy resident ID), got 17"),
@@ -246,7 +246,7 @@ FLAG_RULES = [
     ("flagged_on", "2024-3-1", "must be a date as YYYY-MM-DD"),
     ("status", "SETTLED", "must be one of ACTIVE, CLEARED"),
     ("id_type", "PASSPORT", "must be one of RESIDENT_ID, USCC"),
-    ("id_number", "110105194912310021", "check character is '1', expected 'X'"),
+    ("id_number", "110105194912310021", "check character '1' does not match"),
 ]
 SCORE_RULES = [
     ("score", "299", "must be between 300 and 900, got 299"),

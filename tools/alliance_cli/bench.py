@@ -112,8 +112,50 @@ def _bench_ours(root: Path, n: int, *, queries: int, concurrency: int, echo: Cal
         cpu = sum(_cpu_seconds(p) for p in pids) + time.process_time() - cpu0
         conc_summary = _latency_summary(concurrent, wall)
         echo(f"ours, {concurrency} concurrent: {_fmt(conc_summary)}; CPU {cpu / queries * 1000:.1f} ms/query (all processes)")
+        security = _security_overhead(alliance, n)
+        echo(f"security overhead: {security['signature_ms_per_query']} ms of Ed25519 work per query "
+             f"({security['signatures_per_query']} signs/verifies), mutual-TLS handshake {security['tls_handshake_ms']} ms "
+             "per new channel (channels are reused, so 0 per query after the first)")
         querier.close()
-    return {"sequential": seq_summary, "concurrent": conc_summary, "cpu_ms_per_query": round(cpu / queries * 1000, 2)}
+    return {"sequential": seq_summary, "concurrent": conc_summary, "cpu_ms_per_query": round(cpu / queries * 1000, 2),
+            "security": security}
+
+
+def _security_overhead(alliance: LocalAlliance, n: int) -> dict[str, float]:
+    """What the trust layer costs per query: 1 querier signature, 1 + (n−1)
+    verifications of it (gateway and members), n−1 answer signatures and n−1
+    verifications of them at the gateway; and a fresh mutual-TLS handshake."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from alliance import transport
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    key = Ed25519PrivateKey.generate()
+    msg = os.urandom(300)
+    rounds = 500
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        sig = key.sign(msg)
+    sign_s = (time.perf_counter() - t0) / rounds
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        key.public_key().verify(sig, msg)
+    verify_s = (time.perf_counter() - t0) / rounds
+    signs, verifies = 1 + (n - 1), 1 + (n - 1) + (n - 1)
+    home = alliance.members[alliance.member_ids[0]].home
+    handshakes = []
+    for _ in range(10):
+        channel = transport.secure_channel(alliance.gateway_endpoint, (home / "tls.key").read_bytes(),
+                                           (home / "tls.crt").read_bytes(), (home / "ca.crt").read_bytes())
+        t0 = time.perf_counter()
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        handshakes.append(time.perf_counter() - t0)
+        channel.close()
+    return {
+        "signatures_per_query": signs + verifies,
+        "signature_ms_per_query": round((signs * sign_s + verifies * verify_s) * 1000, 3),
+        "tls_handshake_ms": round(statistics.median(handshakes) * 1000, 2),
+    }
 
 
 # -- the naive baseline ---------------------------------------------------
