@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
-from sqlalchemy import Engine, and_, func, insert, select
+from sqlalchemy import Engine, and_, bindparam, func, insert, select
 
 from alliance import paillier, protocol, signing
 from alliance.errors import CryptoError, Refused
@@ -54,6 +54,21 @@ REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "too_few_answers": (grpc.StatusCode.UNAVAILABLE, 5),
     "incomplete_precheck": (grpc.StatusCode.UNAVAILABLE, 5),
 }
+
+
+_inq = schema.inquiries.c
+_ACCEPTED_SINCE = select(func.count()).select_from(schema.inquiries).where(
+    and_(_inq.querier_id == bindparam("querier"), _inq.accepted.is_(True), _inq.received_at_ms >= bindparam("since"))
+)
+_OTHER_QUERIERS = select(func.count(func.distinct(_inq.querier_id))).where(
+    and_(
+        _inq.token_sha256 == bindparam("token"),
+        _inq.accepted.is_(True),
+        _inq.querier_id != bindparam("querier"),
+        _inq.received_at_ms >= bindparam("since"),
+        _inq.received_at_ms < bindparam("until"),
+    )
+)
 
 
 class QueryFailure(Exception):
@@ -360,30 +375,16 @@ class GatewayService(pb_grpc.GatewayServicer):
     # -- bookkeeping --------------------------------------------------------
 
     def _accepted_today(self, member_id: str, now_ms: int, conn: Any = None) -> int:
-        stmt = select(func.count()).select_from(schema.inquiries).where(
-            and_(
-                schema.inquiries.c.querier_id == member_id,
-                schema.inquiries.c.accepted.is_(True),
-                schema.inquiries.c.received_at_ms >= shanghai_day_start_ms(now_ms),
-            )
-        )
+        params = {"querier": member_id, "since": shanghai_day_start_ms(now_ms)}
         if conn is not None:
-            return conn.execute(stmt).scalar_one()
+            return conn.execute(_ACCEPTED_SINCE, params).scalar_one()
         with self.engine.connect() as c:
-            return c.execute(stmt).scalar_one()
+            return c.execute(_ACCEPTED_SINCE, params).scalar_one()
 
     def _inquiries_30d(self, querier_id: str, token_sha256: bytes, now_ms: int) -> int:
         with self.engine.connect() as conn:
             return conn.execute(
-                select(func.count(func.distinct(schema.inquiries.c.querier_id))).where(
-                    and_(
-                        schema.inquiries.c.token_sha256 == token_sha256,
-                        schema.inquiries.c.accepted.is_(True),
-                        schema.inquiries.c.querier_id != querier_id,
-                        schema.inquiries.c.received_at_ms >= now_ms - INQUIRY_WINDOW_MS,
-                        schema.inquiries.c.received_at_ms < now_ms,
-                    )
-                )
+                _OTHER_QUERIERS, {"token": token_sha256, "querier": querier_id, "since": now_ms - INQUIRY_WINDOW_MS, "until": now_ms}
             ).scalar_one()
 
     def _commit(self, ctx: _Context, querier: MemberRecord | None, *, outcome: str, failure: QueryFailure | None = None) -> int:

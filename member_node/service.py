@@ -31,6 +31,7 @@ from alliance_member import store
 log = logging.getLogger("alliance.member")
 
 SEEN_RETENTION_MS = 2 * protocol.FRESHNESS_MS + 60_000
+_REMEMBER = insert(store.seen_queries)
 
 
 class PeerTrust:
@@ -155,7 +156,7 @@ class MemberService(pb_grpc.MemberNodeServicer):
         """Replay protection that survives restarts; ids older than the
         freshness window can never be accepted again, so they are pruned."""
         try:
-            conn.execute(insert(store.seen_queries).values(query_id=query_id, seen_at_ms=now_ms))
+            conn.execute(_REMEMBER, {"query_id": query_id, "seen_at_ms": now_ms})
         except IntegrityError:
             raise Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query") from None
         if now_ms - self._last_prune_ms > 60_000:
