@@ -56,6 +56,8 @@ _PRIME_TEST_REPS = 40           # GMP: BPSW plus (reps − 24) Miller–Rabin ro
 _BLIND_MIN_BITS, _BLIND_MAX_BITS = 64, 128
 REFILL_NICE = 5                 # the refill thread yields CPU to request threads
 REFILL_BATCH = 4                # masks per GIL-free call in the background
+REFILL_QUIET_S = 0.05           # refill only after this long without a take()…
+REFILL_LOW_WATER = 4            # …unless the pool is nearly empty
 
 
 class RandBelow(Protocol):
@@ -510,6 +512,10 @@ class _PoolState:
         self.pid = os.getpid()
         self.misses = 0
 
+    def is_low(self) -> bool:
+        with self.lock:
+            return len(self.masks) < min(REFILL_LOW_WATER, self.target)
+
     def wants_more(self) -> bool:
         with self.lock:
             return not self.closed and self.pid == os.getpid() and len(self.masks) < self.target
@@ -593,6 +599,7 @@ class _Refiller:
                 while not self._queue:
                     self._cond.wait()
                 state = self._queue.popleft()
+            _wait_for_quiet(state)
             try:
                 state.refill_some()
             except Exception:  # never let one bad pool kill the refiller
@@ -602,6 +609,20 @@ class _Refiller:
                     self._queue.append(state)
                 else:
                     state.queued = False
+
+
+_last_take = [0.0]   # monotonic time of the latest take() in this process
+
+
+def _wait_for_quiet(state: _PoolState) -> None:
+    """Refill between requests, not during them: a request burst (a query
+    fans out to every member at once) finishes before the refiller takes a
+    core, unless the pool is nearly empty."""
+    while not state.is_low():
+        idle = time.monotonic() - _last_take[0]
+        if idle >= REFILL_QUIET_S:
+            return
+        time.sleep(REFILL_QUIET_S - idle)
 
 
 def _lower_own_priority() -> None:
@@ -673,6 +694,7 @@ class MaskPool:
         return self._state.closed
 
     def take(self) -> int:
+        _last_take[0] = time.monotonic()
         state = self._state
         if state.pid != os.getpid():     # a fork the at-fork hook did not see
             state.discard()

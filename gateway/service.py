@@ -213,9 +213,12 @@ class GatewayService(pb_grpc.GatewayServicer):
     # -- the query path ---------------------------------------------------
 
     def _unary(self, request: pb.SignedQuery, context: grpc.ServicerContext, kind: str) -> pb.GatewayQueryResponse:
+        started = time.perf_counter()
         peer_id, peer_role = self._peer(context)
         try:
-            return self.process(request, peer_id, peer_role, kind)
+            response = self.process(request, peer_id, peer_role, kind)
+            log.debug("handler total %.1f ms", 1000 * (time.perf_counter() - started))
+            return response
         except QueryFailure as failure:
             context.set_trailing_metadata((("alliance-reason", failure.reason), ("alliance-exit-code", str(failure.exit_code))))
             context.abort(failure.code, f"{failure.reason}: {failure}")

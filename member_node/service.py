@@ -103,11 +103,14 @@ class MemberService(pb_grpc.MemberNodeServicer):
         self._last_prune_ms = 0
 
     def Answer(self, request: pb.MemberQueryRequest, context: grpc.ServicerContext) -> pb.MemberQueryResponse:
+        started = time.perf_counter()
         try:
             peer_id, role, _ = peer_identity(context)
             if role != "gateway":
                 raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
-            return self.answer(request)
+            response = self.answer(request)
+            log.debug("answered in %.1f ms", 1000 * (time.perf_counter() - started))
+            return response
         except Refused as exc:
             code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
             log.warning("refused a query: %s (%s)", exc, exc.reason)
