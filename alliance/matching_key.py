@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from alliance import signing
+from alliance._internal.hexgroups import format_hex_groups, parse_hex_groups
 from alliance.errors import CryptoError, InvalidInput
 from alliance.pki import PathLike, check_member_id, read_private_file, write_file_atomic, x25519_public_raw
 from alliance.v1 import alliance_pb2 as pb
@@ -82,20 +82,12 @@ def check_value(key: bytes) -> bytes:
 
 def format_check_value(cv: bytes) -> str:
     """Hex in groups of 4 (``1a2b:3c4d:5e6f:7a8b``), for reading aloud."""
-    h = cv.hex()
-    return ":".join(h[i:i + 4] for i in range(0, len(h), 4))
+    return format_hex_groups(cv)
 
 
 def parse_check_value(text: str) -> bytes:
     """Inverse of :func:`format_check_value`; tolerant of separators and case."""
-    cleaned = re.sub(r"[\s:\-]", "", text).lower()
-    try:
-        cv = bytes.fromhex(cleaned)
-    except ValueError:
-        raise InvalidInput(f"not a check value: {text!r}") from None
-    if len(cv) != CHECK_VALUE_SIZE:
-        raise InvalidInput(f"a check value is {CHECK_VALUE_SIZE} bytes ({2 * CHECK_VALUE_SIZE} hex digits)")
-    return cv
+    return parse_hex_groups(text, CHECK_VALUE_SIZE, "check value")
 
 
 # ---------------------------------------------------------------------------

@@ -777,7 +777,6 @@ class MaskPools:
 
 def _measure() -> None:  # pragma: no cover - manual tool
     import statistics
-    from phe import paillier as phe_paillier
 
     def median_ms(fn: Any, rounds: int) -> float:
         samples = []

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from alliance import signing
+from alliance._internal.hexgroups import format_hex_groups, parse_hex_groups
 from alliance.errors import CryptoError, InvalidInput, Refused
 from alliance.v1 import alliance_pb2 as pb
 
@@ -474,20 +475,12 @@ def member_fingerprint(tls_spki_der: bytes, ed25519_raw: bytes, x25519_raw: byte
 def format_fingerprint(fp: bytes) -> str:
     """All 32 bytes as 16 groups of 4 hex digits, e.g. ``3f2a:91c0:...``:
     readable over the phone, nothing truncated."""
-    h = fp.hex()
-    return ":".join(h[i:i + 4] for i in range(0, len(h), 4))
+    return format_hex_groups(fp)
 
 
 def parse_fingerprint(text: str) -> bytes:
     """Inverse of :func:`format_fingerprint`, tolerant of spaces/colons/dashes/case."""
-    cleaned = re.sub(r"[\s:\-]", "", text).lower()
-    try:
-        fp = bytes.fromhex(cleaned)
-    except ValueError:
-        raise InvalidInput(f"not a fingerprint: {text!r}") from None
-    if len(fp) != 32:
-        raise InvalidInput(f"a fingerprint is 32 bytes (64 hex digits), got {len(fp)} bytes")
-    return fp
+    return parse_hex_groups(text, 32, "fingerprint")
 
 
 def keys_fingerprint(keys: MemberKeys, paillier_n: bytes) -> bytes:

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from alliance import matching_key, paillier, pki, signing
+from alliance import matching_key, paillier, pki
 from alliance._internal.files import write_atomic
 from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.v1 import alliance_pb2 as pb
@@ -95,13 +93,6 @@ def join(home_dir: Path, bundle: bytes) -> pb.CredentialBody:
     return body
 
 
-def _fingerprint_arg(text: str) -> bytes:
-    cleaned = re.sub(r"[^0-9a-fA-F]", "", text)
-    if len(cleaned) != 64:
-        raise UsageError("a fingerprint is 64 hex digits (separators are ignored)")
-    return bytes.fromhex(cleaned)
-
-
 def create_matching_key(home_dir: Path, *, epoch: int = 1) -> matching_key.MatchingKey:
     home = MemberHome(home_dir)
     if home.matching_key.exists():
@@ -124,7 +115,7 @@ def share_matching_key(home_dir: Path, *, recipient_id: str, recipient_fingerpri
     body = pki.verify_credential(cred, pki.load_cert_pem(home.ca_cert))
     if body.member_id != recipient_id or body.role != pb.ROLE_MEMBER:
         raise Refused(f"{recipient_id!r} is not a member", reason="not_a_member")
-    if body.member_fingerprint != _fingerprint_arg(recipient_fingerprint):
+    if body.member_fingerprint != pki.parse_fingerprint(recipient_fingerprint):
         raise Refused(
             f"{recipient_id}'s credential has fingerprint {pki.format_fingerprint(body.member_fingerprint)}, "
             "not the one confirmed out of band: not sharing", reason="fingerprint_mismatch",
@@ -143,12 +134,12 @@ def install_matching_key(home_dir: Path, *, sender_id: str, sender_fingerprint: 
     out of band."""
     home = MemberHome(home_dir)
     cfg = home.config()
-    expected_check = bytes.fromhex(re.sub(r"[^0-9a-fA-F]", "", check_value))
+    expected_check = matching_key.parse_check_value(check_value)
     with GatewayClient(home) as client:
         shares = client.key_shares()
         sender_cred = client.member_credential(sender_id)
     sender = pki.verify_credential(sender_cred, pki.load_cert_pem(home.ca_cert))
-    if sender.member_fingerprint != _fingerprint_arg(sender_fingerprint):
+    if sender.member_fingerprint != pki.parse_fingerprint(sender_fingerprint):
         raise Refused(f"{sender_id}'s credential does not have the fingerprint confirmed out of band", reason="fingerprint_mismatch")
     candidates = [s for s in shares if pb.MatchingKeyShareBody.FromString(s.body).sender_id == sender_id]
     if not candidates:

@@ -14,17 +14,16 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from alliance import synthetic
-from alliance.errors import Refused, Unreachable
+from alliance.errors import Unreachable
 from alliance_cli.localnet import LocalAlliance
 from alliance_member.querier import Consent, Querier, Subject
 from tests import independent
-from tests.conftest import PG_URL, running_alliance
+from tests.conftest import running_alliance
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 
 from alliance import audit_entry, db, identity, paillier, report
 from alliance.errors import Refused

@@ -10,11 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from alliance import db, identity, matching_key, synthetic, uds1
 from alliance.errors import InvalidInput, UsageError

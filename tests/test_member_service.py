@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from alliance import db, paillier, report, signing, protocol
+from alliance import db, paillier, report, signing
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store

@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import grpc
 import pytest
 from sqlalchemy import select
 
-from alliance import audit_entry, db, paillier, pki, protocol
+from alliance import audit_entry, db, pki, protocol
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
