@@ -133,14 +133,16 @@ def _security_overhead(alliance: LocalAlliance, n: int) -> dict[str, float]:
     key = Ed25519PrivateKey.generate()
     msg = os.urandom(300)
     rounds = 500
-    t0 = time.perf_counter()
+    # CPU time, not wall time: the members' mask refills may still be running.
+    t0 = time.process_time()
     for _ in range(rounds):
         sig = key.sign(msg)
-    sign_s = (time.perf_counter() - t0) / rounds
-    t0 = time.perf_counter()
+    sign_s = (time.process_time() - t0) / rounds
+    public = key.public_key()
+    t0 = time.process_time()
     for _ in range(rounds):
-        key.public_key().verify(sig, msg)
-    verify_s = (time.perf_counter() - t0) / rounds
+        public.verify(sig, msg)
+    verify_s = (time.process_time() - t0) / rounds
     signs, verifies = 1 + (n - 1), 1 + (n - 1) + (n - 1)
     home = alliance.members[alliance.member_ids[0]].home
     handshakes = []
