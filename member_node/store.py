@@ -49,7 +49,9 @@ loans = Table(
     Column("overdue_amount_fen", BigInteger, nullable=False),
     Column("guarantee_type", String(16), nullable=False),
     Column("updated_on", Date, nullable=False),
-    Column("import_run", Integer, nullable=False, index=True),
+    # Not indexed on purpose: an index here lures SQLite's planner away from the
+    # primary key in the importer's duplicate check, making imports quadratic.
+    Column("import_run", Integer, nullable=False),
     Column("import_line", Integer, nullable=False),
 )
 
@@ -63,7 +65,7 @@ flags = Table(
     Column("id_type", String(16), nullable=False),
     Column("flagged_on", Date, nullable=False),
     Column("status", String(16), nullable=False),
-    Column("import_run", Integer, nullable=False, index=True),
+    Column("import_run", Integer, nullable=False),
     Column("import_line", Integer, nullable=False),
 )
 
@@ -76,7 +78,7 @@ scores = Table(
     Column("id_type", String(16), nullable=False),
     Column("score", Integer, nullable=False),
     Column("scored_on", Date, nullable=False),
-    Column("import_run", Integer, nullable=False, index=True),
+    Column("import_run", Integer, nullable=False),
     Column("import_line", Integer, nullable=False),
 )
 
