@@ -75,6 +75,7 @@ class QueryFailure(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.logged = False
         self.code, self.exit_code = REFUSALS.get(reason, (grpc.StatusCode.PERMISSION_DENIED, 4))
 
     def as_error(self) -> pb.QueryError:
@@ -251,7 +252,8 @@ class GatewayService(pb_grpc.GatewayServicer):
             seq = self._commit(ctx, querier, outcome="accepted")
             t_commit = time.perf_counter()
         except QueryFailure as failure:
-            self._commit(ctx, None, outcome="refused", failure=failure)
+            if not failure.logged:
+                self._commit(ctx, None, outcome="refused", failure=failure)
             raise
         except CryptoError as exc:  # e.g. a garbled Enc(x) in a precheck
             failure = QueryFailure("malformed_request", str(exc))
@@ -413,6 +415,7 @@ class GatewayService(pb_grpc.GatewayServicer):
                 )
             )
         if outcome != "accepted" and failure is not None and querier is not None:
+            failure.logged = True  # the quota re-check turned this entry into a refusal
             raise failure
         return seq
 
