@@ -458,6 +458,9 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
         _echo_json(results)
 
 
+from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,E702
+
+
 def main() -> None:
     cli(prog_name="alliance")
 
