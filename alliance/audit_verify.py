@@ -42,6 +42,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -83,7 +84,6 @@ PARALLEL_MIN_JOBS = 20_000  # below this a worker pool costs more than it saves
 JOBS_PER_CHUNK = 6_000
 
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-_HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
 _COPIED_FIELDS = ("query_id", "subject_token_sha256", "purpose", "consent_id", "consent_sha256")
 
 # --------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def verify_log(
                 problems.add(position, STRUCTURE, f"the entry is {what}: the gateway served entry {index} in its place")
                 continue
             try:
-                entry = audit_entry.decode(data, index=position)
+                entry = decode_entry(data, position)
             except VerificationFailed as exc:
                 problems.add(position, DECODE, str(exc).removeprefix(f"entry {position}: "))
                 continue
@@ -490,6 +490,29 @@ def _trusted_tree(packed: bytes | None) -> Tree | None:
         return None
 
 
+def _no_float(text: str) -> Any:
+    raise ValueError(f"{text} is not an integer")
+
+
+def decode_entry(data: bytes, index: int) -> dict[str, Any]:
+    """``audit_entry.decode`` for the common case, about twice as fast: JSON
+    that parses without floats or NaN into an object and re-encodes to the
+    same bytes is canonical (JSON has no other non-canonical types). Anything
+    else goes through ``audit_entry.decode``, whose error message is the one
+    reported."""
+    try:
+        if data.isascii():
+            entry = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+            if (type(entry) is dict and entry.get("seq") == index and type(entry.get("seq")) is int
+                    and entry.get("v") == audit_entry.FORMAT_VERSION and entry.get("kind") in audit_entry.KINDS
+                    and json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                                   allow_nan=False).encode("ascii") == data):
+                return entry
+    except ValueError:
+        pass
+    return audit_entry.decode(data, index=index)
+
+
 # --------------------------------------------------------------------------
 # Replaying the log
 
@@ -527,6 +550,16 @@ class _Member:
     @property
     def current(self) -> _Credential:
         return self.credentials[-1][1]
+
+    @property
+    def bad_answer(self) -> str:
+        return f"the answer signature of {self.member_id} does not verify"
+
+    def keys_since(self, start_ms: int) -> tuple[bytes, ...]:
+        """Ed25519 keys of the credentials in effect from start_ms on."""
+        if len(self.credentials) == 1:
+            return (self.credentials[0][1].ed25519,)
+        return tuple(dict.fromkeys(c.ed25519 for c in _during(self.credentials, start_ms)))
 
     def accepted_since(self, day_start_ms: int) -> int:
         return sum(n for day, n in self.accepted_by_day.items() if day >= day_start_ms)
@@ -578,9 +611,12 @@ def _hex(entry: dict[str, Any], name: str, *, size: int | None = None, nullable:
     text = _field(entry, name, str, nullable=nullable)
     if text is None:
         return None
-    if not _HEX_RE.fullmatch(text):
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        data = None
+    if data is None or data.hex() != text:  # the canonical form: lowercase, no spaces
         raise _Bad(f"field {name!r} is not lowercase hex")
-    data = bytes.fromhex(text)
     if size is not None and len(data) != size:
         raise _Bad(f"field {name!r} must be {size} bytes, not {len(data)}")
     return data
@@ -625,10 +661,10 @@ def _parse_query(seq: int, e: dict[str, Any]) -> _Query:
     if e.get("time") != _utc_timestamp(received):
         raise _Bad(f"time {e.get('time')!r} is not the receipt time {_utc_timestamp(received)} (received_at_ms)")
     answers = []
-    for a in _field(e, "answers", list):
-        if not isinstance(a, dict):
-            raise _Bad("an answer is not an object")
-        answers.append((_field(a, "member_id", str), _hex(a, "ciphertext_sha256", size=32), _hex(a, "signature")))
+    for a in _field(e, "answers", list):  # the bulk of an entry: checked inline
+        if type(a) is not dict or type(a.get("member_id")) is not str:
+            raise _Bad("an answer is not an object naming its member")
+        answers.append((a["member_id"], _hex(a, "ciphertext_sha256", size=32), _hex(a, "signature")))
     dropped = []
     for d in _field(e, "dropped", list):
         if not isinstance(d, dict):
@@ -938,14 +974,16 @@ class _Replay:
         if not q.answers:
             return []
         digest = signing.sha256(q.body_bytes)
+        # Every message is (query id, request digest, ciphertext SHA-256), length-prefixed; only the last
+        # 32 bytes differ between answers, so the official encoding is built once and its prefix reused.
+        first = signing.MEMBER_ANSWER + signing.member_answer_message(body.query_id, digest, q.answers[0][1])
+        prefix = first[: -len(q.answers[0][1])]
         jobs = []
         for member_id, ciphertext_sha256, signature in q.answers:
             member = self.members.get(member_id)
             if member is None or member.role != "member":
                 raise _Bad(f"answer from {member_id}, which is not a member")
-            keys = tuple(dict.fromkeys(c.ed25519 for c in _during(member.credentials, q.window_start)))
-            message = signing.MEMBER_ANSWER + signing.member_answer_message(body.query_id, digest, ciphertext_sha256)
-            jobs.append((q.seq, keys, message, signature, True, f"the answer signature of {member_id} does not verify"))
+            jobs.append((q.seq, member.keys_since(q.window_start), prefix + ciphertext_sha256, signature, True, member.bad_answer))
         return jobs
 
     def _account(self, q: _Query, body: pb.QueryRequestBody | None, querier: _Member | None) -> None:

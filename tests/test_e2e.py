@@ -239,3 +239,45 @@ def test_dead_member_does_not_stall_and_precheck_refuses(alliance, querier) -> N
     assert {k: v for k, v in result["report"].items() if k != "inquiries_30d"} == expected
     with pytest.raises(Unreachable):
         querier.precheck(subject, amount_yuan="1.00", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+
+
+def _audit_verify(home: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alliance_cli.main", "audit", "verify", "--home", str(home), "--json"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_audit_verify_cli_ok_then_names_a_tampered_entry(alliance, querier) -> None:
+    """SPEC §7: exit 0 / "ok": true on a sound log; exit 1 with the first bad
+    entry after one byte of a stored entry changes; exit 5 when unreachable."""
+    net, dataset = alliance
+    s = dataset.subjects[1]
+    querier.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    ok = _audit_verify(net.auditor_home)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    from alliance_gateway.home import GatewayHome
+    url = GatewayHome(net.gateway_home).config().db_url
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        seq, data = conn.execute(text("SELECT seq, data FROM log_entries WHERE seq = 3")).one()
+        original = bytes(data)
+        tampered = original.replace(b'"time":"', b'"time":"1', 1)[:len(original)]
+        assert tampered != original
+        conn.execute(text("UPDATE log_entries SET data = :d WHERE seq = 3"), {"d": tampered})
+    try:
+        bad = _audit_verify(net.auditor_home)
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        result = json.loads(bad.stdout)
+        assert result["ok"] is False and result["first_bad_entry"] == 3 and result["reason"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE log_entries SET data = :d WHERE seq = 3"), {"d": original})
+        engine.dispose()
+    unreachable = net.root / "auditor-offline"
+    import shutil
+    shutil.copytree(net.auditor_home, unreachable)
+    cfg = json.loads((unreachable / "member.json").read_text())
+    from alliance_cli.localnet import free_port
+    cfg["gateway"] = f"127.0.0.1:{free_port()}"
+    (unreachable / "member.json").write_text(json.dumps(cfg))
+    assert _audit_verify(unreachable).returncode == 5
