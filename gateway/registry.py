@@ -28,6 +28,9 @@ class MemberRecord:
     daily_quota: int
 
 
+MISS_REFRESH_S = 0.05
+
+
 class Registry:
     def __init__(self, engine: Engine, refresh_ms: int = 1000) -> None:
         self.engine = engine
@@ -36,9 +39,10 @@ class Registry:
         self._loaded_at = float("-inf")
         self._members: dict[str, MemberRecord] = {}
 
-    def snapshot(self) -> dict[str, MemberRecord]:
+    def snapshot(self, max_age_s: float | None = None) -> dict[str, MemberRecord]:
+        max_age_s = self.refresh_s if max_age_s is None else max_age_s
         with self._lock:
-            if time.monotonic() - self._loaded_at >= self.refresh_s:
+            if time.monotonic() - self._loaded_at >= max_age_s:
                 with self.engine.connect() as conn:
                     rows = conn.execute(select(schema.members)).all()
                 self._members = {
@@ -62,7 +66,13 @@ class Registry:
             return self._members
 
     def get(self, member_id: str) -> MemberRecord | None:
-        return self.snapshot().get(member_id)
+        record = self.snapshot().get(member_id)
+        if record is None:
+            # A member added a moment ago (by the admin CLI, another process) must
+            # not be "unknown" for a whole refresh period; a miss re-reads, at most
+            # every MISS_REFRESH_S so a flood of unknown names cannot hammer the DB.
+            record = self.snapshot(max_age_s=MISS_REFRESH_S).get(member_id)
+        return record
 
     def active_members(self) -> list[MemberRecord]:
         return sorted(

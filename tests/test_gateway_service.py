@@ -239,3 +239,24 @@ def test_suspended_member_is_refused_and_not_asked(gateway) -> None:
     with pytest.raises(QueryFailure) as exc:
         svc.process(signed_query(members["mq"]), "mq", "member", "query")
     assert exc.value.reason == "member_revoked"
+
+
+def test_registry_sees_a_member_added_by_another_process_at_once(members, db_url) -> None:  # type: ignore[no-untyped-def]
+    """The admin CLI adds a member from another process; the gateway must know
+    it on its very first call, not a refresh period later (a newcomer's first
+    matching-key hand-over raced this)."""
+    engine = db.make_engine(db_url)
+    schema.create_schema(engine)
+    registry = Registry(engine, refresh_ms=60_000)
+    assert registry.get("mq") is None  # loads (empty) and caches for a minute
+    m = members["mq"]
+    with engine.begin() as conn:
+        conn.execute(insert(schema.members).values(
+            member_id="mq", name="mq", role="member", status="active", endpoint="mq",
+            credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
+            fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
+            paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=3, updated_at_ms=0))
+    time.sleep(0.06)
+    record = registry.get("mq")
+    assert record is not None and record.ed25519_public_key == m.body.ed25519_public_key
+    engine.dispose()
