@@ -957,9 +957,10 @@ class _Replay:
             return cred is not None and body.paillier_key_fingerprint != cred.paillier_fingerprint
         if reason == "quota_exceeded":
             quotas = _during(querier.quota, q.window_start, q.received_ms) if querier else {None}
-            if None in quotas:
-                return None
-            return querier.accepted_since(_day_start_ms(q.received_ms)) >= min(quotas)
+            known = [x for x in quotas if x is not None]
+            if known and querier.accepted_since(_day_start_ms(q.received_ms)) >= min(known):
+                return True
+            return None if None in quotas else False  # a quota the log never stated may have been lower
         if reason == "too_few_members":
             return len(q.asked) < q.k_min
         if reason == "too_few_answers":

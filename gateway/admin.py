@@ -92,7 +92,7 @@ class Admin:
     def __init__(self, admin_dir: Path, *, db_url: str | None = None) -> None:
         self.home = AdminHome(admin_dir)
         self.config = self.home.config()
-        self.engine: Engine = db.make_engine(db_url or self.config.db_url)
+        self.engine: Engine = db.make_engine(db_url or self.config.db_url, durable=True)
         schema.create_schema(self.engine)
 
     def add(self, join_request: bytes, *, daily_quota: int | None = None, expected_role: str | None = None) -> bytes:
@@ -147,7 +147,7 @@ class Admin:
                 "v": 1, "kind": "credential_issued", "seq": seq, "time": when,
                 "member_id": body.member_id, "name": body.name, "role": role, "serial": serial,
                 "endpoint": body.endpoint, "fingerprint": cred_body.member_fingerprint.hex(),
-                "credential": credential.SerializeToString().hex(),
+                "credential": credential.SerializeToString().hex(), "daily_quota": row["daily_quota"],
             }, _now_ms())
         gateway = GatewayHome(Path(self.config.gateway_home))
         return make_bundle(credential, tls_cert, ca_cert, self.config.gateway_endpoint,

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import grpc
+from sqlalchemy import Engine
 
 from alliance import db, paillier, pki, transport
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
@@ -36,11 +37,18 @@ class MemberChannels:
             return stub
 
 
+def open_database(home: GatewayHome, db_url: str | None = None) -> Engine:
+    """The registry and audit log; durable, because no query may be answered
+    before its log entry would survive a power loss."""
+    engine = db.make_engine(resolve_db_url(db_url, home.config().db_url, home.default_db), durable=True)
+    schema.create_schema(engine)
+    return engine
+
+
 def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
     home = GatewayHome(home_dir)
     cfg = home.config()
-    engine = db.make_engine(resolve_db_url(db_url, cfg.db_url, home.default_db))
-    schema.create_schema(engine)
+    engine = open_database(home, db_url)
     key_pem, cert_pem, ca_pem = home.tls_key.read_bytes(), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)

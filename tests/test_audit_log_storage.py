@@ -65,3 +65,25 @@ def test_concurrent_gateway_processes_share_one_gap_free_sequence(db_url) -> Non
     assert [audit_entry.decode(d, index=i)["seq"] for i, d in enumerate(datas)] == list(range(120))
     assert root == merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in datas])
     engine.dispose()
+
+
+def test_the_gateway_commits_its_log_durably(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No query is answered before its entry is on disk: on SQLite that needs
+    synchronous=FULL (WAL's NORMAL may lose the last commits on power loss)."""
+    from sqlalchemy import text
+
+    from alliance_gateway import admin, server
+    from alliance_gateway.home import GatewayHome
+
+    admin.init_alliance(tmp_path / "admin", tmp_path / "gateway", alliance_name="durable.test", listen="127.0.0.1:0",
+               gateway_endpoint="127.0.0.1:0", hosts=("127.0.0.1",))
+    engine = server.open_database(GatewayHome(tmp_path / "gateway"))  # what build_server serves from
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+    engine.dispose()
+    with admin.Admin(tmp_path / "admin").engine.connect() as conn:  # the admin CLI's membership entries too
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2
+    book = db.make_engine(db.sqlite_url(tmp_path / "m.db"))
+    with book.connect() as conn:
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL: a member's book can be re-imported
+    book.dispose()

@@ -75,14 +75,15 @@ class LogBuilder:
 
     # -- membership, as gateway/admin.py writes it ---------------------------
 
-    def issue(self, member: EnrolledMember | pb.Credential) -> int:
+    def issue(self, member: EnrolledMember | pb.Credential, daily_quota: int | None = 1000) -> int:
         cred = member if isinstance(member, pb.Credential) else member.credential
         body = pb.CredentialBody.FromString(cred.body)
         self.status[body.member_id] = "active"
+        quota = {} if daily_quota is None else {"daily_quota": daily_quota}  # None: a log written before the field existed
         return self.append(lambda seq, when: {
             "v": 1, "kind": "credential_issued", "seq": seq, "time": when, "member_id": body.member_id, "name": body.name,
             "role": pki.role_name(body.role), "serial": body.serial, "endpoint": body.endpoint,
-            "fingerprint": body.member_fingerprint.hex(), "credential": cred.SerializeToString().hex(),
+            "fingerprint": body.member_fingerprint.hex(), "credential": cred.SerializeToString().hex(), **quota,
         })
 
     def set_status(self, member_id: str, kind: str) -> int:
@@ -511,6 +512,18 @@ def test_quota_exceeded_below_the_quota_does_not_fit(log: tuple[LogBuilder, Stan
     bad = b.query("m3", outcome="refused", reason="quota_exceeded")
     entry, message = b.bad_entry()
     assert entry == bad and "quota" in message
+
+
+def test_quota_refusal_during_the_grace_is_rederived_from_the_new_quota(b: LogBuilder) -> None:
+    """Just after set-quota the gateway may hold either quota; a refusal fits
+    when the querier had used the lower one, and need not be left unverified."""
+    for m in (*MEMBERS, "aud"):
+        b.issue(b.people[m], daily_quota=None)  # the initial quota is not stated: the new one must suffice
+    b.set_quota("m3", 1)
+    b.query("m3")
+    b.query("m3", outcome="refused", reason="quota_exceeded")  # well inside the 5 s grace
+    result = b.verify()
+    assert result.unverified_refusals == {} and result.refusals == {"quota_exceeded": 1}
 
 
 def test_an_accepted_query_over_the_quota_is_named(log: tuple[LogBuilder, Standard]) -> None:

@@ -8,6 +8,7 @@ reading the entries straight from the database.
 
     .venv/bin/python tools/bench_audit.py --entries 100000 --members 10
     .venv/bin/python tools/bench_audit.py --db /tmp/audit-bench.db   # reuse a built log
+    .venv/bin/python tools/bench_audit.py --append-cost [DB_URL ...]  # ms per committed append
 
 Building 100,000 entries takes a few minutes (1.1 million signatures); the
 database is kept for reruns."""
@@ -18,6 +19,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, timedelta, timezone
@@ -26,8 +28,9 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
-from alliance import audit_verify, checkpoint, db, paillier, pki, protocol, signing
+from alliance import audit_entry, audit_verify, checkpoint, db, paillier, pki, protocol, signing
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema
 from alliance_gateway.service import _Context, _query_entry
@@ -112,6 +115,17 @@ def build(path: Path, entries: int, asked: int, workers: int) -> None:
     engine.dispose()
 
 
+def _query_template(path: Path) -> dict[str, Any]:
+    """A realistic query entry (10 signed answer receipts) from the built log."""
+    if not path.exists():
+        build(path, 1_000, 10, os.cpu_count() or 1)
+    engine = db.make_engine(db.sqlite_url(path))
+    with engine.connect() as conn:
+        data = conn.execute(select(schema.log_entries.c.data).order_by(schema.log_entries.c.seq.desc()).limit(1)).scalar_one()
+    engine.dispose()
+    return audit_entry.decode(bytes(data))
+
+
 def measure(path: Path, workers: int | None) -> dict[str, Any]:
     material = json.loads((path.parent / (path.name + ".keys.json")).read_text())
     ca_cert = x509.load_pem_x509_certificate(material["ca_cert"].encode())
@@ -140,6 +154,39 @@ def measure(path: Path, workers: int | None) -> dict[str, Any]:
     }
 
 
+def measure_append(db_url: str, template: dict[str, Any], sizes: list[int], samples: int) -> dict[str, Any]:
+    """Cost of one durably committed append (its own transaction, as the
+    gateway does per query) at growing log sizes: O(log n) means the cost
+    barely moves from 1,000 to 100,000 entries."""
+    engine = db.make_engine(db_url, durable=True)  # as the gateway opens its log
+    schema.create_schema(engine)
+    now_ms = 1_780_000_000_000
+    built, out = 0, {}
+
+    def build(seq: int, when: str) -> dict[str, Any]:
+        return {**template, "seq": seq, "time": when}
+
+    for size in sorted(sizes):
+        while built < size:  # grow in bulk, 1,000 appends per transaction
+            with engine.begin() as conn:
+                for _ in range(min(1000, size - built)):
+                    audit_log.append(conn, build, now_ms)
+                    built += 1
+        times = []
+        for _ in range(samples):
+            t = time.perf_counter()
+            with engine.begin() as conn:
+                audit_log.append(conn, build, now_ms)
+            times.append(time.perf_counter() - t)
+        built += samples
+        times.sort()
+        out[str(size)] = {"p50_ms": round(times[len(times) // 2] * 1000, 3),
+                          "p95_ms": round(times[int(len(times) * 0.95)] * 1000, 3)}
+    engine.dispose()
+    return {"backend": engine.dialect.name, "entry_bytes": len(audit_entry.encode(build(0, audit_log.utc_timestamp(now_ms)))),
+            "append_cost_by_log_size": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--entries", type=int, default=100_000)
@@ -147,7 +194,16 @@ def main() -> None:
     parser.add_argument("--db", type=Path, default=Path("/tmp/alliance-audit-bench.db"))
     parser.add_argument("--workers", type=int, nargs="*", default=[0], help="signature worker processes (0: all cores)")
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--append-cost", nargs="*", metavar="DB_URL",
+                        help="measure the append cost instead (fresh databases; default a temporary SQLite file)")
+    parser.add_argument("--append-sizes", type=int, nargs="*", default=[1_000, 100_000])
     args = parser.parse_args()
+    if args.append_cost is not None:
+        template = _query_template(args.db)
+        with tempfile.TemporaryDirectory() as tmp:
+            for url in args.append_cost or [db.sqlite_url(Path(tmp) / "append.db")]:
+                print(json.dumps(measure_append(url, template, args.append_sizes, samples=300)))
+        return
     if args.rebuild or not args.db.exists():
         args.db.unlink(missing_ok=True)
         print(f"building {args.entries:,} entries, {args.members} members per query, in {args.db} ...", file=sys.stderr)
