@@ -98,7 +98,7 @@ def build(path: Path, entries: int, asked: int, workers: int) -> None:
             audit_log.append(conn, lambda seq, when, body=body, cred=cred: {
                 "v": 1, "kind": "credential_issued", "seq": seq, "time": when, "member_id": body.member_id, "name": body.name,
                 "role": "member", "serial": body.serial, "endpoint": body.endpoint, "fingerprint": body.member_fingerprint.hex(),
-                "credential": cred.SerializeToString().hex()}, start_ms + n)
+                "credential": cred.SerializeToString().hex(), "daily_quota": 100_000}, start_ms + n)
     query_start = start_ms + 60_000
     chunk = 1000
     started = time.perf_counter()
