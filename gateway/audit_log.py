@@ -29,8 +29,10 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int) -> tuple[int, byt
     The head row is updated *first*: that takes the write lock (SQLite) or the
     row lock (PostgreSQL) before anything is read, so concurrent appenders from
     any number of processes get one gap-free sequence."""
-    conn.execute(update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1))
-    seq = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one() - 1
+    seq = conn.execute(
+        update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1)
+        .returning(schema.log_head.c.size)
+    ).scalar_one() - 1
     data = audit_entry.encode(build(seq, utc_timestamp(now_ms)))
     leaf = merkle.leaf_hash(data)
     conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
