@@ -124,6 +124,13 @@ class Admin:
                     f"member {body.member_id!r} already exists; new keys need a rotation request signed by its current key",
                     reason="member_exists",
                 )
+            if existing is not None:
+                if existing.status == "revoked":
+                    raise Refused(f"member {body.member_id!r} is revoked; revocation is final", reason="revoked")
+                # Members would refuse a credential their pin does not endorse; the CA must not issue one.
+                pki.verify_join_rotation(request, bytes(existing.ed25519_public_key))
+            elif request.predecessor_signature:
+                raise InvalidInput(f"{body.member_id!r} is not a member yet; a key-rotation request needs an existing member")
             serial = (conn.execute(select(func.max(schema.members.c.credential_serial))).scalar() or 0) + 1
             credential = pki.issue_credential(
                 ca_key=ca_key, join_body=body, tls_cert=tls_cert, serial=serial,

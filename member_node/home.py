@@ -38,6 +38,8 @@ class MemberHome:
     matching_key = property(lambda self: self.path / "matching-key.json")
     checkpoint = property(lambda self: self.path / "checkpoint.txt")
     default_db = property(lambda self: self.path / "member.db")
+    # Keys of a rotation started by `member rotate-keys`, until `member join` installs them.
+    pending_rotation = property(lambda self: MemberHome(self.path / "rotation"))
 
     def config(self) -> MemberConfig:
         return MemberConfig(**read_json(self.path / MEMBER_CONFIG, "member home"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,9 @@ from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member.home import MemberConfig, MemberHome
 from alliance_member.gateway_client import GatewayClient
+
+
+KEY_FILES = ("tls.key", "ed25519.key", "x25519.key", "paillier.key", "join-request.bin")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,52 @@ def own_fingerprint(home: MemberHome) -> bytes:
     return pki.join_request_fingerprint(body)
 
 
+def rotate_keys(home_dir: Path, *, paillier_bits: int = paillier.MIN_KEY_BITS) -> KeygenResult:
+    """Start a key rotation: fresh keys in the home's ``rotation/`` folder and
+    a join request endorsed by the current Ed25519 key, which members'
+    pins require (SPEC §5). The current keys stay in use until `member join`
+    installs the new credential; the matching key and the book are kept."""
+    home = MemberHome(home_dir)
+    if not home.is_joined():
+        raise UsageError(f"{home_dir} has not joined yet; `alliance member keygen` is for new keys")
+    pending = home.pending_rotation
+    if pending.path.exists():
+        raise UsageError(f"a key rotation is already pending in {pending.path}; finish it with `alliance member join` or remove that folder")
+    cfg = home.config()
+    keys = pki.generate_member_keys()
+    paillier_n = b""
+    pending.path.mkdir(mode=0o700)
+    if cfg.role == "member":
+        pub, priv = paillier.generate_keypair(paillier_bits)
+        write_atomic(pending.paillier_key, priv.to_json_bytes(), private=True)
+        paillier_n = pub.to_bytes()
+    keys.save(pending.path)
+    request = pki.make_join_request(
+        member_id=cfg.member_id, name=cfg.name, role=cfg.role, endpoint=cfg.endpoint if cfg.role == "member" else "",
+        keys=keys, paillier_n=paillier_n, previous_ed25519_key=pki.load_ed25519_private_pem(home.signing_key),
+    )
+    write_atomic(pending.join_request, request.SerializeToString())
+    body = pki.verify_join_request(request)
+    return KeygenResult(pending.join_request, pki.format_fingerprint(pki.join_request_fingerprint(body)))
+
+
+def _install_rotated_keys(home: MemberHome) -> None:
+    """Swap the pending keys in; the old ones move to ``retired/<old serial>/``
+    (kept, never reused) so nothing is lost if a step fails midway."""
+    pending = home.pending_rotation
+    old_serial = pb.CredentialBody.FromString(pb.Credential.FromString(home.credential.read_bytes()).body).serial
+    retired = home.path / "retired" / str(old_serial)
+    retired.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for done in (home.credential, home.tls_cert):
+        shutil.copy2(done, retired / done.name)
+    for name in KEY_FILES:
+        if (home.path / name).exists():
+            os.replace(home.path / name, retired / name)
+        if (pending.path / name).exists():
+            os.replace(pending.path / name, home.path / name)
+    pending.path.rmdir()
+
+
 def join(home_dir: Path, bundle: bytes) -> pb.CredentialBody:
     """Install the credential bundle from `admin member add`, after checking
     that it is CA-signed and binds exactly this home's keys."""
@@ -77,13 +128,18 @@ def join(home_dir: Path, bundle: bytes) -> pb.CredentialBody:
     body = pki.verify_credential(credential, ca_cert)
     if body.member_id != cfg.member_id:
         raise CryptoError(f"bundle is for member {body.member_id!r}, this home is {cfg.member_id!r}")
-    if body.member_fingerprint != own_fingerprint(home):
+    keys = home
+    if home.pending_rotation.join_request.exists() and body.member_fingerprint == own_fingerprint(home.pending_rotation):
+        keys = home.pending_rotation  # the credential for a rotation this home started
+    elif body.member_fingerprint != own_fingerprint(home):
         raise CryptoError("the credential does not bind this home's keys (fingerprint differs)")
-    own_tls_public = pki.load_private_pem(home.tls_key).public_key().public_bytes(
+    own_tls_public = pki.load_private_pem(keys.tls_key).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     cert_public = tls_cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if cert_public != own_tls_public or pki.cert_sha256(tls_cert) != body.tls_cert_sha256:
         raise CryptoError("the TLS certificate in the bundle is not for this home's TLS key")
+    if keys is not home:
+        _install_rotated_keys(home)
     pki.write_cert_pem(home.ca_cert, ca_cert)
     pki.write_cert_pem(home.tls_cert, tls_cert)
     write_atomic(home.log_verifier, (log_verifier + "\n").encode())

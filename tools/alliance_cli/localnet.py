@@ -141,6 +141,12 @@ class LocalAlliance:
     def stop_member(self, member_id: str) -> None:
         _terminate(self.members[member_id].process)
 
+    def start_member(self, member_id: str) -> None:
+        """(Re)start one member node, e.g. after it installed rotated keys."""
+        m = self.members[member_id]
+        m.process = self._spawn(m.member_id, ["member", "serve", "--home", str(m.home)])
+        self.wait_serving(m.endpoint, m.home / "tls.crt", m.home / "tls.key", m.home / "ca.crt")
+
     def stop(self) -> None:
         for m in self.members.values():
             _terminate(m.process)

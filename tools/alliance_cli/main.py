@@ -241,6 +241,18 @@ def member_keygen(home: Path, db_url: str | None, member_id: str, name: str, rol
     click.echo(f"fingerprint: {result.fingerprint}")
 
 
+@member.command("rotate-keys")
+@HOME
+def member_rotate_keys(home: Path) -> None:
+    """Start a key rotation: new keys and a join request endorsed by the current key."""
+    from alliance_member import onboarding
+
+    result = onboarding.rotate_keys(home)
+    click.echo(f"rotation request: {result.join_request} (give it to the admin for `alliance admin member add`)")
+    click.echo(f"new fingerprint: {result.fingerprint}")
+    click.echo("after `alliance member join`, restart `alliance member serve` so it uses the new keys")
+
+
 @member.command("join")
 @HOME
 @click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)

@@ -1,0 +1,119 @@
+"""Member key rotation end to end (SPEC §5: a second credential in a known
+member's name is accepted only when its previous key endorsed it): the member
+rotates, the CA issues only for an endorsed request, peers accept the rotated
+credential through their pins, and reports stay exact."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from datetime import date
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from alliance import paillier, pki
+from alliance.errors import AllianceError, CryptoError, Refused
+from alliance_gateway.admin import Admin
+from alliance_member import onboarding
+from alliance_member.home import MemberHome
+from alliance_member.querier import Consent, Querier, Subject
+from tests import independent
+from tests.conftest import running_alliance
+
+pytestmark = pytest.mark.e2e
+
+MEMBERS = ["lender-a", "lender-b", "lender-c"]
+AS_OF = date(2026, 6, 30)
+CONSENT = Consent("CONSENT-R", hashlib.sha256(b"authorisation").digest())
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def alliance(request, tmp_path_factory):  # type: ignore[no-untyped-def]
+    yield from running_alliance(request.param, tmp_path_factory, MEMBERS, AS_OF)
+
+
+def _figures(result: dict) -> dict:
+    return {k: v for k, v in result["report"].items() if k != "inquiries_30d"}
+
+
+def _query_until_answered(home, subject: Subject, timeout_s: float = 10.0) -> dict:  # type: ignore[no-untyped-def]
+    """The gateway's registry refreshes within a second; retry until then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        q = Querier(home)
+        try:
+            result = q.query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+            if result["members_answered"] == result["members_asked"]:
+                return result
+        except AllianceError:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            q.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not every member answered within {timeout_s}s: {result}")
+        time.sleep(0.2)
+
+
+def test_a_member_rotates_its_keys_endorsed_by_the_old_one(alliance) -> None:  # type: ignore[no-untyped-def]
+    net, dataset = alliance
+    admin = Admin(net.admin_home)
+    b = net.members["lender-b"]
+    s = dataset.subjects[0]
+    subject = Subject(s.id_type, s.canonical_id)
+    expected_for_a = independent.expected_report(dataset.root, ["lender-b", "lender-c"], s.id_type, s.canonical_id, AS_OF)
+    expected_for_b = independent.expected_report(dataset.root, ["lender-a", "lender-c"], s.id_type, s.canonical_id, AS_OF)
+    old_fingerprint = onboarding.own_fingerprint(MemberHome(b.home))
+    old_serial = admin.show("lender-b")["credential_serial"]
+
+    result = onboarding.rotate_keys(b.home)
+    with pytest.raises(Exception, match="already pending"):
+        onboarding.rotate_keys(b.home)
+
+    # The CA refuses new keys in lender-b's name that lender-b's key did not endorse.
+    pub, _ = paillier.generate_keypair(2048)
+    forged = pki.make_join_request(member_id="lender-b", name="lender-b lending platform", role="member", endpoint=b.endpoint,
+                                   keys=pki.generate_member_keys(), paillier_n=pub.to_bytes(),
+                                   previous_ed25519_key=Ed25519PrivateKey.generate())
+    with pytest.raises(CryptoError):
+        admin.add(forged.SerializeToString(), expected_role="member")
+    assert admin.show("lender-b")["credential_serial"] == old_serial
+
+    bundle = admin.add(result.join_request.read_bytes(), expected_role="member")
+    net.stop_member("lender-b")
+    body = onboarding.join(b.home, bundle)
+    assert pki.format_fingerprint(body.member_fingerprint) == result.fingerprint
+    assert body.member_fingerprint != old_fingerprint and body.serial != old_serial
+    assert onboarding.own_fingerprint(MemberHome(b.home)) == body.member_fingerprint
+    assert not (b.home / "rotation").exists()
+    assert (b.home / "retired" / str(old_serial) / "ed25519.key").exists()
+    net.start_member("lender-b")
+
+    # lender-b queries with its new keys: a and c accept the rotated credential (their pins) and answer.
+    got_b = _query_until_answered(b.home, subject)
+    assert got_b["members_answered"] == 2 and _figures(got_b) == expected_for_b
+    # lender-a queries: lender-b answers, signed with its new key, and the sum is exact.
+    got_a = _query_until_answered(net.members["lender-a"].home, subject)
+    assert got_a["members_answered"] == 2 and _figures(got_a) == expected_for_a
+
+    # The auditor sees an endorsed rotation: the log verifies, and watch reports it as "rotated".
+    out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "audit", "verify", "--home", str(net.auditor_home), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "audit", "watch", "--home", str(net.auditor_home),
+                          "--member", "lender-b", "--json"], capture_output=True, text=True, timeout=120)
+    assert [a["keys"] for a in json.loads(out.stdout)] == ["new", "rotated"], out.stdout + out.stderr
+
+
+def test_a_revoked_member_cannot_come_back_through_a_rotation(alliance) -> None:  # type: ignore[no-untyped-def]
+    net, _ = alliance
+    admin = Admin(net.admin_home)
+    c = net.members["lender-c"]
+    result = onboarding.rotate_keys(c.home)  # endorsed by lender-c's own key: only the revocation stops it
+    admin.set_status("lender-c", "revoked")
+    with pytest.raises(Refused, match="revoked"):
+        admin.add(result.join_request.read_bytes(), expected_role="member")
+    assert admin.show("lender-c")["status"] == "revoked"
