@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from alliance import paillier, pki
-from alliance.errors import AllianceError, CryptoError, Refused
+from alliance.errors import AllianceError, CryptoError, Refused, Unreachable
 from alliance_gateway.admin import Admin
 from alliance_member import onboarding
 from alliance_member.home import MemberHome
@@ -106,6 +106,47 @@ def test_a_member_rotates_its_keys_endorsed_by_the_old_one(alliance) -> None:  #
     out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "audit", "watch", "--home", str(net.auditor_home),
                           "--member", "lender-b", "--json"], capture_output=True, text=True, timeout=120)
     assert [a["keys"] for a in json.loads(out.stdout)] == ["new", "rotated"], out.stdout + out.stderr
+
+
+def test_the_matching_key_moves_to_a_new_epoch_and_books_are_reimported(alliance) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §3: rotating the matching key means re-importing the book. Rows of
+    an old epoch are never used; a member still at the old epoch refuses."""
+    from alliance import matching_key
+    from alliance_member import book
+
+    net, dataset = alliance
+    a, b, c = (net.members[m] for m in MEMBERS)
+    s = dataset.subjects[0]
+    subject = Subject(s.id_type, s.canonical_id)
+    expected = independent.expected_report(dataset.root, ["lender-b", "lender-c"], s.id_type, s.canonical_id, AS_OF)
+    assert any(v for v in expected.values()), "the subject must be known to lender-b or lender-c"
+    fingerprint = {m.member_id: pki.format_fingerprint(onboarding.own_fingerprint(MemberHome(m.home))) for m in (a, b, c)}
+
+    with pytest.raises(Exception, match="higher epoch"):
+        onboarding.create_matching_key(a.home, epoch=1)
+    mk2 = onboarding.create_matching_key(a.home, epoch=2)
+    check = matching_key.format_check_value(matching_key.check_value(mk2.key))
+    onboarding.share_matching_key(a.home, recipient_id="lender-b", recipient_fingerprint=fingerprint["lender-b"])
+    onboarding.install_matching_key(b.home, sender_id="lender-a", sender_fingerprint=fingerprint["lender-a"], check_value=check)
+
+    # lender-c is still at epoch 1: it refuses the epoch-2 token, leaving one answer, which is no report.
+    q = Querier(a.home)
+    try:
+        with pytest.raises(Unreachable, match="1 of 2 members answered"):
+            q.query(subject, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    finally:
+        q.close()
+
+    onboarding.share_matching_key(a.home, recipient_id="lender-c", recipient_fingerprint=fingerprint["lender-c"])
+    onboarding.install_matching_key(c.home, sender_id="lender-a", sender_fingerprint=fingerprint["lender-a"], check_value=check)
+    # Everyone is at epoch 2 but the books still hold epoch-1 tokens: never used, so nothing is found.
+    before = _query_until_answered(a.home, subject)
+    assert all(v in (0, None) for v in _figures(before).values())
+    for m in (a, b, c):
+        for kind in ("loans", "flags", "scores"):
+            book.import_book(m.home, dataset.root / m.member_id / f"{kind}.csv", kind)
+    after = _query_until_answered(a.home, subject)
+    assert after["members_answered"] == 2 and _figures(after) == expected
 
 
 def test_a_revoked_member_cannot_come_back_through_a_rotation(alliance) -> None:  # type: ignore[no-untyped-def]
