@@ -77,6 +77,8 @@ class PeerTrust:
                         store.pinned_credentials.update().where(store.pinned_credentials.c.member_id == body.member_id).values(**values)
                     )
                 log.info("pinned credential of %s (%s)", body.member_id, decision)
+            if decision == "rotated":  # the member's earlier credentials lost their pin: forget them
+                self._verified = {d: b for d, b in self._verified.items() if b.member_id != body.member_id}
             self._verified[digest] = body
         return body
 

@@ -47,6 +47,22 @@ class LocalCA:
                                     not_before=int(NOW.timestamp()) - 300, not_after=int(NOW.timestamp()) + 86400 * 30)
         return EnrolledMember(member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert))
 
+    def rotate(self, old: EnrolledMember) -> EnrolledMember:
+        """New keys for ``old``'s member id, endorsed by its current key (SPEC §5)."""
+        keys = pki.generate_member_keys()
+        pub, priv = paillier.generate_keypair(2048)
+        request = pki.make_join_request(member_id=old.member_id, name=f"{old.member_id} ltd", role="member",
+                                        endpoint="127.0.0.1:1", keys=keys, paillier_n=pub.to_bytes(),
+                                        previous_ed25519_key=old.signing_key)
+        body = pki.verify_join_rotation(request, old.body.ed25519_public_key)
+        tls = pki.issue_tls_certificate(self.key, self.cert, keys.tls_key.public_key(), member_id=old.member_id, role="member",
+                                        not_before=NOW - timedelta(minutes=5), not_after=NOW + timedelta(days=30))
+        self.serial += 1
+        cred = pki.issue_credential(ca_key=self.key, join_body=body, tls_cert=tls, serial=self.serial,
+                                    not_before=int(NOW.timestamp()) - 300, not_after=int(NOW.timestamp()) + 86400 * 30,
+                                    predecessor_signature=request.predecessor_signature)
+        return EnrolledMember(old.member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert))
+
 
 MK = matching_key.MatchingKey(epoch=1, key=bytes(range(100, 132)))
 SUBJECT = ("RESIDENT_ID", "11010519491231002X")

@@ -605,7 +605,7 @@ def test_a_credential_with_new_keys_not_endorsed_by_the_old_key_is_named(log: tu
 def test_an_endorsed_key_rotation_is_accepted(log: tuple[LogBuilder, Standard], ca: LocalCA) -> None:
     b, s = log
     old = b.people["m2"]
-    rotated = _rotate(ca, old)
+    rotated = ca.rotate(old)
     b.issue(rotated.credential)
     b.people = {**b.people, "m2": rotated}
     b.tick(audit_verify.STATE_GRACE_MS + 1000)
@@ -617,7 +617,7 @@ def test_an_endorsed_key_rotation_is_accepted(log: tuple[LogBuilder, Standard], 
 def test_a_query_signed_with_a_replaced_credential_is_named(log: tuple[LogBuilder, Standard], ca: LocalCA) -> None:
     b, s = log
     old = b.people["m2"]
-    b.issue(_rotate(ca, old).credential)
+    b.issue(ca.rotate(old).credential)
     b.tick(audit_verify.STATE_GRACE_MS + 1000)
     bad = b.query("m2")  # still names the old serial
     entry, message = b.bad_entry()
@@ -637,22 +637,6 @@ def test_a_status_change_for_an_unknown_member_is_named(b: LogBuilder) -> None:
     bad = b.set_status("ghost", "member_suspended")
     entry, _ = b.bad_entry()
     assert entry == bad
-
-
-def _rotate(ca: LocalCA, old: EnrolledMember) -> SimpleNamespace:
-    keys = pki.generate_member_keys()
-    pub, priv = paillier.generate_keypair(2048)
-    request = pki.make_join_request(member_id=old.member_id, name=f"{old.member_id} ltd", role="member", endpoint="127.0.0.1:1",
-                                    keys=keys, paillier_n=pub.to_bytes(), previous_ed25519_key=old.signing_key)
-    body = pki.verify_join_rotation(request, old.body.ed25519_public_key)
-    tls = pki.issue_tls_certificate(ca.key, ca.cert, keys.tls_key.public_key(), member_id=old.member_id, role="member",
-                                    not_before=NOW - timedelta(minutes=5), not_after=NOW + timedelta(days=30))
-    ca.serial += 1
-    cred = pki.issue_credential(ca_key=ca.key, join_body=body, tls_cert=tls, serial=ca.serial,
-                                not_before=int(NOW.timestamp()) - 300, not_after=int(NOW.timestamp()) + 86400 * 30,
-                                predecessor_signature=request.predecessor_signature)
-    return SimpleNamespace(member_id=old.member_id, keys=keys, public_key=pub, private_key=priv, credential=cred,
-                           body=pki.verify_credential(cred, ca.cert), signing_key=keys.ed25519_key)
 
 
 # --------------------------------------------------------------------------
@@ -745,7 +729,7 @@ def test_watch_lists_every_credential_in_a_members_name(log: tuple[LogBuilder, S
     b, s = log
     own = pki.format_fingerprint(b.people["m2"].body.member_fingerprint)
     assert [a["alert"] for a in auditor.watch(home, "m2", own)] == [False]
-    b.issue(_rotate(ca, b.people["m2"]).credential)
+    b.issue(ca.rotate(b.people["m2"]).credential)
     b.issue(ca.enrol("m2"))  # issued behind m2's back
     alerts = auditor.watch(home, "m2")
     assert [a["keys"] for a in alerts] == ["new", "rotated", "unendorsed"]

@@ -137,6 +137,18 @@ def test_second_credential_in_a_known_members_name_is_refused(ca, service, queri
     assert exc.value.reason == "unpinned_credential"
 
 
+def test_after_a_rotation_the_old_credential_is_refused_though_it_was_cached(ca, service, querier) -> None:
+    """Pinning must not be bypassed by the verified-credential cache: once the
+    rotated credential is pinned, the old one (old keys, perhaps stolen) is
+    refused like any unendorsed credential."""
+    ask(service, querier, signed_query(querier))  # pins and caches the first credential
+    rotated = ca.rotate(querier)
+    assert ask(service, rotated, signed_query(rotated)).ciphertext  # endorsed by the pinned key: accepted
+    with pytest.raises(Refused) as exc:
+        ask(service, querier, signed_query(querier))
+    assert exc.value.reason == "unpinned_credential"
+
+
 def test_credential_from_another_ca_is_refused(service, querier) -> None:
     stranger = LocalCA().enrol("querier-x")
     with pytest.raises(Refused) as exc:
