@@ -217,19 +217,24 @@ class Querier:
 
     # -- audit receipt ------------------------------------------------------
 
-    def check_receipt(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any] | None:
+    def check_receipt(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         """The query must be in the log before it is answered: check the
         signed checkpoint, that the logged entry holds exactly our request,
         its inclusion proof, and consistency with the newest checkpoint we
         kept."""
         receipt = response.audit
-        if not receipt.present:
-            return None
+        if response.query_id != pb.QueryRequestBody.FromString(signed.body).query_id:
+            raise CryptoError("gateway response is for another query id")
+        if not receipt.present:  # an unlogged answer is exactly what the log exists to rule out (SPEC §6)
+            raise CryptoError("gateway answered without an audit receipt: the query is not provably logged")
         cp = checkpoint.open_checkpoint(receipt.checkpoint, self.verifier)
         if cp.size != receipt.tree_size:
             raise CryptoError("audit receipt: checkpoint size differs from the receipt")
-        entry = json.loads(receipt.entry)
-        if entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
+        try:
+            entry = json.loads(receipt.entry)
+        except ValueError:
+            raise CryptoError("audit receipt: the logged entry is not JSON") from None
+        if not isinstance(entry, dict) or entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
             raise CryptoError("audit receipt: the logged entry is not this request")
         merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
         self._keep_newest_checkpoint(cp, receipt.checkpoint)

@@ -281,3 +281,48 @@ def test_audit_verify_cli_ok_then_names_a_tampered_entry(alliance, querier) -> N
     cfg["gateway"] = f"127.0.0.1:{free_port()}"
     (unreachable / "member.json").write_text(json.dumps(cfg))
     assert _audit_verify(unreachable).returncode == 5
+
+
+def test_the_querier_refuses_a_report_the_log_does_not_vouch_for(alliance, querier: Querier) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §6: a query is never answered before it is logged, and the querier
+    checks that: no receipt, a receipt for another request, a proof that does
+    not lead to the signed root, or a response for another query id, and the
+    report is refused rather than shown."""
+    from alliance.errors import CryptoError
+    from alliance.v1 import alliance_pb2 as pb
+
+    net, dataset = alliance
+    s = _subjects(dataset)[0]
+    subject = Subject(s.id_type, s.canonical_id)
+
+    def fresh() -> tuple[pb.SignedQuery, pb.GatewayQueryResponse]:
+        signed, _ = querier._signed(subject, "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)
+        return signed, querier.client.query(signed)
+
+    signed, response = fresh()
+    report = querier.read_report(signed, response)  # the untouched response reads fine
+    assert report["audit"]["leaf_index"] == response.audit.leaf_index
+
+    tampered = []
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response); r.ClearField("audit")
+    tampered.append(("no receipt", r, "without an audit receipt"))
+    other_signed, other = fresh()
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response); r.audit.CopyFrom(other.audit)
+    tampered.append(("another request's receipt", r, "not this request"))
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response); r.audit.entry = b"[1, 2]"
+    tampered.append(("entry not an object", r, "not this request"))
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response); r.audit.entry = b"\xff{"
+    tampered.append(("entry not JSON", r, "not JSON"))
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response)
+    if r.audit.inclusion_proof:
+        r.audit.inclusion_proof[0] = bytes(32)
+        tampered.append(("forged inclusion proof", r, ""))
+    r = pb.GatewayQueryResponse(); r.CopyFrom(response); r.audit.leaf_index += 1
+    tampered.append(("wrong leaf index", r, ""))
+    r = pb.GatewayQueryResponse(); r.CopyFrom(other)
+    tampered.append(("response for another query", r, "another query id"))
+    assert len(tampered) == 7
+    for label, bad, message in tampered:
+        with pytest.raises(CryptoError, match=message or None):
+            querier.read_report(signed, bad)
+            pytest.fail(f"{label}: the report was read")
