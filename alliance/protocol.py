@@ -16,6 +16,8 @@ from alliance.errors import CryptoError, Refused
 from alliance.v1 import alliance_pb2 as pb
 
 FRESHNESS_MS = 5 * 60 * 1000
+AS_OF_EARLIEST = date(1990, 1, 1)  # a report date outside this range is a malformed request
+AS_OF_LATEST = date(2199, 12, 31)
 PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")
 MODES = {"report": pb.QUERY_MODE_REPORT, "precheck": pb.QUERY_MODE_PRECHECK}
 _QUERY_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -105,11 +107,13 @@ def parse_body(query: pb.SignedQuery) -> pb.QueryRequestBody:
     if len(body.subject_token_sha256) != 32 or len(body.paillier_key_fingerprint) != 32:
         raise Refused("token hash and key fingerprint must be 32 bytes", reason="malformed_request")
     try:
-        date.fromisoformat(body.as_of)
+        as_of = date.fromisoformat(body.as_of)
     except ValueError:
         raise Refused(f"as_of {body.as_of!r} is not a YYYY-MM-DD date", reason="malformed_request") from None
     if len(body.as_of) != 10:
         raise Refused(f"as_of {body.as_of!r} is not a YYYY-MM-DD date", reason="malformed_request")
+    if not AS_OF_EARLIEST <= as_of <= AS_OF_LATEST:  # day arithmetic near date.min/max would overflow in every member
+        raise Refused(f"as_of {body.as_of} is outside {AS_OF_EARLIEST}..{AS_OF_LATEST}", reason="malformed_request")
     if (body.mode == pb.QUERY_MODE_PRECHECK) != bool(body.precheck_ciphertext):
         raise Refused("a precheck carries Enc(x); a report query does not", reason="malformed_request")
     return body

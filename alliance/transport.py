@@ -49,9 +49,10 @@ def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str])
 
 
 def peer_identity(context: grpc.ServicerContext) -> tuple[str, str, bytes]:
-    """(member id, role, certificate PEM) of the authenticated TLS peer."""
+    """(member id, role, SHA-256 of the DER certificate) of the authenticated
+    TLS peer; the digest lets the gateway insist on the *registered* certificate."""
     certs = context.auth_context().get("x509_pem_cert")
     if not certs:
         raise Refused("no client certificate", reason="unauthenticated")
     member_id, role = pki.peer_identity(certs[0])
-    return member_id, role, certs[0]
+    return member_id, role, pki.cert_sha256(certs[0])

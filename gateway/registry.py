@@ -74,6 +74,11 @@ class Registry:
             record = self.snapshot(max_age_s=MISS_REFRESH_S).get(member_id)
         return record
 
+    def get_fresh(self, member_id: str) -> MemberRecord | None:
+        """Re-read (at most every MISS_REFRESH_S) before deciding against a
+        caller, e.g. a certificate that a rotation made current a moment ago."""
+        return self.snapshot(max_age_s=MISS_REFRESH_S).get(member_id)
+
     def active_members(self) -> list[MemberRecord]:
         return sorted(
             (m for m in self.snapshot().values() if m.role == "member" and m.status == "active"),

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
+from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, func, insert, select
 
 from alliance import paillier, protocol, signing
@@ -132,33 +133,31 @@ class GatewayService(pb_grpc.GatewayServicer):
         return self._unary(request, context, "precheck")
 
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
-        peer_id, peer_role = self._peer(context)
+        peer_id, peer_role, cert_sha256 = self._peer(context)
         for request in request_iterator:
             kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
             try:
-                yield self.process(request, peer_id, peer_role, kind)
+                yield self.process(request, peer_id, peer_role, kind, cert_sha256)
             except QueryFailure as failure:
                 yield pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
 
     def GetMemberCredential(self, request: pb.GetMemberCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
-        self._require_reader(context)
+        self._require_active(context, ("member", "auditor"), "read member credentials")
         record = self.registry.get(request.member_id)
         if record is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.member_id!r}")
         return pb.Credential.FromString(record.credential)
 
     def PostKeyShare(self, request: pb.MatchingKeyShare, context: grpc.ServicerContext) -> pb.PostKeyShareResponse:
-        peer_id, peer_role = self._peer(context)
-        sender = self.registry.get(peer_id)
-        if peer_role != "member" or sender is None or sender.status != "active":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "only active members relay matching-key shares")
+        sender = self._require_active(context, ("member",), "relay matching-key shares")
+        peer_id = sender.member_id
         body = pb.MatchingKeyShareBody()
         try:
             if len(request.body) > MAX_SHARE_BYTES:
                 raise ValueError("share too large")
             body.ParseFromString(request.body)
             signing.verify(sender.ed25519_public_key, signing.MATCHING_KEY_SHARE, request.body, request.signature, what="key share")
-        except (ValueError, CryptoError) as exc:
+        except (ValueError, DecodeError, CryptoError) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed key share: {exc}")
         if body.sender_id != peer_id:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "a key share must be sent by its own sender")
@@ -177,7 +176,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         return pb.PostKeyShareResponse()
 
     def FetchKeyShares(self, request: pb.FetchKeySharesRequest, context: grpc.ServicerContext) -> pb.FetchKeySharesResponse:
-        peer_id, _ = self._peer(context)
+        peer_id = self._require_active(context, ("member",), "fetch matching-key shares").member_id
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(schema.key_shares.c.share).where(schema.key_shares.c.recipient_id == peer_id).order_by(schema.key_shares.c.id)
@@ -190,8 +189,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         return pb.GetCheckpointResponse(checkpoint=note)
 
     def GetEntries(self, request: pb.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[pb.LogEntry]:
-        _, role = self._require_reader(context)
-        if role != "auditor":
+        if self._require_reader(context).role != "auditor":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "log entries are for auditors")
         end = min(request.end, self.log.size())
         for seq, data in self.log.entries(request.start, end):
@@ -215,9 +213,9 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     def _unary(self, request: pb.SignedQuery, context: grpc.ServicerContext, kind: str) -> pb.GatewayQueryResponse:
         started = time.perf_counter()
-        peer_id, peer_role = self._peer(context)
+        peer_id, peer_role, cert_sha256 = self._peer(context)
         try:
-            response = self.process(request, peer_id, peer_role, kind)
+            response = self.process(request, peer_id, peer_role, kind, cert_sha256)
             log.debug("handler total %.1f ms", 1000 * (time.perf_counter() - started))
             return response
         except QueryFailure as failure:
@@ -225,11 +223,13 @@ class GatewayService(pb_grpc.GatewayServicer):
             context.abort(failure.code, f"{failure.reason}: {failure}")
             raise  # unreachable: abort raises
 
-    def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str) -> pb.GatewayQueryResponse:
+    def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
+                peer_cert_sha256: bytes) -> pb.GatewayQueryResponse:
+        """One query from an authenticated TLS peer (id, role and certificate digest)."""
         ctx = _Context(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms())
         t0 = time.perf_counter()
         try:
-            querier, body = self._admit(ctx, peer_role)
+            querier, body = self._admit(ctx, peer_role, peer_cert_sha256)
             t_admit = time.perf_counter()
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
             targets = [m for m in self.registry.active_members() if m.member_id != querier.member_id]
@@ -276,13 +276,17 @@ class GatewayService(pb_grpc.GatewayServicer):
             audit=receipt,
         )
 
-    def _admit(self, ctx: _Context, peer_role: str) -> tuple[MemberRecord, pb.QueryRequestBody]:
+    def _admit(self, ctx: _Context, peer_role: str, peer_cert_sha256: bytes) -> tuple[MemberRecord, pb.QueryRequestBody]:
         """Every check the gateway can make before asking anyone."""
         if peer_role != "member":
             raise QueryFailure("wrong_role", f"role {peer_role!r} may not query; only members may")
         querier = self.registry.get(ctx.peer_id)
         if querier is None or querier.role != "member":
             raise QueryFailure("unknown_member", f"{ctx.peer_id!r} is not a registered member")
+        if self._registered(ctx.peer_id, peer_role, peer_cert_sha256) is None:
+            raise QueryFailure("unauthenticated", f"the TLS certificate presented is not {ctx.peer_id}'s registered one "
+                                                  "(superseded by a key rotation?)")
+        querier = self.registry.get(ctx.peer_id) or querier
         if querier.status != "active":
             raise QueryFailure(f"member_{querier.status}", f"member {ctx.peer_id} is {querier.status}")
         try:
@@ -426,19 +430,34 @@ class GatewayService(pb_grpc.GatewayServicer):
             inclusion_proof=self.log.inclusion_proof(seq, size), entry=self.log.entry(seq),
         )
 
-    def _peer(self, context: grpc.ServicerContext) -> tuple[str, str]:
+    def _peer(self, context: grpc.ServicerContext) -> tuple[str, str, bytes]:
         try:
-            member_id, role, _ = peer_identity(context)
+            return peer_identity(context)
         except Refused as exc:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        return member_id, role
+            raise  # unreachable: abort raises
 
-    def _require_reader(self, context: grpc.ServicerContext) -> tuple[str, str]:
-        peer_id, role = self._peer(context)
-        record = self.registry.get(peer_id)
-        if role not in ("member", "auditor") or record is None or record.status != "active":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_id} may not read the audit log")
-        return peer_id, role
+    def _registered(self, member_id: str, role: str, cert_sha256: bytes) -> MemberRecord | None:
+        """The registry record this TLS peer *is*: same id, same role, and the
+        very certificate the registry holds (an older certificate of a member
+        who rotated its keys, though CA-signed, is no longer it)."""
+        record = self.registry.get(member_id)
+        if record is not None and record.tls_cert_sha256 != cert_sha256:
+            record = self.registry.get_fresh(member_id)
+        if record is None or record.role != role or record.tls_cert_sha256 != cert_sha256:
+            return None
+        return record
+
+    def _require_active(self, context: grpc.ServicerContext, roles: tuple[str, ...], what: str) -> MemberRecord:
+        peer_id, role, cert_sha256 = self._peer(context)
+        record = self._registered(peer_id, role, cert_sha256)
+        if role not in roles or record is None or record.status != "active":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_id} ({role}) may not {what}")
+        assert record is not None
+        return record
+
+    def _require_reader(self, context: grpc.ServicerContext) -> MemberRecord:
+        return self._require_active(context, ("member", "auditor"), "read the audit log")
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -118,6 +118,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
             log.warning("refused a query: %s (%s)", exc, exc.reason)
             context.abort(code, f"{exc.reason}: {exc}")
             raise  # unreachable
+        except Exception:  # a bug must cost one answer, never the server, and must be seen
+            log.exception("internal error answering a query")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error in the member node (see its log)")
+            raise  # unreachable
 
     def answer(self, request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
         now_ms = int(self.clock() * 1000)

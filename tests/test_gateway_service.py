@@ -105,6 +105,12 @@ def gateway(members, ca, tmp_path, db_url):  # type: ignore[no-untyped-def]
     engine.dispose()
 
 
+def process(svc: GatewayService, members, query: pb.SignedQuery, peer_id: str, role: str, kind: str) -> pb.GatewayQueryResponse:  # type: ignore[no-untyped-def]
+    """As the gRPC edge calls it: with the digest of the peer's TLS certificate."""
+    cert = members[peer_id].body.tls_cert_sha256 if peer_id in members else bytes(32)
+    return svc.process(query, peer_id, role, kind, cert)
+
+
 def _decrypt_report(members, response: pb.GatewayQueryResponse) -> list[int]:  # type: ignore[no-untyped-def]
     q = members["mq"]
     m = q.private_key.decrypt(paillier.decode_ciphertext(q.public_key, response.aggregate_ciphertext))
@@ -118,7 +124,7 @@ def _last_entry(svc) -> dict:  # type: ignore[no-untyped-def]
 
 def test_all_members_answer_and_the_sum_is_exact(gateway) -> None:
     svc, _, members = gateway
-    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    resp = process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert (resp.members_asked, resp.members_answered, resp.complete) == (3, 3, True)
     sums = _decrypt_report(members, resp)
     assert sums[report.FIELD_INDEX["score_sum"]] == 2100 and sums[report.FIELD_INDEX["scored_lenders"]] == 3
@@ -136,7 +142,7 @@ def test_malformed_answer_is_dropped_and_logged_never_summed(gateway) -> None:
         return pb.MemberQueryResponse(member_id="mc", ciphertext=resp.ciphertext[:-1], signature=resp.signature)
 
     stubs["mc"] = FakeStub(garbage)
-    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    resp = process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert (resp.members_answered, resp.complete) == (2, False)
     assert _decrypt_report(members, resp)[report.FIELD_INDEX["score_sum"]] == 1300
     dropped = _last_entry(svc)["dropped"]
@@ -153,7 +159,7 @@ def test_answer_with_a_wrong_signature_is_dropped(gateway) -> None:
         return resp
 
     stubs["mb"] = FakeStub(resigned)
-    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    resp = process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert resp.members_answered == 2 and "mb" not in [r.member_id for r in resp.answers]
 
 
@@ -161,7 +167,7 @@ def test_dead_member_costs_at_most_the_deadline(gateway) -> None:
     svc, stubs, members = gateway
     stubs["ma"] = FakeStub(None)
     start = time.monotonic()
-    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    resp = process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert time.monotonic() - start < 0.8 + 0.5
     assert (resp.members_answered, resp.complete) == (2, False)
     assert _last_entry(svc)["dropped"] == [{"member_id": "ma", "reason": "deadline_exceeded"}]
@@ -172,7 +178,7 @@ def test_report_over_a_single_member_is_refused(gateway) -> None:
     stubs["ma"] = FakeStub(None)
     stubs["mb"] = FakeStub(None)
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert exc.value.reason == "too_few_answers" and exc.value.exit_code == 5
     entry = _last_entry(svc)
     assert entry["outcome"] == "refused" and entry["reason"] == "too_few_answers" and entry["members_answered"] == ["mc"]
@@ -182,7 +188,7 @@ def test_precheck_with_a_missing_member_never_says_yes(gateway) -> None:
     svc, stubs, members = gateway
     stubs["ma"] = FakeStub(None)
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK), "mq", "member", "precheck")
+        process(svc, members, signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK), "mq", "member", "precheck")
     assert exc.value.reason == "incomplete_precheck" and exc.value.exit_code == 5
 
 
@@ -191,23 +197,28 @@ def test_refusals_are_logged_with_their_reason(gateway) -> None:
     q = signed_query(members["mq"])
     q.signature = bytes(64)
     with pytest.raises(QueryFailure) as exc:
-        svc.process(q, "mq", "member", "query")
+        process(svc, members, q, "mq", "member", "query")
     assert exc.value.reason == "bad_signature"
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"]), "a-different-peer", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "a-different-peer", "member", "query")
     assert exc.value.reason == "unknown_member"
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"], purpose="LOAN_APPROVAL"), "mq", "auditor", "query")
+        process(svc, members, signed_query(members["mq"], purpose="LOAN_APPROVAL"), "mq", "auditor", "query")
     assert exc.value.reason == "wrong_role"
     assert _last_entry(svc)["reason"] == "wrong_role"
+    # A CA-signed certificate in mq's name that is not mq's registered one (e.g. from before a key rotation).
+    with pytest.raises(QueryFailure) as exc:
+        svc.process(signed_query(members["mq"]), "mq", "member", "query", bytes(32))
+    assert exc.value.reason == "unauthenticated" and "registered" in str(exc.value)
+    assert _last_entry(svc)["reason"] == "unauthenticated"
 
 
 def test_daily_quota_is_enforced_and_logged(gateway) -> None:
     svc, _, members = gateway
     for _ in range(3):
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert exc.value.reason == "quota_exceeded" and exc.value.exit_code == 4
     assert _last_entry(svc)["outcome"] == "refused"
 
@@ -217,13 +228,13 @@ def test_quota_race_is_caught_under_the_log_lock_and_logged_once(gateway) -> Non
     the log's lock refuses the second, with exactly one log entry for it."""
     svc, _, members = gateway
     for _ in range(2):
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     svc._accepted_today = lambda member_id, now_ms, conn=None: (  # early check sees a stale count...
         type(svc)._accepted_today(svc, member_id, now_ms, conn) if conn is not None else 0)
-    svc.process(signed_query(members["mq"]), "mq", "member", "query")  # the third fits the quota of 3
+    process(svc, members, signed_query(members["mq"]), "mq", "member", "query")  # the third fits the quota of 3
     size_before = svc.log.size()
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert exc.value.reason == "quota_exceeded"
     assert svc.log.size() == size_before + 1 and _last_entry(svc)["reason"] == "quota_exceeded"
 
@@ -232,12 +243,12 @@ def test_suspended_member_is_refused_and_not_asked(gateway) -> None:
     svc, _, members = gateway
     with svc.engine.begin() as conn:
         conn.execute(schema.members.update().where(schema.members.c.member_id == "mc").values(status="suspended"))
-    resp = svc.process(signed_query(members["mq"]), "mq", "member", "query")
+    resp = process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert list(resp.asked_member_ids) == ["ma", "mb"]
     with svc.engine.begin() as conn:
         conn.execute(schema.members.update().where(schema.members.c.member_id == "mq").values(status="revoked"))
     with pytest.raises(QueryFailure) as exc:
-        svc.process(signed_query(members["mq"]), "mq", "member", "query")
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
     assert exc.value.reason == "member_revoked"
 
 

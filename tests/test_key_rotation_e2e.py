@@ -11,11 +11,14 @@ import sys
 import time
 from datetime import date
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from alliance import paillier, pki
+from alliance import paillier, pki, transport
 from alliance.errors import AllianceError, CryptoError, Refused, Unreachable
+from alliance.v1 import alliance_pb2 as pb
+from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway.admin import Admin
 from alliance_member import onboarding
 from alliance_member.home import MemberHome
@@ -98,6 +101,17 @@ def test_a_member_rotates_its_keys_endorsed_by_the_old_one(alliance) -> None:  #
     # lender-a queries: lender-b answers, signed with its new key, and the sum is exact.
     got_a = _query_until_answered(net.members["lender-a"].home, subject)
     assert got_a["members_answered"] == 2 and _figures(got_a) == expected_for_a
+
+    # The old certificate is still CA-signed and unexpired, but no longer lender-b's: the gateway refuses it.
+    retired = b.home / "retired" / str(old_serial)
+    channel = transport.secure_channel(net.gateway_endpoint, (retired / "tls.key").read_bytes(), (retired / "tls.crt").read_bytes(),
+                                       (b.home / "ca.crt").read_bytes())
+    try:
+        with pytest.raises(grpc.RpcError) as exc:
+            pb_grpc.GatewayStub(channel).FetchKeyShares(pb.FetchKeySharesRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        channel.close()
 
     # The auditor sees an endorsed rotation: the log verifies, and watch reports it as "rotated".
     out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "audit", "verify", "--home", str(net.auditor_home), "--json"],

@@ -168,3 +168,12 @@ def test_precheck_answers_the_active_balance(service, querier) -> None:
                 overdue_amount_fen=0, guarantee_type="NONE", updated_on=opened, import_run=1, import_line=i + 2))
     resp = ask(service, querier, signed_query(querier, mode=pb.QUERY_MODE_PRECHECK))
     assert querier.private_key.decrypt(paillier.decode_ciphertext(querier.public_key, resp.ciphertext)) == 12_345
+
+
+@pytest.mark.parametrize("as_of", [date(1, 1, 1), date(9999, 12, 31), date(1989, 12, 31)])
+def test_an_absurd_report_date_is_a_malformed_request_not_a_crash(service, querier, as_of) -> None:  # type: ignore[no-untyped-def]
+    """Day arithmetic near date.min overflowed inside the figures: every member
+    failed with UNKNOWN. It is now refused up front, with the reason."""
+    with pytest.raises(Refused) as exc:
+        ask(service, querier, signed_query(querier, as_of=as_of))
+    assert exc.value.reason == "malformed_request" and "outside" in str(exc.value)
