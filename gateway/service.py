@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf.message import DecodeError
-from sqlalchemy import Engine, and_, bindparam, func, insert, select
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
 from alliance import paillier, protocol, signing
 from alliance.errors import CryptoError, Refused
@@ -165,6 +165,9 @@ class GatewayService(pb_grpc.GatewayServicer):
         if recipient is None or recipient.role != "member":
             context.abort(grpc.StatusCode.NOT_FOUND, f"no member {body.recipient_id!r}")
         with self.engine.begin() as conn:
+            # Only the newest share per sender waits for a recipient, so no member can bury another's shares.
+            conn.execute(delete(schema.key_shares).where(and_(schema.key_shares.c.recipient_id == body.recipient_id,
+                                                              schema.key_shares.c.sender_id == peer_id)))
             conn.execute(
                 insert(schema.key_shares).values(
                     recipient_id=body.recipient_id,
@@ -232,6 +235,8 @@ class GatewayService(pb_grpc.GatewayServicer):
             querier, body = self._admit(ctx, peer_role, peer_cert_sha256)
             t_admit = time.perf_counter()
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
+            # A garbled Enc(x) is refused before any member spends work or a query id on it.
+            enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext) if kind == "precheck" else None
             targets = [m for m in self.registry.active_members() if m.member_id != querier.member_id]
             ctx.asked = [m.member_id for m in targets]
             if len(targets) < self.config.k_min:
@@ -243,7 +248,6 @@ class GatewayService(pb_grpc.GatewayServicer):
             if kind == "precheck":
                 if len(answers) != len(targets):
                     raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
-                enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext)
                 aggregate = paillier.blind_precheck(pk, enc_x, list(answers.values()), self.mask_pools.for_key(pk).take())
             else:
                 aggregate = paillier.add(pk, answers.values())

@@ -184,6 +184,18 @@ def test_report_over_a_single_member_is_refused(gateway) -> None:
     assert entry["outcome"] == "refused" and entry["reason"] == "too_few_answers" and entry["members_answered"] == ["mc"]
 
 
+def test_a_garbled_precheck_ciphertext_is_refused_before_any_member_is_asked(gateway) -> None:
+    svc, stubs, members = gateway
+    asked = []
+    for mid, stub in stubs.items():
+        stub.handler = (lambda h, m: lambda req: (asked.append(m), h(req))[1])(stub.handler, mid)
+    garbled = signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK, enc_x=b"\x00" * 512)
+    with pytest.raises(QueryFailure) as exc:
+        process(svc, members, garbled, "mq", "member", "precheck")
+    assert exc.value.reason == "malformed_request" and asked == []
+    assert _last_entry(svc)["reason"] == "malformed_request"
+
+
 def test_precheck_with_a_missing_member_never_says_yes(gateway) -> None:
     svc, stubs, members = gateway
     stubs["ma"] = FakeStub(None)

@@ -220,6 +220,9 @@ def test_fake_member_admitted_by_the_operator_gets_no_matching_key(alliance, tmp
         onboarding.share_matching_key(founder, recipient_id="lender-x", recipient_fingerprint=pki.format_fingerprint(real_fp))
     # A genuine share to lender-d sits at the gateway; the fake member cannot open it.
     onboarding.share_matching_key(founder, recipient_id="lender-d", recipient_fingerprint=pki.format_fingerprint(real_fp))
+    onboarding.share_matching_key(founder, recipient_id="lender-d", recipient_fingerprint=pki.format_fingerprint(real_fp))
+    with GatewayClient(MemberHome(net.members["lender-d"].home)) as client:
+        assert len(client.key_shares()) == 1  # only a sender's newest share waits: no one can bury another's
     from alliance import matching_key
     mk = matching_key.load(MemberHome(founder).matching_key)
     with GatewayClient(MemberHome(fake_home)) as client:
