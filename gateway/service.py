@@ -287,10 +287,11 @@ class GatewayService(pb_grpc.GatewayServicer):
         querier = self.registry.get(ctx.peer_id)
         if querier is None or querier.role != "member":
             raise QueryFailure("unknown_member", f"{ctx.peer_id!r} is not a registered member")
-        if self._registered(ctx.peer_id, peer_role, peer_cert_sha256) is None:
+        registered = self._registered(ctx.peer_id, peer_role, peer_cert_sha256)
+        if registered is None:
             raise QueryFailure("unauthenticated", f"the TLS certificate presented is not {ctx.peer_id}'s registered one "
                                                   "(superseded by a key rotation?)")
-        querier = self.registry.get(ctx.peer_id) or querier
+        querier = registered
         if querier.status != "active":
             raise QueryFailure(f"member_{querier.status}", f"member {ctx.peer_id} is {querier.status}")
         try:

@@ -514,6 +514,15 @@ def test_quota_exceeded_below_the_quota_does_not_fit(log: tuple[LogBuilder, Stan
     assert entry == bad and "quota" in message
 
 
+def test_a_refusal_for_an_unregistered_certificate_verifies_but_is_counted_unverified(log: tuple[LogBuilder, Standard]) -> None:
+    """Nothing in an entry shows which certificate the peer presented: the
+    auditor accepts the refusal and says it could not re-derive it."""
+    b, s = log
+    b.query("m3", parsed=False, asked=[], outcome="refused", reason="unauthenticated")
+    result = b.verify()
+    assert result.unverified_refusals == {"unauthenticated": 1} and result.refusals["unauthenticated"] == 1
+
+
 def test_quota_refusal_during_the_grace_is_rederived_from_the_new_quota(b: LogBuilder) -> None:
     """Just after set-quota the gateway may hold either quota; a refusal fits
     when the querier had used the lower one, and need not be left unverified."""
