@@ -128,6 +128,17 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         bad.write_text("\n".join([rows[0], rows[1].replace("ACTIVE", "OPEN", 1)]) + "\n")
         out = run("member", "import", "--home", str(homes["bank-a"]), "--kind", "loans", str(bad), ok=False)
         assert out.returncode == 3 and f"{bad}:2: status:" in out.stderr
+        # key rotation from the command line: endorsed by the current key, one pending at a time
+        out = run("member", "rotate-keys", "--home", str(homes["bank-c"]))
+        new_fingerprint = re.search(r"new fingerprint: (\S+)", out.stdout).group(1)
+        assert new_fingerprint != fingerprints["bank-c"]
+        assert run("member", "rotate-keys", "--home", str(homes["bank-c"]), ok=False).returncode == 2
+        assert run("member", "rotate-keys", "--home", str(tmp_path / "nobody"), ok=False).returncode == 2
+        run("admin", "member", "add", "--home", str(admin), "--request", str(homes["bank-c"] / "rotation" / "join-request.bin"),
+            "--out", str(tmp_path / "bank-c.rotated.bundle"))
+        run("member", "join", "--home", str(homes["bank-c"]), "--bundle", str(tmp_path / "bank-c.rotated.bundle"))
+        shown = json.loads(run("admin", "member", "show", "--home", str(admin), "bank-c", "--json").stdout)
+        assert shown["fingerprint"] == new_fingerprint and shown["status"] == "active"
     finally:
         for p in procs:
             if p.poll() is None:
