@@ -390,7 +390,8 @@ def issue_tls_certificate(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _as_cert(cert: x509.Certificate | bytes) -> x509.Certificate:
+def as_certificate(cert: x509.Certificate | bytes) -> x509.Certificate:
+    """A certificate from PEM or DER bytes (parse once, then pass the object)."""
     if isinstance(cert, x509.Certificate):
         return cert
     try:
@@ -405,7 +406,7 @@ def peer_identity(cert_der_or_pem: bytes | x509.Certificate) -> tuple[str, str]:
     """(member_id, role) from the peer's TLS certificate SANs. Call only on a
     certificate that TLS already verified against the alliance CA (e.g. gRPC's
     ``auth_context()["x509_pem_cert"][0]``)."""
-    cert = _as_cert(cert_der_or_pem)
+    cert = as_certificate(cert_der_or_pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -426,7 +427,7 @@ def peer_identity(cert_der_or_pem: bytes | x509.Certificate) -> tuple[str, str]:
 
 def cert_sha256(cert: x509.Certificate | bytes) -> bytes:
     """SHA-256 of the DER certificate (what a credential binds)."""
-    c = _as_cert(cert)
+    c = as_certificate(cert)
     return hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).digest()
 
 
@@ -769,7 +770,7 @@ def check_credential_fingerprint(body: pb.CredentialBody, tls_cert: x509.Certifi
     it must hash to ``tls_cert_sha256`` and, with the body's other keys, give
     the fingerprint the CA wrote. Use before comparing fingerprints out of band."""
     who = f"credential for {body.member_id!r}"
-    cert = _as_cert(tls_cert)
+    cert = as_certificate(tls_cert)
     if cert_sha256(cert) != body.tls_cert_sha256:
         raise CryptoError(f"{who}: TLS certificate does not match the credential")
     fp = member_fingerprint(spki_der(cert.public_key()), body.ed25519_public_key, body.x25519_public_key, body.paillier_n)

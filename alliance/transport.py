@@ -54,5 +54,6 @@ def peer_identity(context: grpc.ServicerContext) -> tuple[str, str, bytes]:
     certs = context.auth_context().get("x509_pem_cert")
     if not certs:
         raise Refused("no client certificate", reason="unauthenticated")
-    member_id, role = pki.peer_identity(certs[0])
-    return member_id, role, pki.cert_sha256(certs[0])
+    cert = pki.as_certificate(certs[0])
+    member_id, role = pki.peer_identity(cert)
+    return member_id, role, pki.cert_sha256(cert)

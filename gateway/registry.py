@@ -71,7 +71,7 @@ class Registry:
             # A member added a moment ago (by the admin CLI, another process) must
             # not be "unknown" for a whole refresh period; a miss re-reads, at most
             # every MISS_REFRESH_S so a flood of unknown names cannot hammer the DB.
-            record = self.snapshot(max_age_s=MISS_REFRESH_S).get(member_id)
+            record = self.get_fresh(member_id)
         return record
 
     def get_fresh(self, member_id: str) -> MemberRecord | None:

@@ -30,7 +30,7 @@ from alliance import audit_entry, audit_verify, merkle, pki, protocol
 from alliance import checkpoint as tlog
 from alliance._internal.files import write_atomic
 from alliance.checkpoint import Checkpoint
-from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError, VerificationFailed
+from alliance.errors import CryptoError, InvalidInput, UsageError, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member.home import MemberHome
 

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select, update
 
-from alliance import audit_entry, audit_verify, checkpoint, db, merkle, paillier, pki, protocol, signing
+from alliance import audit_entry, audit_verify, checkpoint, db, merkle, pki, protocol, signing
 from alliance.errors import Unreachable, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema

@@ -8,34 +8,21 @@ and exits with the SPEC §7 status (1 bad log, 2 usage, 3 invalid input,
 from __future__ import annotations
 
 import csv
-import json
 import sys
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import click
 
 from alliance.errors import UsageError, VerificationFailed
+from alliance_cli import output
+from alliance_cli.params import parse_day
 
 HOME = click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True,
                     help="The auditor home (from `alliance member keygen --role auditor` and `member join`).")
 DB = click.option("--db", "db_url", default=None, metavar="URL", hidden=True,
                   help="Accepted for uniformity; the auditor keeps no database.")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
-def _day(value: str, flag: str) -> date:
-    try:
-        if len(value) != 10:
-            raise ValueError
-        return date.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"{flag} must be a date YYYY-MM-DD, not {value!r}") from None
 
 
 @click.group("audit")
@@ -53,7 +40,7 @@ def audit_checkpoint(home: Path, db_url: str | None, as_json: bool) -> None:
 
     result = auditor.checkpoint(home)
     if as_json:
-        _echo_json(result)
+        output.echo_json(result)
         return
     since = "first checkpoint kept" if result["previous_size"] is None else f"consistent with kept size {result['previous_size']}"
     click.echo(f"checkpoint {result['origin']}: size {result['tree_size']}, root {result['root_hash']} ({since}; "
@@ -76,12 +63,12 @@ def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int
     except VerificationFailed as exc:
         if not as_json:
             raise
-        _echo_json({"ok": False, "first_bad_entry": exc.entry, "reason": str(exc)})
+        output.echo_json({"ok": False, "first_bad_entry": exc.entry, "reason": str(exc)})
         click.echo(f"alliance: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     if as_json:
         result.pop("checkpoint", None)
-        _echo_json(result)
+        output.echo_json(result)
         return
     refusals = ", ".join(f"{k} {v}" for k, v in result["refusals"].items()) or "none"
     click.echo(f"audit log OK: {result['entries']} entries, checkpoint size {result['tree_size']} root {result['root_hash']}")
@@ -103,7 +90,7 @@ def audit_prove(home: Path, db_url: str | None, as_json: bool, seq: int) -> None
 
     result = auditor.prove(home, seq)
     if as_json:
-        _echo_json(result)
+        output.echo_json(result)
         return
     click.echo(f"entry {seq} ({result['entry']['kind']}, {result['entry'].get('time')}) is in the log of "
                f"{result['tree_size']} entries, root {result['root_hash']}")
@@ -124,7 +111,7 @@ def audit_watch(home: Path, db_url: str | None, as_json: bool, member_id: str, f
 
     alerts = auditor.watch(home, member_id, fingerprint, since=since)
     if as_json:
-        _echo_json(alerts)
+        output.echo_json(alerts)
     elif not alerts:
         click.echo(f"no credential issued in the name of {member_id}" + (f" since entry {since}" if since else ""))
     for a in [] if as_json else alerts:
@@ -154,9 +141,9 @@ def audit_report(home: Path, db_url: str | None, date_from: str, date_to: str, m
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
-    rows = auditor.report(home, _day(date_from, "--from"), _day(date_to, "--to"), member)
+    rows = auditor.report(home, parse_day(date_from, "--from"), parse_day(date_to, "--to"), member)
     if as_json:
-        _echo_json(rows)
+        output.echo_json(rows)
     elif as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=auditor.CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -18,6 +18,7 @@ import click
 
 from alliance.errors import AllianceError, UsageError
 from alliance_cli import output
+from alliance_cli.params import parse_day
 
 HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
@@ -50,18 +51,7 @@ def cli(verbose: bool) -> None:
 
 
 def _date(value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        if len(value) != 10:
-            raise ValueError
-        return date.fromisoformat(value)
-    except ValueError:
-        raise UsageError(f"--as-of must be YYYY-MM-DD, not {value!r}") from None
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+    return None if value is None else parse_day(value, "--as-of")
 
 
 # ---------------------------------------------------------------- admin
@@ -132,7 +122,7 @@ def admin_member_list(home: Path, db_url: str | None, as_json: bool) -> None:
     """List members and auditors."""
     rows = _admin(home, db_url).list()
     if as_json:
-        _echo_json(rows)
+        output.echo_json(rows)
     else:
         output.member_table(rows)
 
@@ -146,7 +136,7 @@ def admin_member_show(home: Path, db_url: str | None, member_id: str, as_json: b
     """Show one member."""
     row = _admin(home, db_url).show(member_id)
     if as_json:
-        _echo_json(row)
+        output.echo_json(row)
     else:
         output.key_values(row)
 
@@ -373,7 +363,7 @@ def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, p
     finally:
         querier.close()
     if as_json:
-        _echo_json(result)
+        output.echo_json(result)
     else:
         output.report_table(result)
 
@@ -394,7 +384,7 @@ def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str
     finally:
         querier.close()
     if as_json:
-        _echo_json(result)
+        output.echo_json(result)
     else:
         click.echo("yes: within the cap" if result["within_cap"] else "no: the cap would be exceeded")
 
@@ -467,7 +457,7 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
     counts = [int(x) for x in members.split(",") if x.strip()]
     results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo)
     if as_json:
-        _echo_json(results)
+        output.echo_json(results)
 
 
 from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,E702

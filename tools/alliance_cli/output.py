@@ -1,12 +1,14 @@
 """Human output: tables and progress bars (rich). Machine output is --json."""
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -15,6 +17,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 FEN_FIELDS = ("outstanding_balance_fen", "overdue_amount_fen", "written_off_amount_fen")
+
+
+def echo_json(data: Any) -> None:
+    """One JSON document on stdout, as every `--json` flag promises (SPEC §7)."""
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def yuan(fen: int) -> str:
