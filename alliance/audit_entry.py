@@ -15,10 +15,11 @@ from typing import Any
 from alliance.errors import VerificationFailed
 
 FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)  # 2: entries after `v2_started` (SPEC §6.4)
 
 QUERY_KINDS = ("query", "precheck")
-MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed")
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS
+MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed", "v2_started")
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + ("refusals_suppressed",)
 
 
 def encode(entry: dict[str, Any]) -> bytes:
@@ -39,7 +40,7 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
         raise VerificationFailed(f"entry {index}: {exc}", entry=index) from exc
     if canonical != data:
         raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
-    if entry.get("v") != FORMAT_VERSION or entry.get("kind") not in KINDS:
+    if entry.get("v") not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
         raise VerificationFailed(f"entry {index}: unknown version or kind", entry=index)
     if index is not None and entry.get("seq") != index:
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)

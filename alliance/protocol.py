@@ -11,7 +11,7 @@ from datetime import date
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
-from alliance import signing
+from alliance import log_rules, signing
 from alliance.errors import CryptoError, Refused
 from alliance.v1 import alliance_pb2 as pb
 
@@ -22,7 +22,7 @@ PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")
 MODES = {"report": pb.QUERY_MODE_REPORT, "precheck": pb.QUERY_MODE_PRECHECK}
 _QUERY_ID = re.compile(r"^[0-9a-f]{32}$")
 _CONSENT_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-MAX_BODY_BYTES = 4096 + 2 * 1024  # body plus one precheck ciphertext of up to 8192-bit keys
+MAX_BODY_BYTES = log_rules.MAX_BODY_BYTES  # SPEC §5.4; a precheck's Enc(x) is inside the body
 
 
 def new_query_id() -> str:
@@ -124,10 +124,12 @@ def check_token(query: pb.SignedQuery, body: pb.QueryRequestBody) -> None:
         raise Refused("subject token does not match the hash in the signed body", reason="token_mismatch")
 
 
-def check_fresh(body: pb.QueryRequestBody, now_ms: int) -> None:
-    if abs(now_ms - body.timestamp_ms) > FRESHNESS_MS:
+def check_fresh(body: pb.QueryRequestBody, now_ms: int, *, window_ms: int = FRESHNESS_MS) -> None:
+    """Members allow ±5 minutes; the gateway ±60 s (SPEC §5.4), so a request
+    the gateway accepts is never stale at a member."""
+    if abs(now_ms - body.timestamp_ms) > window_ms:
         raise Refused(
-            f"request timestamp is {abs(now_ms - body.timestamp_ms) // 1000}s away from now (limit 300s)",
+            f"request timestamp is {abs(now_ms - body.timestamp_ms) // 1000}s away from now (limit {window_ms // 1000}s)",
             reason="stale_timestamp",
         )
 

@@ -82,7 +82,11 @@ def init_alliance(
         AdminConfig(alliance_name=alliance_name, gateway_home=str(gateway_dir.resolve()), db_url=url,
                     gateway_endpoint=gateway_endpoint, default_daily_quota=default_quota)
     )
-    schema.create_schema(db.make_engine(url))
+    engine = db.make_engine(url, durable=True)
+    schema.create_schema(engine)
+    with engine.begin() as conn:
+        audit_log.start_v2(conn, deadline_ms=deadline_ms)  # a new log is a v2 log from its first entry
+    engine.dispose()
     return InitResult(admin_dir, gateway_dir, url, verifier)
 
 
@@ -150,12 +154,13 @@ class Admin:
                 conn.execute(insert(schema.members).values(member_id=body.member_id, **row))
             else:
                 conn.execute(update(schema.members).where(schema.members.c.member_id == body.member_id).values(**row))
+            version = audit_log.entry_version(conn)
             audit_log.append(conn, lambda seq, when: {
-                "v": 1, "kind": "credential_issued", "seq": seq, "time": when,
+                "v": version, "kind": "credential_issued", "seq": seq, "time": when,
                 "member_id": body.member_id, "name": body.name, "role": role, "serial": serial,
                 "endpoint": body.endpoint, "fingerprint": cred_body.member_fingerprint.hex(),
                 "credential": credential.SerializeToString().hex(), "daily_quota": row["daily_quota"],
-            }, _now_ms())
+            })
         gateway = GatewayHome(Path(self.config.gateway_home))
         return make_bundle(credential, tls_cert, ca_cert, self.config.gateway_endpoint,
                            gateway.log_verifier.read_text(encoding="utf-8").strip())
@@ -172,7 +177,8 @@ class Admin:
             conn.execute(update(schema.members).where(schema.members.c.member_id == member_id)
                          .values(status=status, updated_at_ms=_now_ms()))
             kind = {"active": "member_resumed", "suspended": "member_suspended", "revoked": "member_revoked"}[status]
-            audit_log.append(conn, lambda seq, when: {"v": 1, "kind": kind, "seq": seq, "time": when, "member_id": member_id}, _now_ms())
+            version = audit_log.entry_version(conn)
+            audit_log.append(conn, lambda seq, when: {"v": version, "kind": kind, "seq": seq, "time": when, "member_id": member_id})
 
     def set_quota(self, member_id: str, daily_quota: int) -> None:
         if daily_quota < 0:
@@ -181,9 +187,19 @@ class Admin:
             self._get(conn, member_id)
             conn.execute(update(schema.members).where(schema.members.c.member_id == member_id)
                          .values(daily_quota=daily_quota, updated_at_ms=_now_ms()))
+            version = audit_log.entry_version(conn)
             audit_log.append(conn, lambda seq, when: {
-                "v": 1, "kind": "quota_changed", "seq": seq, "time": when, "member_id": member_id, "daily_quota": daily_quota,
-            }, _now_ms())
+                "v": version, "kind": "quota_changed", "seq": seq, "time": when, "member_id": member_id, "daily_quota": daily_quota,
+            })
+
+    def upgrade_db(self) -> dict[str, Any]:
+        """SPEC §6.4: bring a v1 registry and log to v2 (new tables; a
+        `v2_started` entry, after which v2 rules apply). Idempotent."""
+        gateway_cfg = GatewayHome(Path(self.config.gateway_home)).config()
+        with self.engine.begin() as conn:
+            before = audit_log.v2_started_seq(conn)
+            seq = audit_log.start_v2(conn, deadline_ms=gateway_cfg.deadline_ms)
+        return {"v2_started_seq": seq, "already_v2": before is not None}
 
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

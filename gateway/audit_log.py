@@ -4,14 +4,15 @@ append costs O(log n) and proofs never rebuild the tree."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
-from alliance import audit_entry, checkpoint, merkle
+from alliance import audit_entry, checkpoint, log_rules, merkle
 from alliance.errors import InvalidInput
 from alliance_gateway import schema
 
@@ -23,22 +24,50 @@ def utc_timestamp(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def append(conn: Connection, build: EntryBuilder, now_ms: int) -> tuple[int, bytes]:
+def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> tuple[int, bytes]:
     """Append one entry inside the caller's transaction; returns (seq, leaf hash).
 
     The head row is updated *first*: that takes the write lock (SQLite) or the
     row lock (PostgreSQL) before anything is read, so concurrent appenders from
-    any number of processes get one gap-free sequence."""
+    any number of processes get one gap-free sequence. ``now_ms`` None means
+    "now, under the lock": membership entries are timed that way, so their
+    times never go backwards in log order (SPEC §6.3)."""
     seq = conn.execute(
         update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1)
         .returning(schema.log_head.c.size)
     ).scalar_one() - 1
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
     data = audit_entry.encode(build(seq, utc_timestamp(now_ms)))
     leaf = merkle.leaf_hash(data)
     conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
     nodes = merkle.nodes_to_add(seq, leaf, _getter(conn))
     conn.execute(insert(schema.log_nodes), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
     return seq, leaf
+
+
+V2_STARTED_KEY = "v2_started_seq"
+
+
+def v2_started_seq(conn: Connection) -> int | None:
+    """Sequence number of the log's `v2_started` entry, None for a v1 log."""
+    value = conn.execute(select(schema.log_meta.c.value).where(schema.log_meta.c.key == V2_STARTED_KEY)).scalar()
+    return None if value is None else int(value)
+
+
+def entry_version(conn: Connection) -> int:
+    return 1 if v2_started_seq(conn) is None else 2
+
+
+def start_v2(conn: Connection, *, deadline_ms: int) -> int:
+    """Append `v2_started` (SPEC §6.4) unless the log already has one; returns its seq."""
+    existing = v2_started_seq(conn)
+    if existing is not None:
+        return existing
+    seq, _ = append(conn, lambda s, when: {"v": 2, "kind": "v2_started", "seq": s, "time": when,
+                                           "rules": log_rules.started_rules(deadline_ms)})
+    conn.execute(insert(schema.log_meta).values(key=V2_STARTED_KEY, value=str(seq)))
+    return seq
 
 
 def _getter(conn: Connection, cache: "NodeCache | None" = None) -> Callable[[int, int], bytes]:
@@ -116,15 +145,24 @@ class LogReader:
         with self.engine.connect() as conn:
             return bytes(conn.execute(select(schema.log_entries.c.data).where(schema.log_entries.c.seq == seq)).scalar_one())
 
-    def entries(self, start: int, end: int, *, page: int = 1000) -> Iterator[tuple[int, bytes]]:
+    def entries(self, start: int, end: int, *, page_bytes: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
+        """Entries [start, end), read in pages of about ``page_bytes`` (sizes
+        are read first), so memory stays bounded whatever the entries hold;
+        v1 logs may contain entries far larger than the v2 bound."""
+        seq_c, data_c = schema.log_entries.c.seq, schema.log_entries.c.data
         while start < end:
-            stop = min(end, start + page)
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(schema.log_entries.c.seq, schema.log_entries.c.data)
-                    .where(and_(schema.log_entries.c.seq >= start, schema.log_entries.c.seq < stop))
-                    .order_by(schema.log_entries.c.seq)
+                sizes = conn.execute(
+                    select(seq_c, func.length(data_c)).where(and_(seq_c >= start, seq_c < min(end, start + 4096))).order_by(seq_c)
                 ).all()
+                stop, total = start, 0
+                for seq, size in sizes:
+                    if stop > start and total + size > page_bytes:
+                        break
+                    stop, total = seq + 1, total + size
+                if stop == start:
+                    return  # nothing stored there
+                rows = conn.execute(select(seq_c, data_c).where(and_(seq_c >= start, seq_c < stop)).order_by(seq_c)).all()
             for row in rows:
                 yield row.seq, bytes(row.data)
             start = stop

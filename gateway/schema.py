@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     insert,
     select,
 )
@@ -62,6 +63,44 @@ inquiries = Table(
     Column("accepted", Boolean, nullable=False),
     Index("ix_inquiries_token_time", "token_sha256", "received_at_ms"),
     Index("ix_inquiries_querier_time", "querier_id", "received_at_ms"),
+)
+
+# v2 (SPEC §5.4): every query id the gateway has let past the signature check,
+# reserved before the fan-out so a replay is refused on every replica.
+query_ids = Table(
+    "query_ids",
+    metadata,
+    Column("query_id", String(32), primary_key=True),
+    Column("querier_id", String(64), nullable=False),
+    Column("reserved_at_ms", BigInteger, nullable=False),
+)
+
+# v2 (SPEC §5.4): quota slots reserved before the fan-out, per querier and
+# Asia/Shanghai day; a query that reached the members keeps its slot.
+quota_usage = Table(
+    "quota_usage",
+    metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("day_start_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("used", Integer, nullable=False),
+)
+
+# v2 (SPEC §5.3): the set of members reports on a token may cover, written in
+# the same transaction as the entry that creates or extends it.
+answer_pins = Table(
+    "answer_pins",
+    metadata,
+    Column("token_sha256", LargeBinary(32), primary_key=True),
+    Column("members", Text, nullable=False),  # sorted member ids, comma-separated
+    Column("expires_at_ms", BigInteger, nullable=False),
+)
+
+# Facts about the log itself, e.g. the sequence number of its v2_started entry.
+log_meta = Table(
+    "log_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
 )
 
 # Single row: the log's size. Appenders update it first, which serialises

@@ -45,7 +45,7 @@ def open_database(home: GatewayHome, db_url: str | None = None) -> Engine:
     return engine
 
 
-def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int, GatewayService]:
     home = GatewayHome(home_dir)
     cfg = home.config()
     engine = open_database(home, db_url)
@@ -68,12 +68,13 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     port = server.add_secure_port(listen or cfg.listen, transport.server_credentials(key_pem, cert_pem, ca_pem))
     if port == 0:
         raise OSError(f"cannot listen on {listen or cfg.listen}")
-    return server, port
+    return server, port, service
 
 
 def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None) -> None:  # type: ignore[no-untyped-def]
-    server, port = build_server(home_dir, db_url=db_url, listen=listen)
+    server, port, service = build_server(home_dir, db_url=db_url, listen=listen)
     server.start()
+    service.start_background()
     log.info("gateway listening on port %d", port)
     if on_ready is not None:
         on_ready(port)
@@ -82,3 +83,4 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait()
+    service.stop_background()

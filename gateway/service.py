@@ -19,48 +19,26 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
-from alliance import paillier, protocol, signing
-from alliance.errors import CryptoError, Refused
+from alliance import log_rules, paillier, protocol, signing
+from alliance.errors import CryptoError, Refused, UsageError
+from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
-from alliance_gateway import audit_log, schema
+from alliance_gateway import audit_log, reservations, schema
+from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.home import GatewayConfig
+from alliance_gateway.rate_limit import RefusalLimiter
+from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
 from alliance_gateway.registry import MemberRecord, Registry
-from alliance.transport import peer_identity
 
 log = logging.getLogger("alliance.gateway")
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 INQUIRY_WINDOW_MS = 720 * 3600 * 1000
 MAX_SHARE_BYTES = 4096
-
-# reason -> (gRPC status, SPEC §7 exit status)
-REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
-    "unauthenticated": (grpc.StatusCode.UNAUTHENTICATED, 4),
-    "wrong_role": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "unknown_member": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "member_suspended": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "member_revoked": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "querier_mismatch": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "stale_credential": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "bad_signature": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "stale_timestamp": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "token_mismatch": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "foreign_key": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "missing_consent": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "unknown_purpose": (grpc.StatusCode.PERMISSION_DENIED, 4),
-    "quota_exceeded": (grpc.StatusCode.RESOURCE_EXHAUSTED, 4),
-    "malformed_request": (grpc.StatusCode.INVALID_ARGUMENT, 3),
-    "too_few_members": (grpc.StatusCode.UNAVAILABLE, 5),
-    "too_few_answers": (grpc.StatusCode.UNAVAILABLE, 5),
-    "incomplete_precheck": (grpc.StatusCode.UNAVAILABLE, 5),
-}
-
+SUPPRESSED_FLUSH_INTERVAL_S = 5.0
 
 _inq = schema.inquiries.c
-_ACCEPTED_SINCE = select(func.count()).select_from(schema.inquiries).where(
-    and_(_inq.querier_id == bindparam("querier"), _inq.accepted.is_(True), _inq.received_at_ms >= bindparam("since"))
-)
 _OTHER_QUERIERS = select(func.count(func.distinct(_inq.querier_id))).where(
     and_(
         _inq.token_sha256 == bindparam("token"),
@@ -70,32 +48,6 @@ _OTHER_QUERIERS = select(func.count(func.distinct(_inq.querier_id))).where(
         _inq.received_at_ms < bindparam("until"),
     )
 )
-
-
-class QueryFailure(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.logged = False
-        self.code, self.exit_code = REFUSALS.get(reason, (grpc.StatusCode.PERMISSION_DENIED, 4))
-
-    def as_error(self) -> pb.QueryError:
-        return pb.QueryError(exit_code=self.exit_code, reason=self.reason, message=str(self))
-
-
-@dataclass
-class _Context:
-    """Everything known about one query so far; becomes its audit entry."""
-
-    kind: str
-    peer_id: str
-    query: pb.SignedQuery
-    received_ms: int
-    body: pb.QueryRequestBody | None = None
-    asked: list[str] = field(default_factory=list)
-    receipts: list[pb.AnswerReceipt] = field(default_factory=list)
-    dropped: list[dict[str, str]] = field(default_factory=list)
-    inquiries_30d: int = 0
 
 
 def shanghai_day_start_ms(now_ms: int) -> int:
@@ -115,6 +67,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         member_stub: Callable[[str], pb_grpc.MemberNodeStub],
         mask_pools: paillier.MaskPools,
         clock: Callable[[], float] = time.time,
+        limiter: RefusalLimiter | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -123,6 +76,15 @@ class GatewayService(pb_grpc.GatewayServicer):
         self.member_stub = member_stub
         self.mask_pools = mask_pools
         self.clock = clock
+        self.limiter = limiter or RefusalLimiter()
+        self.rules = log_rules.query_rules(config.deadline_ms)
+        if config.k_min < 2:
+            raise UsageError(f"k_min is {config.k_min}; it must be at least 2 (a sum over one member discloses it)")
+        with engine.connect() as conn:
+            if audit_log.v2_started_seq(conn) is None:
+                raise UsageError("this gateway database holds a v1 audit log: run `alliance admin db upgrade` first (SPEC §6.4)")
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     # -- RPCs -------------------------------------------------------------
 
@@ -135,6 +97,7 @@ class GatewayService(pb_grpc.GatewayServicer):
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
         peer_id, peer_role, cert_sha256 = self._peer(context)
         for request in request_iterator:
+            self._check_rate(context, peer_id, peer_role)
             kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
             try:
                 yield self.process(request, peer_id, peer_role, kind, cert_sha256)
@@ -195,7 +158,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         if self._require_reader(context).role != "auditor":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "log entries are for auditors")
         end = min(request.end, self.log.size())
-        for seq, data in self.log.entries(request.start, end):
+        for seq, data in self.log.entries(max(0, request.start), end):
             yield pb.LogEntry(index=seq, data=data)
 
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext) -> pb.Proof:
@@ -217,6 +180,7 @@ class GatewayService(pb_grpc.GatewayServicer):
     def _unary(self, request: pb.SignedQuery, context: grpc.ServicerContext, kind: str) -> pb.GatewayQueryResponse:
         started = time.perf_counter()
         peer_id, peer_role, cert_sha256 = self._peer(context)
+        self._check_rate(context, peer_id, peer_role)
         try:
             response = self.process(request, peer_id, peer_role, kind, cert_sha256)
             log.debug("handler total %.1f ms", 1000 * (time.perf_counter() - started))
@@ -228,19 +192,26 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
                 peer_cert_sha256: bytes) -> pb.GatewayQueryResponse:
-        """One query from an authenticated TLS peer (id, role and certificate digest)."""
-        ctx = _Context(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms())
+        """One query from an authenticated TLS peer (id, role and certificate
+        digest). Order matters and is what `audit verify` re-derives: bounds,
+        then who is asking, then the signed request, then what is reserved
+        (query id, quota slot) before any member does any work."""
+        ctx = QueryContext(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms(), version=2, rules=self.rules)
         t0 = time.perf_counter()
         try:
+            check_bounds(ctx)
             querier, body = self._admit(ctx, peer_role, peer_cert_sha256)
-            t_admit = time.perf_counter()
+            if not reservations.reserve_query_id(self.engine, body.query_id, querier.member_id, ctx.received_ms):
+                raise QueryFailure("replayed_query_id", f"query id {body.query_id} was already used; a replay is never sent to the members")
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
-            # A garbled Enc(x) is refused before any member spends work or a query id on it.
+            # A garbled Enc(x) is refused before any member spends work on it.
             enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext) if kind == "precheck" else None
-            targets = [m for m in self.registry.active_members() if m.member_id != querier.member_id]
+            targets = self._targets(ctx, querier, body)
+            if reservations.reserve_quota_slot(self.engine, querier.member_id, shanghai_day_start_ms(ctx.received_ms),
+                                               querier.daily_quota) is None:
+                raise QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
             ctx.asked = [m.member_id for m in targets]
-            if len(targets) < self.config.k_min:
-                raise QueryFailure("too_few_members", f"only {len(targets)} other active member(s); a report needs at least {self.config.k_min}")
+            t_admit = time.perf_counter()
             answers = self._fan_out(ctx, targets, querier, pk)
             t_fan = time.perf_counter()
             if len(answers) < self.config.k_min:
@@ -258,10 +229,12 @@ class GatewayService(pb_grpc.GatewayServicer):
         except QueryFailure as failure:
             if not failure.logged:
                 self._commit(ctx, None, outcome="refused", failure=failure)
+            self.limiter.refused(peer_id)
             raise
         except CryptoError as exc:  # e.g. a garbled Enc(x) in a precheck
             failure = QueryFailure("malformed_request", str(exc))
             self._commit(ctx, None, outcome="refused", failure=failure)
+            self.limiter.refused(peer_id)
             raise failure from None
         receipt = self._receipt(seq)
         if log.isEnabledFor(logging.DEBUG):
@@ -280,8 +253,28 @@ class GatewayService(pb_grpc.GatewayServicer):
             audit=receipt,
         )
 
-    def _admit(self, ctx: _Context, peer_role: str, peer_cert_sha256: bytes) -> tuple[MemberRecord, pb.QueryRequestBody]:
-        """Every check the gateway can make before asking anyone."""
+    def _targets(self, ctx: QueryContext, querier: MemberRecord, body: pb.QueryRequestBody) -> list[MemberRecord]:
+        """Who is asked: every other active member, or, while the token is
+        pinned, exactly the pin less the querier (SPEC §5.3). A pinned member
+        that cannot be asked makes the report impossible until the pin ends."""
+        active = {m.member_id: m for m in self.registry.active_members() if m.member_id != querier.member_id}
+        pin = reservations.read_pin(self.engine, body.subject_token_sha256, ctx.received_ms)
+        if pin is None:
+            targets = list(active.values())
+        else:
+            ctx.answer_set = list(pin.members)
+            wanted = [m for m in pin.members if m != querier.member_id]
+            missing = [m for m in wanted if m not in active]
+            if missing:
+                raise QueryFailure("answer_set_changed", _pin_message(pin, missing))
+            targets = [active[m] for m in wanted]
+        if len(targets) < self.config.k_min:
+            ctx.asked = [m.member_id for m in targets]
+            raise QueryFailure("too_few_members", f"only {len(targets)} other active member(s); a report needs at least {self.config.k_min}")
+        return targets
+
+    def _admit(self, ctx: QueryContext, peer_role: str, peer_cert_sha256: bytes) -> tuple[MemberRecord, pb.QueryRequestBody]:
+        """Every check the gateway can make before reserving anything."""
         if peer_role != "member":
             raise QueryFailure("wrong_role", f"role {peer_role!r} may not query; only members may")
         querier = self.registry.get(ctx.peer_id)
@@ -307,15 +300,12 @@ class GatewayService(pb_grpc.GatewayServicer):
             raise QueryFailure("stale_credential", f"request names credential serial {body.credential_serial}, current is {querier.credential_serial}")
         try:
             protocol.verify_query_signature(ctx.query, querier.ed25519_public_key)
-            protocol.check_fresh(body, ctx.received_ms)
+            protocol.check_fresh(body, ctx.received_ms, window_ms=log_rules.GATEWAY_FRESHNESS_MS)
             protocol.check_token(ctx.query, body)
         except Refused as exc:
             raise QueryFailure(exc.reason, str(exc)) from None
         if body.paillier_key_fingerprint != paillier.PaillierPublicKey.from_bytes(querier.paillier_n).fingerprint():
             raise QueryFailure("foreign_key", "the request's Paillier key is not the querier's registered key")
-        used = self._accepted_today(querier.member_id, ctx.received_ms)
-        if used >= querier.daily_quota:
-            raise QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
         return querier, body
 
     def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, int]:
@@ -388,30 +378,28 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     # -- bookkeeping --------------------------------------------------------
 
-    def _accepted_today(self, member_id: str, now_ms: int, conn: Any = None) -> int:
-        params = {"querier": member_id, "since": shanghai_day_start_ms(now_ms)}
-        if conn is not None:
-            return conn.execute(_ACCEPTED_SINCE, params).scalar_one()
-        with self.engine.connect() as c:
-            return c.execute(_ACCEPTED_SINCE, params).scalar_one()
-
     def _inquiries_30d(self, querier_id: str, token_sha256: bytes, now_ms: int) -> int:
         with self.engine.connect() as conn:
             return conn.execute(
                 _OTHER_QUERIERS, {"token": token_sha256, "querier": querier_id, "since": now_ms - INQUIRY_WINDOW_MS, "until": now_ms}
             ).scalar_one()
 
-    def _commit(self, ctx: _Context, querier: MemberRecord | None, *, outcome: str, failure: QueryFailure | None = None) -> int:
-        """Durably log the query before anything is answered. The daily quota
-        is re-checked under the log's lock, so concurrent queries cannot
-        overrun it."""
+    def _commit(self, ctx: QueryContext, querier: MemberRecord | None, *, outcome: str, failure: QueryFailure | None = None) -> int:
+        """Durably log the query before anything is answered. An accepted
+        report settles its token's pin under the log's lock, so pins are
+        taken in log order; a report over another set becomes an
+        `answer_set_changed` refusal (its quota slot stays spent)."""
         with self.engine.begin() as conn:
             def build(seq: int, when: str) -> dict[str, Any]:
                 nonlocal outcome, failure
-                if outcome == "accepted" and querier is not None:
-                    if self._accepted_today(querier.member_id, ctx.received_ms, conn) >= querier.daily_quota:
-                        outcome, failure = "refused", QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
-                return _query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
+                if outcome == "accepted" and querier is not None and ctx.body is not None:
+                    pin, ok = reservations.settle_pin(conn, ctx.body.subject_token_sha256, querier.member_id,
+                                                      [r.member_id for r in ctx.receipts], ctx.received_ms)
+                    ctx.answer_set = list(pin.members)
+                    if not ok:
+                        missing = sorted(set(pin.members) - {querier.member_id} - {r.member_id for r in ctx.receipts})
+                        outcome, failure = "refused", QueryFailure("answer_set_changed", _pin_message(pin, missing))
+                return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
 
             seq, _ = audit_log.append(conn, build, ctx.received_ms)
             conn.execute(
@@ -424,9 +412,47 @@ class GatewayService(pb_grpc.GatewayServicer):
                 )
             )
         if outcome != "accepted" and failure is not None and querier is not None:
-            failure.logged = True  # the quota re-check turned this entry into a refusal
+            failure.logged = True  # settling the pin turned this entry into a refusal
             raise failure
         return seq
+
+    # -- refusal rate limit ---------------------------------------------------
+
+    def _check_rate(self, context: grpc.ServicerContext, peer_id: str, peer_role: str) -> None:
+        if not self.limiter.admit(peer_id, peer_role):
+            context.set_trailing_metadata((("alliance-reason", "rate_limited"), ("alliance-exit-code", "4")))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"rate_limited: more than {log_rules.REFUSALS_PER_S} refused requests per second from {peer_id}; "
+                          "requests are turned away unread until the rate drops")
+
+    def flush_suppressed(self, *, force: bool = False) -> int:
+        """Log one `refusals_suppressed` entry per peer whose minute is up."""
+        written = 0
+        for item in self.limiter.due(force=force):
+            try:
+                with self.engine.begin() as conn:
+                    audit_log.append(conn, lambda seq, when, i=item: {
+                        "v": 2, "kind": "refusals_suppressed", "seq": seq, "time": when, "peer_id": i.peer_id,
+                        "role": i.role, "count": i.count, "first_ms": i.first_ms, "last_ms": i.last_ms})
+                written += 1
+            except Exception:  # noqa: BLE001 - the database may be briefly away; keep the count for later
+                log.exception("could not log suppressed refusals of %s; will retry", item.peer_id)
+                self.limiter.restore(item)
+        return written
+
+    def start_background(self) -> None:
+        def run() -> None:
+            while not self._stop.wait(SUPPRESSED_FLUSH_INTERVAL_S):
+                self.flush_suppressed()
+            self.flush_suppressed(force=True)
+
+        self._flusher = threading.Thread(target=run, name="refusals-suppressed", daemon=True)
+        self._flusher.start()
+
+    def stop_background(self) -> None:
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
 
     def _receipt(self, seq: int) -> pb.AuditReceipt:
         size, note = self.log.signed_checkpoint(seq + 1)
@@ -468,35 +494,10 @@ class GatewayService(pb_grpc.GatewayServicer):
         return int(self.clock() * 1000)
 
 
-def _query_entry(ctx: _Context, seq: int, when: str, outcome: str, failure: QueryFailure | None, k_min: int) -> dict[str, Any]:
-    body = ctx.body
-    return {
-        "v": 1,
-        "kind": ctx.kind,
-        "seq": seq,
-        "time": when,
-        "received_at_ms": ctx.received_ms,
-        "querier_id": ctx.peer_id,
-        "request_body": ctx.query.body.hex(),
-        "request_signature": ctx.query.signature.hex(),
-        "query_id": body.query_id if body else None,
-        "subject_token_sha256": body.subject_token_sha256.hex() if body else None,
-        "purpose": protocol.purpose_name(body.purpose) if body else None,
-        "consent_id": body.consent_id if body else None,
-        "consent_sha256": body.consent_sha256.hex() if body else None,
-        "members_asked": list(ctx.asked),
-        "members_answered": [r.member_id for r in ctx.receipts],
-        "answers": [
-            {"member_id": r.member_id, "ciphertext_sha256": r.ciphertext_sha256.hex(), "signature": r.signature.hex()}
-            for r in ctx.receipts
-        ],
-        "dropped": list(ctx.dropped),
-        "k_min": k_min,
-        "inquiries_30d": ctx.inquiries_30d,
-        "outcome": outcome,
-        "reason": failure.reason if failure else None,
-        "detail": str(failure) if failure else None,
-    }
+def _pin_message(pin: reservations.Pin, missing: list[str]) -> str:
+    until = datetime.fromtimestamp(pin.expires_at_ms / 1000, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M %Z")
+    return (f"reports on this subject are pinned to {', '.join(pin.members)} and {', '.join(missing)} did not answer; "
+            f"keep the earlier report: a new set becomes possible after {until} (24 h after the latest report)")
 
 
 def _peek_mode(request: pb.SignedQuery) -> int:

@@ -76,6 +76,7 @@ def gateway(members, ca, tmp_path, db_url):  # type: ignore[no-untyped-def]
     engine = db.make_engine(db_url)
     schema.create_schema(engine)
     with engine.begin() as conn:
+        audit_log.start_v2(conn, deadline_ms=800)
         for m in members.values():
             conn.execute(insert(schema.members).values(
                 member_id=m.member_id, name=m.member_id, role="member", status="active", endpoint=m.member_id,

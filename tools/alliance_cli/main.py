@@ -167,6 +167,26 @@ def admin_member_set_quota(home: Path, db_url: str | None, member_id: str, daily
     click.echo(f"{member_id}: daily quota {daily_quota}")
 
 
+@admin.group("db")
+def admin_db() -> None:
+    """The gateway database: registry and audit log."""
+
+
+@admin_db.command("upgrade")
+@HOME
+@DB
+def admin_db_upgrade(home: Path, db_url: str | None) -> None:
+    """Bring a v1 registry and log to v2 (SPEC §6.4): new tables, and a
+    `v2_started` entry after which the v2 rules apply. Safe to run twice.
+
+    Example: alliance admin db upgrade --home admin"""
+    result = _admin(home, db_url).upgrade_db()
+    if result["already_v2"]:
+        click.echo(f"already v2: the log's v2_started entry is {result['v2_started_seq']}")
+    else:
+        click.echo(f"upgraded: v2_started logged as entry {result['v2_started_seq']}; v2 rules apply from here on")
+
+
 @admin.group("auditor")
 def admin_auditor() -> None:
     """Issue auditor credentials."""

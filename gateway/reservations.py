@@ -1,0 +1,97 @@
+"""What the gateway reserves before it asks any member (SPEC §5.3, §5.4):
+the query id (a replay is refused on every replica sharing the database), a
+quota slot (kept whatever the outcome once members were asked), and the
+answering-set pin of the subject token, settled under the log's lock."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from alliance import log_rules
+from alliance_gateway import schema
+
+
+def reserve_query_id(engine: Engine, query_id: str, querier_id: str, now_ms: int) -> bool:
+    """True when this query id is new; False when any replica saw it before."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(schema.query_ids).values(query_id=query_id, querier_id=querier_id, reserved_at_ms=now_ms))
+    except IntegrityError:
+        return False
+    return True
+
+
+_q = schema.quota_usage.c
+
+
+def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_quota: int) -> int | None:
+    """Take one slot of the day's quota atomically; the slot number, or None
+    when the quota is used up. Concurrent queries cannot overrun it: the
+    conditional UPDATE is one statement, and the first insert of a day is
+    guarded by the primary key."""
+    where = and_(_q.member_id == member_id, _q.day_start_ms == day_start_ms)
+    for _ in range(3):
+        with engine.begin() as conn:
+            row = conn.execute(
+                update(schema.quota_usage).where(and_(where, _q.used < daily_quota)).values(used=_q.used + 1).returning(_q.used)
+            ).first()
+            if row is not None:
+                return int(row.used)
+            if conn.execute(select(_q.used).where(where)).first() is not None or daily_quota < 1:
+                return None
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(schema.quota_usage).values(member_id=member_id, day_start_ms=day_start_ms, used=1))
+            return 1
+        except IntegrityError:
+            continue  # another query took the day's first slot at the same moment
+    return None
+
+
+def quota_used(engine: Engine, member_id: str, day_start_ms: int) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(_q.used).where(and_(_q.member_id == member_id, _q.day_start_ms == day_start_ms))).scalar() or 0)
+
+
+@dataclass(frozen=True)
+class Pin:
+    members: tuple[str, ...]  # sorted; includes the querier of the first report
+    expires_at_ms: int
+
+
+_p = schema.answer_pins.c
+
+
+def live_pin(conn: Connection, token_sha256: bytes, at_ms: int) -> Pin | None:
+    row = conn.execute(select(_p.members, _p.expires_at_ms).where(_p.token_sha256 == token_sha256)).first()
+    if row is None or at_ms >= row.expires_at_ms:
+        return None
+    return Pin(tuple(m for m in row.members.split(",") if m), int(row.expires_at_ms))
+
+
+def read_pin(engine: Engine, token_sha256: bytes, at_ms: int) -> Pin | None:
+    with engine.connect() as conn:
+        return live_pin(conn, token_sha256, at_ms)
+
+
+def settle_pin(conn: Connection, token_sha256: bytes, querier_id: str, answered: list[str], received_ms: int) -> tuple[Pin, bool]:
+    """Under the log's lock, for a report about to be accepted: create the
+    pin (answering members plus the querier) or check the report is over
+    exactly the pin less its querier. Returns (pin, ok); the pin's expiry
+    slides only when ok."""
+    pin = live_pin(conn, token_sha256, received_ms)
+    expires = received_ms + log_rules.PIN_MS
+    if pin is None:
+        pin = Pin(tuple(sorted(set(answered) | {querier_id})), expires)
+        values = {"members": ",".join(pin.members), "expires_at_ms": expires}
+        if conn.execute(update(schema.answer_pins).where(_p.token_sha256 == token_sha256).values(**values)).rowcount == 0:
+            conn.execute(insert(schema.answer_pins).values(token_sha256=token_sha256, **values))
+        return pin, True
+    if set(answered) != set(pin.members) - {querier_id}:
+        return pin, False
+    if expires > pin.expires_at_ms:
+        conn.execute(update(schema.answer_pins).where(_p.token_sha256 == token_sha256).values(expires_at_ms=expires))
+        pin = Pin(pin.members, expires)
+    return pin, True
