@@ -23,12 +23,12 @@ def error_from_rpc(exc: grpc.RpcError) -> AllianceError:
     trailing = dict(exc.trailing_metadata() or ())
     reason = trailing.get("alliance-reason", code.name.lower())
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        if reason in ("too_few_members", "too_few_answers", "incomplete_precheck"):
+        if "alliance-reason" in trailing:  # the gateway answered: too few members, answer set changed, ...
             return Unreachable(details)
         return Unreachable(f"the alliance gateway cannot be reached: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(details)
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS,
                 grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
         return Refused(details, reason=reason)
     return AllianceError(f"gateway error {code.name}: {details}")

@@ -223,7 +223,7 @@ def test_dead_member_does_not_stall_and_precheck_refuses(alliance, querier) -> N
     """Runs last in this module: freezes lender-d (SIGSTOP), so its calls hang
     rather than fail fast, then stops it."""
     net, dataset = alliance
-    s = dataset.subjects[0]
+    s = dataset.subjects[9]  # not asked about before: a pinned subject would refuse a smaller set (§5.3)
     subject = Subject(s.id_type, s.canonical_id)
     frozen = net.members["lender-d"].process
     os.kill(frozen.pid, signal.SIGSTOP)
@@ -238,8 +238,13 @@ def test_dead_member_does_not_stall_and_precheck_refuses(alliance, querier) -> N
     assert elapsed < 2.0 + 1.5, f"query took {elapsed:.1f}s with a 2s member deadline"
     expected = independent.expected_report(dataset.root, ["lender-b", "lender-c"], s.id_type, s.canonical_id, AS_OF)
     assert {k: v for k, v in result["report"].items() if k != "inquiries_30d"} == expected
+    # The subject is now pinned to the members that answered, so a precheck on it asks them only (§5.3);
+    # on a subject never asked about, lender-d is asked and, being down, makes the precheck fail.
+    querier.precheck(subject, amount_yuan="1.00", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    other = dataset.subjects[10]
     with pytest.raises(Unreachable):
-        querier.precheck(subject, amount_yuan="1.00", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+        querier.precheck(Subject(other.id_type, other.canonical_id), amount_yuan="1.00", purpose="LOAN_APPROVAL",
+                         consent=CONSENT, as_of=AS_OF)
 
 
 def _audit_verify(home: Path) -> subprocess.CompletedProcess:
@@ -293,7 +298,7 @@ def test_the_querier_refuses_a_report_the_log_does_not_vouch_for(alliance, queri
     from alliance.v1 import alliance_pb2 as pb
 
     net, dataset = alliance
-    s = _subjects(dataset)[0]
+    s = synthetic.unknown_subjects(random.Random(11), 1)[0]  # never pinned: lender-d is down by now (§5.3)
     subject = Subject(s.id_type, s.canonical_id)
 
     def fresh() -> tuple[pb.SignedQuery, pb.GatewayQueryResponse]:

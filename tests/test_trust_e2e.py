@@ -157,9 +157,15 @@ def test_suspend_and_revoke_take_effect_within_5s_while_queries_run(alliance) ->
     asked: list[tuple[float, list[str]]] = []
     stop = threading.Event()
 
+    import random
+
+    from alliance import synthetic
+    fresh = iter(synthetic.unknown_subjects(random.Random(7), 2000))  # a pinned subject would not show who is asked (§5.3)
+
     def load() -> None:
         while not stop.is_set():
-            result = q.client.query(q._signed(subject, "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)[0])
+            f = next(fresh)
+            result = q.client.query(q._signed(Subject(f.id_type, f.canonical_id), "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)[0])
             asked.append((time.monotonic(), list(result.asked_member_ids)))
 
     worker = threading.Thread(target=load, daemon=True)
