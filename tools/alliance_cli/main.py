@@ -311,23 +311,37 @@ def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
 @member.command("import")
 @HOME
 @DB
-@click.option("--kind", type=click.Choice(["loans", "flags", "scores"]), required=True)
+@click.option("--kind", type=click.Choice(["loans", "flags", "scores"]), required=True, help="Which UDS-1 file this is.")
 @click.option("--skip-invalid", is_flag=True, help="Write valid rows; list invalid ones and write them to a reject file.")
+@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --skip-invalid: where invalid rows go (default: FILE's name + .rejects); never the input, folder must exist.")
 @click.option("--snapshot", is_flag=True, help="The file is the whole book of this kind: remove records absent from it.")
-@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--allow-shrink", is_flag=True, help="Let --snapshot remove more than 20 % of the book (or all of it).")
+@click.option("--dry-run", is_flag=True, help="Validate and report what would change; write nothing.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def member_import(home: Path, db_url: str | None, kind: str, skip_invalid: bool, snapshot: bool,
-                  reject_file: Path | None, file: Path) -> None:
-    """Import a UDS-1 file (CSV or JSON Lines)."""
+                  reject_file: Path | None, allow_shrink: bool, dry_run: bool, file: Path) -> None:
+    """Import a UDS-1 file (CSV or JSON Lines).
+
+    \b
+    Example:
+      alliance member import --home m --kind loans loans.csv
+      alliance member import --home m --kind loans --snapshot --dry-run loans.csv
+    """
     from alliance_member import book
 
+    if reject_file is not None and not skip_invalid:
+        raise UsageError("--reject-file needs --skip-invalid (without it an invalid row rejects the whole file)")
     result = book.import_book(home, file, kind, db_url=db_url, skip_invalid=skip_invalid, snapshot=snapshot,
                               reject_file=reject_file, on_error=lambda e: click.echo(str(e), err=True),
-                              progress=output.import_progress(file))
+                              progress=output.import_progress(file), dry_run=dry_run, allow_shrink=allow_shrink)
     click.echo(f"{file}: {result.rows_written} {kind} row(s) imported, {result.rows_rejected} rejected"
                + (f", {result.rows_removed} removed (snapshot)" if snapshot else ""))
+    if dry_run:
+        click.echo("(dry run: nothing written)")
     if result.rows_rejected:
-        click.echo(f"rejected rows written to {result.reject_file}", err=True)
+        if result.reject_file is not None:
+            click.echo(f"rejected rows written to {result.reject_file}", err=True)
         sys.exit(3)
 
 
