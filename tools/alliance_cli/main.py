@@ -50,6 +50,10 @@ def cli(verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
 
 
+PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")  # SPEC §4
+PURPOSE_CHOICE = click.Choice(PURPOSES)
+
+
 def _date(value: str | None) -> date | None:
     return None if value is None else parse_day(value, "--as-of")
 
@@ -349,14 +353,17 @@ def _query_options(f):  # type: ignore[no-untyped-def]
     for option in reversed([
         HOME,
         DB,
-        click.option("--id-type", type=click.Choice(["RESIDENT_ID", "USCC"]), required=True),
-        click.option("--id", "id_number", required=True),
-        click.option("--purpose", required=True, help="LOAN_APPROVAL, CREDIT_LIMIT_REVIEW or POST_LOAN_MONITORING."),
+        click.option("--id-type", type=click.Choice(["RESIDENT_ID", "USCC"]), required=True,
+                     help="RESIDENT_ID for a person, USCC for an organisation."),
+        click.option("--id", "id_number", required=True, help="The subject's ID number (checked before anything is sent)."),
+        click.option("--purpose", type=PURPOSE_CHOICE, required=True, help="Why the alliance is asked."),
         click.option("--consent-id", required=True, help="Reference of the borrower's signed authorisation."),
-        click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None),
-        click.option("--consent-sha256", default=None, help="SHA-256 (hex) of the signed authorisation."),
+        click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="The signed authorisation (give exactly one of --consent-file / --consent-sha256)."),
+        click.option("--consent-sha256", default=None,
+                     help="SHA-256 (hex) of the signed authorisation (exactly one of --consent-file / --consent-sha256)."),
         click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai)."),
-        click.option("--json", "as_json", is_flag=True),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table."),
     ]):
         f = option(f)
     return f
@@ -366,20 +373,31 @@ def _query_options(f):  # type: ignore[no-untyped-def]
 @_query_options
 def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool) -> None:
-    """Ask the alliance about one subject: one aggregated report."""
-    from alliance_member.querier import Consent, Querier, Subject
+    """Ask the alliance about one subject: one aggregated report.
 
+    The report sums what the other members hold; your own book is not in it.
+
+    \b
+    Example:
+      alliance member query --home m --id-type RESIDENT_ID --id 11010519491231002X \\
+          --purpose LOAN_APPROVAL --consent-id C-1 --consent-file consent.pdf
+    """
+    from alliance import identity
+    from alliance_member.querier import Consent, Querier, Subject, today_shanghai
+
+    day = _date(as_of) or today_shanghai()
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
     subject = Subject.parse(id_type, id_number)
     querier = Querier(home, db_url=db_url)
     try:
-        result = querier.query(subject, purpose=purpose, consent=consent, as_of=_date(as_of))
+        result = querier.query(subject, purpose=purpose, consent=consent, as_of=day)
     finally:
         querier.close()
     if as_json:
         output.echo_json(result)
     else:
-        output.report_table(result)
+        output.report_table(result, subject=f"{id_type} {identity.masked_id(subject.canonical_id)}",
+                            as_of=day.isoformat(), purpose=purpose)
 
 
 @member.command("precheck")
@@ -387,58 +405,110 @@ def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, p
 @click.option("--amount", required=True, help="New loan amount in yuan, e.g. 50000 or 50000.00.")
 def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
                     consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool, amount: str) -> None:
-    """Would a new loan keep the subject within the regulatory cap? yes / no."""
-    from alliance_member.querier import Consent, Querier, Subject
+    """Would a new loan keep the subject within the regulatory cap? yes / no.
 
+    Counts your own active balance and every other member's; learns only yes or no.
+
+    \b
+    Example:
+      alliance member precheck --home m --id-type RESIDENT_ID --id 11010519491231002X \\
+          --purpose LOAN_APPROVAL --consent-id C-1 --consent-file consent.pdf --amount 50000
+    """
+    from alliance import identity, uds1
+    from alliance_member.querier import CAP_FEN, Consent, Querier, Subject, today_shanghai
+
+    day = _date(as_of) or today_shanghai()
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
     subject = Subject.parse(id_type, id_number)
+    amount_fen = uds1.parse_yuan(amount, "--amount")
     querier = Querier(home, db_url=db_url)
     try:
-        result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=_date(as_of))
+        result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=day)
     finally:
         querier.close()
     if as_json:
         output.echo_json(result)
+        return
+    who = f"{id_type} {identity.masked_id(subject.canonical_id)}"
+    cap = f"¥{output.yuan(CAP_FEN[id_type])}"
+    if result["within_cap"]:
+        click.echo(f"yes: a new loan of ¥{output.yuan(amount_fen)} keeps {who} within the cap of {cap} (as of {day})")
     else:
-        click.echo("yes: within the cap" if result["within_cap"] else "no: the cap would be exceeded")
+        click.echo(f"no: a new loan of ¥{output.yuan(amount_fen)} would take {who} over the cap of {cap} (as of {day})")
+    click.echo(f"query {result['query_id']}")
 
 
 @member.command("screen")
 @HOME
 @DB
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="CSV with columns id_type,id_number.")
-@click.option("--purpose", required=True)
-@click.option("--consent-id", required=True)
-@click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@click.option("--consent-sha256", default=None)
-@click.option("--as-of", default=None)
+              help="UTF-8 CSV whose header names the columns id_type,id_number.")
+@click.option("--purpose", type=PURPOSE_CHOICE, required=True, help="Why the subjects are screened.")
+@click.option("--consent-id", required=True, help="Reference of the borrowers' signed authorisation.")
+@click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The signed authorisation (give exactly one of --consent-file / --consent-sha256).")
+@click.option("--consent-sha256", default=None,
+              help="SHA-256 (hex) of the signed authorisation (exactly one of --consent-file / --consent-sha256).")
+@click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai).")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one JSON report per line here (default: stdout).")
 def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str, consent_id: str,
                   consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None) -> None:
-    """Screen a CSV of subjects: one report per subject, streamed."""
-    from alliance_member.querier import Consent, Querier, read_screen_csv
+    """Screen a CSV of subjects: one report per subject, streamed.
 
+    Each output line is a JSON object with the input "line", the masked
+    "subject" and either the report or an "error"; a bad row does not stop the
+    batch. A closing line on stderr says how many were screened and failed.
+
+    \b
+    Example:
+      alliance member screen --home m --input applicants.csv --purpose LOAN_APPROVAL \\
+          --consent-id BATCH-7 --consent-file batch7.pdf --output reports.jsonl
+    """
+    from alliance_member.querier import Consent, Querier, screen_rows
+
+    day = _date(as_of)
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
+    if output_file is not None:
+        if output_file.is_dir():
+            raise UsageError(f"--output {output_file} is a folder")
+        if not output_file.parent.is_dir():
+            raise UsageError(f"--output: folder {output_file.parent} does not exist")
+        if output_file.exists() and os.path.samefile(output_file, input_file):
+            raise UsageError(f"--output {output_file} is the input file")
+    rows = screen_rows(input_file)  # header checked here, before anything is sent
+    masked: dict[int, str] = {}
+
+    def subjects():  # type: ignore[no-untyped-def]
+        for row in rows:
+            masked[row.line] = row.masked_id
+            yield row.line, row.subject
+
     querier = Querier(home, db_url=db_url)
-    failures = 0
+    done = failures = 0
+    where = str(output_file) if output_file else "stdout"
     out = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
     try:
         with output.screen_progress(input_file) as advance:
-            for line, result in querier.screen(read_screen_csv(input_file), purpose=purpose, consent=consent, as_of=_date(as_of)):
+            for line, result in querier.screen(subjects(), purpose=purpose, consent=consent, as_of=day):
+                head = {"line": line, "subject": masked.pop(line, "")}
                 if isinstance(result, AllianceError):
                     failures += 1
-                    out.write(json.dumps({"line": line, "error": str(result), "exit_code": result.exit_code}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({**head, "error": str(result), "exit_code": result.exit_code}, ensure_ascii=False) + "\n")
                 else:
-                    out.write(json.dumps({"line": line, **result}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({**head, **result}, ensure_ascii=False) + "\n")
+                out.flush()
+                done += 1
                 advance()
+    except AllianceError as exc:
+        exc.args = (f"{exc} (after {done} subject(s); {done - failures} screened, {failures} failed, output in {where})",)
+        raise
     finally:
         querier.close()
         if output_file:
             out.close()
+    click.echo(f"{done - failures} screened, {failures} failed, output in {where}", err=True)
     if failures:
-        click.echo(f"{failures} subject(s) could not be screened; see their error lines", err=True)
         sys.exit(3)
 
 
