@@ -54,6 +54,12 @@ PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")  # S
 PURPOSE_CHOICE = click.Choice(PURPOSES)
 
 
+def _check_host_port(flag: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} must be host:port with a port 1-65535, not {value!r}")
+
+
 def _date(value: str | None) -> date | None:
     return None if value is None else parse_day(value, "--as-of")
 
@@ -121,14 +127,20 @@ def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_fil
 @admin_member.command("list")
 @HOME
 @DB
-@click.option("--json", "as_json", is_flag=True)
-def admin_member_list(home: Path, db_url: str | None, as_json: bool) -> None:
-    """List members and auditors."""
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--wide", is_flag=True, help="One line per member (wider than 80 columns); fingerprints are never truncated.")
+def admin_member_list(home: Path, db_url: str | None, as_json: bool, wide: bool) -> None:
+    """List members and auditors, with their whole key fingerprints.
+
+    \b
+    Example:
+      alliance admin member list --home admin
+    """
     rows = _admin(home, db_url).list()
     if as_json:
         output.echo_json(rows)
     else:
-        output.member_table(rows)
+        output.member_table(rows, wide=wide)
 
 
 @admin_member.command("show")
@@ -145,19 +157,32 @@ def admin_member_show(home: Path, db_url: str | None, member_id: str, as_json: b
         output.key_values(row)
 
 
-def _status_command(name: str, status: str, help_text: str) -> None:
-    @admin_member.command(name, help=help_text)
-    @HOME
-    @DB
-    @click.argument("member_id")
-    def command(home: Path, db_url: str | None, member_id: str) -> None:
-        _admin(home, db_url).set_status(member_id, status)
+def _status_command(name: str, status: str, help_text: str, *, confirm: bool = False) -> None:
+    def command(home: Path, db_url: str | None, member_id: str, yes: bool = False) -> None:
+        admin_ = _admin(home, db_url)
+        if confirm and not yes:
+            current = admin_.show(member_id)  # an unknown member fails here, before any question
+            if not sys.stdin.isatty():
+                raise UsageError(f"{name} {member_id} cannot be undone: confirm with --yes when not at a terminal")
+            if current["status"] != status:
+                click.confirm(f"{name} {member_id} ({current['name']}) for good? This cannot be undone", abort=True,
+                              err=True)
+        admin_.set_status(member_id, status)
         click.echo(f"{member_id}: {status} (effective at the gateway within seconds)")
 
+    command = click.argument("member_id")(command)
+    if confirm:
+        command = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(command)
+    command = DB(HOME(command))
+    admin_member.command(name, help=help_text)(command)
 
-_status_command("suspend", "suspended", "Suspend a member: it can neither query nor be asked.")
-_status_command("resume", "active", "Resume a suspended member.")
-_status_command("revoke", "revoked", "Revoke a member for good.")
+
+_status_command("suspend", "suspended", "Suspend a member: it can neither query nor be asked.\n\n"
+                "\b\nExample:\n  alliance admin member suspend --home admin lender-b")
+_status_command("resume", "active", "Resume a suspended member.\n\n"
+                "\b\nExample:\n  alliance admin member resume --home admin lender-b")
+_status_command("revoke", "revoked", "Revoke a member for good (asks first; --yes skips the question).\n\n"
+                "\b\nExample:\n  alliance admin member revoke --home admin lender-b --yes", confirm=True)
 
 
 @admin_member.command("set-quota")
@@ -219,16 +244,32 @@ def member() -> None:
 @click.option("--id", "member_id", required=True, help="Member id, e.g. lender-a.")
 @click.option("--name", required=True, help="Legal name of the platform.")
 @click.option("--role", type=click.Choice(["member", "auditor"]), default="member", show_default=True)
-@click.option("--endpoint", default="", help="host:port where the gateway reaches this member node.")
-@click.option("--listen", default=None, help="Address the member node listens on (default: --endpoint).")
-@click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True)
+@click.option("--endpoint", default="", help="host:port where the gateway reaches this member node  [required for --role member].")
+@click.option("--listen", default=None, help="host:port the member node listens on (default: --endpoint).")
+@click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True, help="host:port of the alliance gateway.")
 def member_keygen(home: Path, db_url: str | None, member_id: str, name: str, role: str, endpoint: str,
                   listen: str | None, gateway_endpoint: str) -> None:
-    """Create this member's keys and a join request; print the key fingerprint."""
+    """Create this member's keys and a join request; print the key fingerprint.
+
+    Everything is checked before a key is written: a failed keygen leaves no files.
+
+    \b
+    Example:
+      alliance member keygen --home m --id lender-a --name "Lender A" \\
+          --endpoint a.example:7001 --gateway gw.example:50051
+    """
+    from alliance import pki
     from alliance_member import onboarding
 
     if role == "member" and not endpoint:
         raise UsageError("--endpoint is required for a member")
+    for flag, value in (("--endpoint", endpoint), ("--listen", listen), ("--gateway", gateway_endpoint)):
+        if value:
+            _check_host_port(flag, value)
+    try:
+        pki.check_member_id(member_id)
+    except AllianceError as exc:
+        raise UsageError(f"--id: {exc}") from None
     result = onboarding.keygen(home, member_id=member_id, name=name, role=role, endpoint=endpoint,
                                listen=listen or endpoint, gateway=gateway_endpoint, db_url=db_url)
     click.echo(f"join request: {result.join_request}")
@@ -528,17 +569,37 @@ def demo_command(data_dir: Path | None, keep_running: bool, state_file: Path | N
     demo.run(data_dir=data_dir, keep_running=keep_running, state_file=state_file, work_dir=work_dir, echo=click.echo)
 
 
+def _member_counts(text: str) -> list[int]:
+    """--members: comma-separated counts, each at least 3 (a querier and k = 2 others)."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UsageError(f"--members must be comma-separated whole numbers such as 5,10, not {text!r}")
+        if int(part) < 3:
+            raise UsageError(f"--members: {part} is too few; a query needs the querier and at least 2 other members (3 or more)")
+        if int(part) > 200:
+            raise UsageError(f"--members: {part} is more member processes than a benchmark on one machine should start (at most 200)")
+        counts.append(int(part))
+    return counts
+
+
 @cli.command("bench")
-@click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts.")
+@click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts, each at least 3.")
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, as_json: bool) -> None:
-    """Benchmark query latency and throughput against the naive-phe baseline."""
+    """Benchmark query latency and throughput against the naive-phe baseline.
+
+    \b
+    Example:
+      alliance bench --members 5,10 --queries 200 --json
+    """
     from alliance_cli import bench
 
-    counts = [int(x) for x in members.split(",") if x.strip()]
+    counts = _member_counts(members)
     results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo)
     if as_json:
         output.echo_json(results)

@@ -121,13 +121,34 @@ def report_table(result: dict[str, Any], *, subject: str = "", as_of: str = "", 
                   markup=False, highlight=False)
 
 
-def member_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(show_header=True, header_style="bold")
-    for col in ("member_id", "name", "role", "status", "endpoint", "daily_quota", "fingerprint"):
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*(str(row[c]) for c in ("member_id", "name", "role", "status", "endpoint", "daily_quota", "fingerprint")))
-    console.print(table)
+def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
+    """Members for an operator at 80 columns: one block per member, the
+    fingerprint whole on two lines of 8 groups (read out by phone, never
+    truncated). ``wide``: one line per member, as long as it needs to be."""
+    if not rows:
+        click.echo("no members yet")
+        return
+    if wide:
+        cols = ("member_id", "name", "role", "status", "daily_quota", "endpoint", "fingerprint")
+        cells = [[str(r[c]) for c in cols] for r in rows]
+        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        for row in cells:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        return
+    for i, r in enumerate(rows):
+        if i:
+            click.echo("")
+        click.echo(f"{r['member_id']}  ({r['role']}, {r['status']})  {r['name']}")
+        details = f"quota {r['daily_quota']:,}/day" if isinstance(r["daily_quota"], int) else f"quota {r['daily_quota']}"
+        if r.get("endpoint"):
+            details += f"  endpoint {r['endpoint']}"
+        click.echo(f"  {details}")
+        groups = str(r["fingerprint"]).split(":")
+        half = (len(groups) + 1) // 2
+        click.echo(f"  fingerprint {':'.join(groups[:half])}")
+        if groups[half:]:
+            click.echo(f"              {':'.join(groups[half:])}")
 
 
 def key_values(row: dict[str, Any]) -> None:
