@@ -81,6 +81,8 @@ class Querier:
             raise UsageError(f"{home_dir} is an {self.config.role} home; only members query")
         if not self.home.matching_key.exists():
             raise UsageError(f"{home_dir} has no matching key yet (run `alliance member matching-key install`)")
+        if not self.home.is_joined():
+            raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
         self.credential = pki.verify_credential(self.home.credential.read_bytes(), pki.load_cert_pem(self.home.ca_cert))
         self.signing_key = pki.load_ed25519_private_pem(self.home.signing_key)
         self.private_key = paillier.PaillierPrivateKey.from_json_bytes(self.home.paillier_key.read_bytes())

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from alliance.errors import AllianceError, UsageError
+from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
 from alliance_cli.params import parse_day
 
@@ -456,12 +456,14 @@ def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str
           --purpose LOAN_APPROVAL --consent-id C-1 --consent-file consent.pdf --amount 50000
     """
     from alliance import identity, uds1
-    from alliance_member.querier import CAP_FEN, Consent, Querier, Subject, today_shanghai
+    from alliance_member.querier import CAP_FEN, MAX_AMOUNT_FEN, Consent, Querier, Subject, today_shanghai
 
     day = _date(as_of) or today_shanghai()
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
     subject = Subject.parse(id_type, id_number)
     amount_fen = uds1.parse_yuan(amount, "--amount")
+    if not 0 < amount_fen <= MAX_AMOUNT_FEN:
+        raise InvalidInput("--amount must be more than 0 and at most 10^12 yuan")
     querier = Querier(home, db_url=db_url)
     try:
         result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=day)
@@ -609,7 +611,19 @@ from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,
 
 
 def main() -> None:
-    cli(prog_name="alliance")
+    """Usage errors too are one line on stderr (SPEC §7), with where to find help."""
+    try:
+        code = cli.main(prog_name="alliance", standalone_mode=False)
+    except click.ClickException as exc:
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        click.echo(f"alliance: error: {message}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("alliance: error: aborted; nothing was changed", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
