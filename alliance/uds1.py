@@ -637,6 +637,14 @@ def _csv_columns(header: list[str], fields: tuple[str, ...], name: str) -> list[
 
 
 _JSON_NUMBER = "must be a JSON string (numbers are refused: floats are not money)"
+_MONEY_FIELDS = frozenset({"principal", "balance", "overdue_amount"})
+
+
+def _json_number_problem(field: str, value: object) -> str:
+    """A JSON number where UDS-1 wants a string: the money reason only for money."""
+    if field in _MONEY_FIELDS:
+        return _JSON_NUMBER
+    return f"must be a JSON string such as \"{value}\", not the JSON number {value} (UDS-1: every value is a string)"
 
 
 class _RepeatedKeys(dict):
@@ -701,7 +709,7 @@ def _json_row_with_problems(rows: _RowBuilder, line: int, obj: object) -> RowRes
         if field not in obj:
             problems[field] = "is missing"
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            problems[field] = _JSON_NUMBER
+            problems[field] = _json_number_problem(field, value)
         elif not isinstance(value, str):
             problems[field] = f"must be a JSON string, got {_json_kind(value)}"
     return rows.build(line, raw, texts, problems)

@@ -170,10 +170,10 @@ class Admin:
             raise UsageError(f"status must be one of {STATUSES}")
         with self.engine.begin() as conn:
             current = self._get(conn, member_id)
+            if current.status == status:  # the same status for every "already": a usage error (exit 2)
+                raise UsageError(f"member {member_id} is already {status}")
             if current.status == "revoked":
                 raise Refused(f"member {member_id} is revoked; revocation is final", reason="revoked")
-            if current.status == status:
-                raise UsageError(f"member {member_id} is already {status}")
             conn.execute(update(schema.members).where(schema.members.c.member_id == member_id)
                          .values(status=status, updated_at_ms=_now_ms()))
             kind = {"active": "member_resumed", "suspended": "member_suspended", "revoked": "member_revoked"}[status]

@@ -24,7 +24,10 @@ def import_book(
     reject_file: Path | None = None,
     on_error: Callable[[uds1.RowError], None] | None = None,
     progress: AbstractContextManager[Callable[[int], None]] | None = None,
+    dry_run: bool = False,
+    allow_shrink: bool = False,
 ) -> importer.ImportResult:
+    importer.check_arguments(file, kind, skip_invalid=skip_invalid, snapshot=snapshot, reject_path=reject_file)
     home = MemberHome(home_dir)
     cfg = home.config()
     if cfg.role != "member":
@@ -37,5 +40,6 @@ def import_book(
     with progress or nullcontext(None) as advance:
         return importer.import_file(
             engine, file, kind, mk, skip_invalid=skip_invalid, snapshot=snapshot,
-            reject_path=reject_file, on_error=on_error, on_progress=advance,
+            reject_path=reject_file, on_error=on_error, on_progress=advance, dry_run=dry_run,
+            allow_shrink=allow_shrink,
         )

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Connection, Engine, Table, and_, delete, insert, select, tuple_
+from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, select, tuple_
 
 from alliance import identity, uds1
 from alliance.errors import InvalidInput, UsageError
@@ -23,6 +25,8 @@ from alliance.matching_key import MatchingKey
 from alliance_member import store
 
 CHUNK_ROWS = 5000
+# A snapshot may remove at most this share of the book without --allow-shrink.
+SNAPSHOT_MAX_SHRINK = 0.20
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ImportResult:
     rows_rejected: int = 0
     rows_removed: int = 0
     committed: bool = False
+    dry_run: bool = False
     reject_file: Path | None = None
     first_errors: list[str] = field(default_factory=list)
 
@@ -53,19 +58,21 @@ def import_file(
     on_error: ErrorSink | None = None,
     on_progress: ProgressSink | None = None,
     today: date | None = None,
+    dry_run: bool = False,
+    allow_shrink: bool = False,
 ) -> ImportResult:
     """Import one UDS-1 file. Raises InvalidInput (nothing written) when any row
     is invalid and ``skip_invalid`` is off; with ``skip_invalid`` valid rows are
-    committed, invalid ones go to ``reject_path`` and the result says how many."""
-    if kind not in uds1.FIELDS:
-        raise UsageError(f"--kind must be one of {', '.join(uds1.FIELDS)}, not {kind!r}")
-    if snapshot and skip_invalid:
-        raise UsageError("--snapshot is all-or-nothing and cannot be combined with --skip-invalid")
-    if not path.is_file():
-        raise InvalidInput(f"{path}: no such file")
+    committed, invalid ones go to ``reject_path`` and the result says how many.
+
+    ``snapshot`` removes records absent from the file, but refuses (InvalidInput)
+    to remove more than 20 % of the book or to leave it empty unless
+    ``allow_shrink``. ``dry_run`` does all of it inside a transaction that is
+    rolled back, writes no reject file, and returns the same counts."""
+    check_arguments(path, kind, skip_invalid=skip_invalid, snapshot=snapshot, reject_path=reject_path)
     table = store.BOOK_TABLES[kind]
-    result = ImportResult(kind=kind)
-    rejects = _RejectWriter(reject_path, path, kind) if skip_invalid else None
+    result = ImportResult(kind=kind, dry_run=dry_run)
+    rejects = _RejectWriter(reject_path, path, kind) if skip_invalid and not dry_run else None
 
     def reject(errors: list[uds1.RowError], raw: dict[str, str] | None) -> None:
         result.rows_rejected += 1
@@ -82,6 +89,7 @@ def import_file(
             run_id = conn.execute(
                 insert(store.import_runs).values(kind=kind, source=path.name, started_at=datetime.now(timezone.utc))
             ).inserted_primary_key[0]
+            book_before = conn.execute(select(func.count()).select_from(table)).scalar_one() if snapshot else 0
             writer = _Upserter(conn, table, kind, matching_key, run_id, source=str(path))
             for row in uds1.iter_rows(path, kind, today=today, display_name=str(path)):
                 result.rows_read += 1
@@ -98,23 +106,74 @@ def import_file(
             if result.rows_rejected and not skip_invalid:
                 raise _Rollback()
             if snapshot:
+                _check_shrink(conn, table, run_id, book_before, path, allow_shrink)
                 result.rows_removed = conn.execute(delete(table).where(table.c.import_run != run_id)).rowcount
             if on_progress is not None:
                 on_progress(result.rows_read)
+            if dry_run:
+                raise _DryRun()
+    except _DryRun:
+        return result
     except _Rollback:
+        if rejects is not None:
+            rejects.discard()
         raise InvalidInput(
             f"{path}: {result.rows_rejected} invalid row(s) out of {result.rows_read}; nothing was imported"
         ) from None
-    finally:
+    except BaseException:
         if rejects is not None:
-            rejects.close()
+            rejects.discard()
+        raise
+    if rejects is not None:
+        rejects.commit()
     result.committed = True
     result.reject_file = rejects.path if rejects is not None and result.rows_rejected else None
     return result
 
 
+def check_arguments(path: Path, kind: str, *, skip_invalid: bool, snapshot: bool, reject_path: Path | None) -> None:
+    """Everything about the arguments that can be checked before the file is
+    read (SPEC §2): a reject file only with --skip-invalid, in a folder that
+    exists, and never one of the input files."""
+    if kind not in uds1.FIELDS:
+        raise UsageError(f"--kind must be one of {', '.join(uds1.FIELDS)}, not {kind!r}")
+    if snapshot and skip_invalid:
+        raise UsageError("--snapshot is all-or-nothing and cannot be combined with --skip-invalid")
+    if reject_path is not None and not skip_invalid:
+        raise UsageError("--reject-file needs --skip-invalid (without it an invalid row rejects the whole file)")
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such file")
+    if skip_invalid:
+        target = reject_path or _RejectWriter.default_path(path)
+        if reject_path is not None and not reject_path.parent.is_dir():
+            raise UsageError(f"--reject-file: folder {reject_path.parent} does not exist")
+        if target.exists() and (target.is_dir() or os.path.samefile(target, path)):
+            what = "is a folder" if target.is_dir() else f"is the input file {path}"
+            raise UsageError(f"--reject-file {target} {what}; choose another path")
+
+
+def _check_shrink(conn: Connection, table: Table, run_id: int, book_before: int, path: Path, allow_shrink: bool) -> None:
+    """The snapshot guard: refuse to remove more than 20 % of the book, or
+    all of it, unless the caller said --allow-shrink."""
+    if allow_shrink or book_before == 0:
+        return
+    to_remove = conn.execute(select(func.count()).select_from(table).where(table.c.import_run != run_id)).scalar_one()
+    remaining = conn.execute(select(func.count()).select_from(table)).scalar_one() - to_remove
+    if to_remove > book_before * SNAPSHOT_MAX_SHRINK:  # leaving the book empty is removing 100 %
+        share = 100 * to_remove / book_before
+        raise InvalidInput(
+            f"{path}: snapshot would remove {to_remove:,} of {book_before:,} {table.name} row(s) ({share:.0f} %"
+            + (", leaving the book empty" if remaining == 0 else f", more than {SNAPSHOT_MAX_SHRINK:.0%}")
+            + "); nothing was imported (give --allow-shrink if that is intended)"
+        )
+
+
 class _Rollback(Exception):
     """Raised inside the transaction to undo an all-or-nothing import."""
+
+
+class _DryRun(Exception):
+    """Raised inside the transaction to undo a --dry-run import after counting."""
 
 
 Duplicate = tuple[uds1.RowError, "dict[str, str] | None"]
@@ -220,15 +279,24 @@ class _RejectWriter:
     input's own format so they can be fixed and imported again."""
 
     def __init__(self, path: Path | None, source: Path, kind: str) -> None:
-        self.path = path or source.with_name(source.stem + ".rejects" + source.suffix)
+        self.path = path or self.default_path(source)
         self.is_csv = source.suffix.lower() == ".csv"
         self.columns = list(uds1.FIELDS[kind]) + ["reject_reason"]
         self._fh: TextIO | None = None
+        self._tmp: Path | None = None
         self._csv: Any = None
+
+    @staticmethod
+    def default_path(source: Path) -> Path:
+        return source.with_name(source.stem + ".rejects" + source.suffix)
 
     def write(self, raw: dict[str, str] | None, errors: list[uds1.RowError]) -> None:
         if self._fh is None:
-            self._fh = self.path.open("w", encoding="utf-8", newline="")
+            # Written to a temporary file in the same folder and renamed into
+            # place only when the import succeeds (SPEC §2: atomically).
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            self._tmp = Path(tmp)
+            self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
             if self.is_csv:
                 self._csv = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
                 self._csv.writeheader()
@@ -239,6 +307,18 @@ class _RejectWriter:
         else:
             self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
+    def commit(self) -> None:
+        if self._fh is None or self._tmp is None:
+            return
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        self._fh = self._tmp = None
+
+    def discard(self) -> None:
         if self._fh is not None:
             self._fh.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+        self._fh = self._tmp = None

@@ -42,22 +42,39 @@ def keygen(
         raise UsageError(f"{home_dir} already holds member keys; refusing to overwrite them")
     if role not in ("member", "auditor"):
         raise UsageError("role must be member or auditor")
+    # Everything is checked and built in memory first; files are written only
+    # then, and removed again if writing fails: no half-made home (SPEC §2).
+    pki.check_member_id(member_id)
+    if not name.strip():
+        raise InvalidInput("--name must not be empty")
     keys = pki.generate_member_keys()
     paillier_n = b""
-    home_dir.mkdir(parents=True, exist_ok=True)
+    priv = None
     if role == "member":
         pub, priv = paillier.generate_keypair(paillier_bits)
-        write_atomic(home.paillier_key, priv.to_json_bytes(), private=True)
         paillier_n = pub.to_bytes()
-    keys.save(home_dir)  # tls.key, ed25519.key, x25519.key, all 0600
     request = pki.make_join_request(
         member_id=member_id, name=name, role=role, endpoint=endpoint if role == "member" else "",
         keys=keys, paillier_n=paillier_n,
     )
-    write_atomic(home.join_request, request.SerializeToString())
-    home.write_config(MemberConfig(member_id=member_id, name=name, role=role, endpoint=endpoint,
-                                   listen=listen, gateway=gateway, db_url=db_url))
     body = pki.verify_join_request(request)
+    created_home = not home_dir.exists()
+    before = set(home_dir.iterdir()) if not created_home else set()
+    try:
+        home_dir.mkdir(parents=True, exist_ok=True)
+        if priv is not None:
+            write_atomic(home.paillier_key, priv.to_json_bytes(), private=True)
+        keys.save(home_dir)  # tls.key, ed25519.key, x25519.key, all 0600
+        write_atomic(home.join_request, request.SerializeToString())
+        home.write_config(MemberConfig(member_id=member_id, name=name, role=role, endpoint=endpoint,
+                                       listen=listen, gateway=gateway, db_url=db_url))
+    except BaseException:
+        if created_home:
+            shutil.rmtree(home_dir, ignore_errors=True)
+        else:
+            for path in set(home_dir.iterdir()) - before:
+                path.unlink(missing_ok=True)
+        raise
     return KeygenResult(home.join_request, pki.format_fingerprint(pki.join_request_fingerprint(body)))
 
 

@@ -81,6 +81,8 @@ class Querier:
             raise UsageError(f"{home_dir} is an {self.config.role} home; only members query")
         if not self.home.matching_key.exists():
             raise UsageError(f"{home_dir} has no matching key yet (run `alliance member matching-key install`)")
+        if not self.home.is_joined():
+            raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
         self.credential = pki.verify_credential(self.home.credential.read_bytes(), pki.load_cert_pem(self.home.ca_cert))
         self.signing_key = pki.load_ed25519_private_pem(self.home.signing_key)
         self.private_key = paillier.PaillierPrivateKey.from_json_bytes(self.home.paillier_key.read_bytes())
@@ -185,14 +187,21 @@ class Querier:
         sent: dict[str, tuple[int, pb.SignedQuery]] = {}
         errors: list[tuple[int, AllianceError]] = []
 
+        broken: list[BaseException] = []
+
         def requests() -> Iterator[pb.SignedQuery]:
-            for line, subject in subjects:
-                if isinstance(subject, AllianceError):
-                    errors.append((line, subject))
-                    continue
-                signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_REPORT)
-                sent[pb.QueryRequestBody.FromString(signed.body).query_id] = (line, signed)
-                yield signed
+            # An exception here would reach gRPC as "Exception iterating
+            # requests!": keep it, end the stream cleanly, raise it after.
+            try:
+                for line, subject in subjects:
+                    if isinstance(subject, AllianceError):
+                        errors.append((line, subject))
+                        continue
+                    signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_REPORT)
+                    sent[pb.QueryRequestBody.FromString(signed.body).query_id] = (line, signed)
+                    yield signed
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the answers already given
+                broken.append(exc)
 
         for response in self.client.screen(requests()):
             while errors:
@@ -208,6 +217,8 @@ class Querier:
             except AllianceError as exc:
                 yield line, exc
         yield from errors
+        if broken:
+            raise broken[0]
 
     def engine(self):  # type: ignore[no-untyped-def]
         if self._engine is None:
@@ -287,20 +298,100 @@ def _error_from_query_error(err: pb.QueryError) -> AllianceError:
 SCREEN_COLUMNS = ("id_type", "id_number")
 
 
+@dataclass(frozen=True)
+class ScreenRow:
+    """One subject of a screening file: its line, a masked id for the output
+    (never the raw number) and the parsed subject or why the row is bad."""
+
+    line: int
+    masked_id: str
+    subject: Subject | AllianceError
+
+
 def read_screen_csv(path: Path) -> Iterator[tuple[int, Subject | AllianceError]]:
-    """Subjects to screen: a CSV with id_type and id_number columns."""
+    """Subjects to screen: a UTF-8 CSV with id_type and id_number columns.
+
+    The file and its header are checked now (InvalidInput, before any query
+    is sent); rows are read lazily, and a bad row (an invalid ID, bytes that
+    are not UTF-8) yields its error with its line number without stopping."""
+    rows = screen_rows(path)
+    return ((r.line, r.subject) for r in rows)
+
+
+def screen_rows(path: Path) -> Iterator[ScreenRow]:
+    """As read_screen_csv, with each row's masked id; header checked eagerly."""
     try:
-        fh = path.open(encoding="utf-8-sig", newline="")
+        fh = path.open("rb")
     except OSError as exc:
         raise InvalidInput(f"{path}: {exc.strerror}") from None
+    bad_bytes: dict[int, str] = {}
+    lines = _decoded_lines(fh, bad_bytes)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        fh.close()
+        raise InvalidInput(f"{path}:1: not a CSV header: {exc}") from None
+    if bad_bytes.get(1):
+        fh.close()
+        raise InvalidInput(f"{path}:1: {bad_bytes[1]}")
+    if header is None or not any(h.strip() for h in header):
+        fh.close()
+        raise InvalidInput(f"{path}: empty file; expected a header line id_type,id_number")
+    names = [identity.normalize_text(h).lower() for h in header]
+    missing = [c for c in SCREEN_COLUMNS if c not in names]
+    if missing:
+        fh.close()
+        raise InvalidInput(
+            f"{path}:1: missing column(s) {', '.join(missing)}; the first line must be the header id_type,id_number"
+        )
+    idx = {c: names.index(c) for c in SCREEN_COLUMNS}
+    return _screen_rows(path, fh, reader, idx, bad_bytes)
+
+
+def _decoded_lines(fh: Any, bad: dict[int, str]) -> Iterator[str]:
+    """Decode line by line so that one undecodable byte spoils only its line."""
+    for number, raw in enumerate(fh, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad[number] = (f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 "
+                           "(save the file as UTF-8; GBK is not accepted)")
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _screen_rows(path: Path, fh: Any, reader: Any, idx: dict[str, int], bad_bytes: dict[int, str]) -> Iterator[ScreenRow]:
     with fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in SCREEN_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InvalidInput(f"{path}: missing column(s) {', '.join(missing)}")
-        for row in reader:
-            line = reader.line_num
+        while True:
             try:
-                yield line, Subject.parse(identity.normalize_text(row["id_type"] or ""), row["id_number"] or "")
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield ScreenRow(reader.line_num, "", InvalidInput(f"{path}:{reader.line_num}: not valid CSV: {exc}"))
+                continue
+            line = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            raw_type = row[idx["id_type"]] if idx["id_type"] < len(row) else ""
+            raw_id = row[idx["id_number"]] if idx["id_number"] < len(row) else ""
+            if line in bad_bytes:
+                yield ScreenRow(line, "", InvalidInput(f"{path}:{line}: {bad_bytes.pop(line)}"))
+                continue
+            try:
+                subject = Subject.parse(identity.normalize_text(raw_type), raw_id)
             except AllianceError as exc:
-                yield line, InvalidInput(f"{path}:{line}: id_number: {exc}")
+                field = "id_type" if identity.normalize_text(raw_type) not in identity.ID_TYPES else "id_number"
+                yield ScreenRow(line, _mask_raw(raw_id), InvalidInput(f"{path}:{line}: {field}: {exc}"))
+                continue
+            yield ScreenRow(line, identity.masked_id(subject.canonical_id), subject)
+
+
+def _mask_raw(raw: str) -> str:
+    """A masked form of an id that failed to parse (never echo it whole)."""
+    text = identity.normalize_text(raw)
+    if len(text) <= 8:
+        return "*" * len(text)
+    return text[:4] + "*" * (len(text) - 8) + text[-4:]

@@ -816,6 +816,7 @@ def test_cli_other_commands(log: tuple[LogBuilder, Standard], home: Path) -> Non
     assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0].startswith("member_id,queries,")
     table = _cli("audit", "report", "--home", str(home), "--from", day, "--to", day)
     assert table.exit_code == 0 and "m1" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80, table.stdout
     bad_date = _cli("audit", "report", "--home", str(home), "--from", "2026-13-01", "--to", day)
     assert bad_date.exit_code == 2
 
@@ -890,7 +891,7 @@ def test_end_to_end_a_real_gateways_log_verifies_and_tampering_is_named(real_all
         stale.signature = signing.sign(q.signing_key, signing.QUERY_REQUEST, stale.body)
         with pytest.raises(Refused):
             q.client.query(stale)
-        assert _run("admin", "member", "revoke", "--home", admin, "lender-c").returncode == 0
+        assert _run("admin", "member", "revoke", "--home", admin, "lender-c", "--yes").returncode == 0
         time.sleep(1.5)
     finally:
         stop.set()

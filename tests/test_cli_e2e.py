@@ -102,10 +102,22 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         assert report["members_asked"] == 2 and report["complete"] is True
         expected = independent.expected_report(data, ["bank-b", "bank-c"], s.id_type, s.canonical_id, AS_OF)
         assert {k: v for k, v in report["report"].items() if k != "inquiries_30d"} == expected
-        assert "outstanding_balance" in run(*query).stdout  # the human table
+        human = run(*query).stdout  # the human table: summary first, subject masked, own book excluded
+        r = report["report"]
+        first = human.splitlines()[0]
+        if r["active_loans"]:
+            assert first.startswith(f"borrows at {r['lenders_with_active_loans']} other lender"), first
+            yuan = f"¥{r['outstanding_balance_fen'] // 100:,}.{r['outstanding_balance_fen'] % 100:02d} outstanding"
+            assert yuan in first, first
+        assert f"subject {s.id_type} {s.canonical_id[:6]}********{s.canonical_id[14:]}, as of {AS_OF}, purpose LOAN_APPROVAL" in human
+        assert s.canonical_id not in human and "your own book is not included" in human
+        assert "outstanding balance (¥)" in human
         # precheck
         pre = json.loads(run("member", "precheck", *query[2:], "--amount", "1", "--json").stdout)
         assert set(pre) == {"query_id", "within_cap", "audit"} and pre["within_cap"] is True
+        pre_human = run("member", "precheck", *query[2:], "--amount", "50000").stdout
+        assert pre_human.startswith("yes: a new loan of ¥50,000.00 keeps ") and "within the cap of ¥1,000,000.00" in pre_human
+        assert re.search(r"^query \S+$", pre_human, re.M)
         # screen: a CSV of subjects, one bad row that does not stop the batch
         subjects_csv = tmp_path / "subjects.csv"
         with subjects_csv.open("w", newline="") as fh:
@@ -119,6 +131,25 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         assert out.returncode == 3
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(lines) == 6 and sum("error" in x for x in lines) == 1
+        assert out.stderr.strip().splitlines()[-1] == "5 screened, 1 failed, output in stdout"
+        assert sorted(x["line"] for x in lines) == [2, 3, 4, 5, 6, 7]
+        by_line = {x["line"]: x for x in lines}
+        assert by_line[7]["error"].startswith(f"{subjects_csv}:7: id_number:") and by_line[7]["subject"] == "***"
+        for i, subj in enumerate(dataset.subjects[:5]):
+            assert by_line[i + 2]["subject"] == subj.canonical_id[:6] + "********" + subj.canonical_id[14:]
+        # a bad --purpose or a bad file stops before the stream: one line, SPEC exit status
+        bogus = run("member", "screen", "--home", str(homes["bank-a"]), "--input", str(subjects_csv), "--purpose", "BOGUS",
+                    "--consent-id", "C-9", "--consent-sha256", "cd" * 32, ok=False)
+        assert bogus.returncode == 2 and len(bogus.stderr.splitlines()) == 1 and "Traceback" not in bogus.stderr
+        gbk = tmp_path / "gbk.csv"
+        gbk.write_bytes(subjects_csv.read_bytes() + "RESIDENT_ID,张三\n".encode("gbk"))
+        mixed = run("member", "screen", "--home", str(homes["bank-a"]), "--input", str(gbk), "--purpose", "LOAN_APPROVAL",
+                    "--consent-id", "C-9", "--consent-sha256", "cd" * 32, "--as-of", AS_OF.isoformat(),
+                    "--output", str(tmp_path / "screen.jsonl"), ok=False)
+        assert mixed.returncode == 3 and "Traceback" not in mixed.stderr
+        assert mixed.stderr.strip().splitlines()[-1] == f"5 screened, 2 failed, output in {tmp_path / 'screen.jsonl'}"
+        got = {json.loads(x)["line"]: json.loads(x) for x in (tmp_path / "screen.jsonl").read_text().splitlines()}
+        assert "not UTF-8" in got[8]["error"] and len(got) == 7
         for x, subj in zip(sorted((x for x in lines if "report" in x), key=lambda x: x["line"]), dataset.subjects[:5]):
             exp = independent.expected_report(data, ["bank-b", "bank-c"], subj.id_type, subj.canonical_id, AS_OF)
             assert {k: v for k, v in x["report"].items() if k != "inquiries_30d"} == exp

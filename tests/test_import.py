@@ -118,12 +118,107 @@ def test_rows_upsert_by_key(engine, tmp_path) -> None:
 
 def test_snapshot_removes_absent_records_and_refuses_skip_invalid(engine, tmp_path) -> None:
     importer.import_file(engine, write_loans(tmp_path / "a.csv", [loan("L1"), loan("L2"), loan("L3")]), "loans", KEY)
-    result = importer.import_file(engine, write_loans(tmp_path / "b.csv", [loan("L2")]), "loans", KEY, snapshot=True)
+    result = importer.import_file(engine, write_loans(tmp_path / "b.csv", [loan("L2")]), "loans", KEY, snapshot=True,
+                                  allow_shrink=True)
     assert result.rows_removed == 2
     with engine.connect() as conn:
         assert [r.loan_id for r in conn.execute(select(store.loans.c.loan_id))] == ["L2"]
     with pytest.raises(UsageError):
         importer.import_file(engine, tmp_path / "b.csv", "loans", KEY, snapshot=True, skip_invalid=True)
+
+
+def _files(folder: Path) -> list[str]:
+    """Files in ``folder`` other than the SQLite test database."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("test.db"))
+
+
+def _loan_ids(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(store.loans.c.loan_id)).scalars())
+
+
+def test_snapshot_guard_on_both_sides_of_20_percent(engine, tmp_path) -> None:
+    ten = [f"L{i:02d}" for i in range(10)]
+    importer.import_file(engine, write_loans(tmp_path / "all.csv", [loan(i) for i in ten]), "loans", KEY)
+    # 3 of 10 = 30 % > 20 %: refused, saying how many, store untouched
+    seven = write_loans(tmp_path / "seven.csv", [loan(i) for i in ten[:7]])
+    with pytest.raises(InvalidInput, match=r"would remove 3 of 10 loans row\(s\)"):
+        importer.import_file(engine, seven, "loans", KEY, snapshot=True)
+    assert _loan_ids(engine) == ten
+    # an empty file would leave the book empty: refused
+    empty = write_loans(tmp_path / "empty.csv", [])
+    with pytest.raises(InvalidInput, match="would remove 10 of 10 .*leaving the book empty"):
+        importer.import_file(engine, empty, "loans", KEY, snapshot=True)
+    assert _loan_ids(engine) == ten
+    # 2 of 10 = exactly 20 %: allowed
+    result = importer.import_file(engine, write_loans(tmp_path / "eight.csv", [loan(i) for i in ten[:8]]), "loans", KEY,
+                                  snapshot=True)
+    assert result.rows_removed == 2 and _loan_ids(engine) == ten[:8]
+    # 1 of 8 = 12.5 %... then 2 of 7 = 28.6 % needs --allow-shrink
+    result = importer.import_file(engine, seven, "loans", KEY, snapshot=True)
+    assert result.rows_removed == 1
+    five = write_loans(tmp_path / "five.csv", [loan(i) for i in ten[:5]])
+    with pytest.raises(InvalidInput, match="would remove 2 of 7"):
+        importer.import_file(engine, five, "loans", KEY, snapshot=True)
+    result = importer.import_file(engine, five, "loans", KEY, snapshot=True, allow_shrink=True)
+    assert result.rows_removed == 2 and _loan_ids(engine) == ten[:5]
+    result = importer.import_file(engine, empty, "loans", KEY, snapshot=True, allow_shrink=True)
+    assert result.rows_removed == 5 and _loan_ids(engine) == []
+
+
+def test_dry_run_writes_nothing_and_reports_the_counts_of_the_real_import(engine, tmp_path) -> None:
+    importer.import_file(engine, write_loans(tmp_path / "a.csv", [loan("L1"), loan("L2"), loan("L3"), loan("L4"), loan("L5")]),
+                         "loans", KEY)
+    snap = write_loans(tmp_path / "b.csv", [loan("L1", balance="1.00"), loan("L2"), loan("L3"), loan("L4"), loan("L6")])
+    dry = importer.import_file(engine, snap, "loans", KEY, snapshot=True, dry_run=True)
+    assert (dry.rows_read, dry.rows_written, dry.rows_rejected, dry.rows_removed) == (5, 5, 0, 1)
+    assert not dry.committed and _loan_ids(engine) == ["L1", "L2", "L3", "L4", "L5"]
+    with engine.connect() as conn:
+        assert conn.execute(select(store.loans.c.balance_fen).where(store.loans.c.loan_id == "L1")).scalar_one() == 400_000
+        assert conn.execute(select(func.count()).select_from(store.import_runs)).scalar_one() == 1
+    real = importer.import_file(engine, snap, "loans", KEY, snapshot=True)
+    assert (real.rows_read, real.rows_written, real.rows_rejected, real.rows_removed) == (5, 5, 0, 1)
+    assert _loan_ids(engine) == ["L1", "L2", "L3", "L4", "L6"]
+    # with --skip-invalid a dry run writes no reject file either
+    bad = write_loans(tmp_path / "bad.csv", [loan("L7"), loan("L8", term_months="0")])
+    dry = importer.import_file(engine, bad, "loans", KEY, skip_invalid=True, dry_run=True)
+    assert (dry.rows_written, dry.rows_rejected, dry.reject_file) == (1, 1, None)
+    assert _files(tmp_path) == ["a.csv", "b.csv", "bad.csv"]
+
+
+def test_reject_file_rules(engine, tmp_path) -> None:
+    path = write_loans(tmp_path / "loans.csv", [loan("L1"), loan("L2", term_months="0")])
+    before = path.read_bytes()
+    with pytest.raises(UsageError, match="is the input file"):
+        importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=path)
+    (tmp_path / "link.csv").symlink_to(path)
+    with pytest.raises(UsageError, match="is the input file"):
+        importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=tmp_path / "link.csv")
+    with pytest.raises(UsageError, match="does not exist"):
+        importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=tmp_path / "missing" / "rej.csv")
+    with pytest.raises(UsageError, match="needs --skip-invalid"):
+        importer.import_file(engine, path, "loans", KEY, reject_path=tmp_path / "rej.csv")
+    assert path.read_bytes() == before and count(engine) == 0
+    assert _files(tmp_path) == ["link.csv", "loans.csv"]
+    result = importer.import_file(engine, path, "loans", KEY, skip_invalid=True)
+    assert result.reject_file == tmp_path / "loans.rejects.csv"
+    assert _files(tmp_path) == ["link.csv", "loans.csv", "loans.rejects.csv"], "no temp file left"
+    assert path.read_bytes() == before
+
+
+def test_reject_file_is_not_left_half_written_when_the_import_fails(engine, tmp_path, monkeypatch) -> None:
+    path = write_loans(tmp_path / "loans.csv", [loan("L1", term_months="0"), loan("L2")])
+    rej = tmp_path / "rej.csv"
+    rej.write_text("previous rejects\n")
+
+    def boom(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(importer._Upserter, "flush", boom)
+    with pytest.raises(RuntimeError):
+        importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=rej)
+    assert rej.read_text() == "previous rejects\n"
+    assert _files(tmp_path) == ["loans.csv", "rej.csv"]
 
 
 def test_flags_and_scores_upsert_by_subject(engine, tmp_path) -> None:

@@ -182,7 +182,7 @@ def test_suspend_and_revoke_take_effect_within_5s_while_queries_run(alliance) ->
         assert cli("admin", "member", "resume", "--home", str(net.admin_home), "lender-b").returncode == 0
         t1 = time.monotonic()
         _wait_until(lambda: asked and asked[-1][0] > t1 and "lender-b" in asked[-1][1], 5.0, "resumption")
-        assert cli("admin", "member", "revoke", "--home", str(net.admin_home), "lender-c").returncode == 0
+        assert cli("admin", "member", "revoke", "--home", str(net.admin_home), "lender-c", "--yes").returncode == 0
         t2 = time.monotonic()
         _wait_until(lambda: asked and asked[-1][0] > t2 and "lender-c" not in asked[-1][1], 5.0, "revocation")
     finally:

@@ -473,8 +473,16 @@ def test_jsonl_number_is_refused(tmp_path: Path, number: float) -> None:
     path = write_jsonl(tmp_path / "scores.jsonl", [{**BASE_SCORE, "score": number}])
     [result] = rows_of(path, "scores")
     error = only_error(result, "score", line=1)
-    assert error.reason == "must be a JSON string (numbers are refused: floats are not money)"
+    assert error.reason == f'must be a JSON string such as "{number}", not the JSON number {number} (UDS-1: every value is a string)'
+    assert "money" not in error.reason, "a score is not money"
     assert result.raw is not None and result.raw["score"] == json.dumps(number)
+
+
+def test_jsonl_term_months_as_number_gets_the_string_message_not_the_money_one(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "loans.jsonl", [{**BASE_LOAN, "term_months": 12}])
+    [result] = rows_of(path, "loans")
+    error = only_error(result, "term_months", line=1)
+    assert error.reason == 'must be a JSON string such as "12", not the JSON number 12 (UDS-1: every value is a string)'
 
 
 def test_jsonl_money_as_number_is_refused(tmp_path: Path) -> None:

@@ -153,23 +153,26 @@ def audit_report(home: Path, db_url: str | None, date_from: str, date_to: str, m
 
 
 def _report_table(rows: list[dict[str, Any]], date_from: str, date_to: str) -> None:
-    from rich.table import Table
+    """One block per member, every line within 80 columns (long lists wrap)."""
+    import textwrap
 
-    from alliance_cli import output
-
-    table = Table(title=f"Audit report {date_from} .. {date_to} (Asia/Shanghai days)", header_style="bold")
-    for col, justify in (("member", "left"), ("queries", "right"), ("accepted", "right"), ("by purpose", "left"),
-                         ("refusals", "left"), ("quota hits", "right"), ("median/day", "right"), ("days > 3x median", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in rows:
-        table.add_row(
-            r["member_id"], str(r["queries"]), str(r["accepted"]),
-            "\n".join(f"{k} {v}" for k, v in r["by_purpose"].items()) or "—",
-            "\n".join(f"{k} {v}" for k, v in r["refusals"].items()) or "—",
-            str(r["quota_hits"]), f"{r['median_daily']:g}",
-            "\n".join(f"{d['date']} ({d['queries']})" for d in r["spike_days"]) or "—",
-        )
-    if rows:
-        output.console.print(table)
-    else:
+    if not rows:
         click.echo(f"no queries between {date_from} and {date_to}")
+        return
+    click.echo(f"Audit report {date_from} .. {date_to} (Asia/Shanghai days)")
+
+    def field(label: str, items: list[str]) -> None:
+        text = ", ".join(items) or "none"
+        for line in textwrap.wrap(text, width=80, initial_indent=f"  {label:<12}", subsequent_indent=" " * 14,
+                                  break_on_hyphens=False):
+            click.echo(line)
+
+    for r in rows:
+        click.echo("")
+        head = (f"{r['member_id']}: {r['queries']:,} queries, {r['accepted']:,} accepted, "
+                f"{r['quota_hits']:,} quota hits, median {r['median_daily']:g}/day")
+        for line in textwrap.wrap(head, width=80, subsequent_indent="  ", break_on_hyphens=False):
+            click.echo(line)
+        field("by purpose", [f"{k} {v:,}" for k, v in r["by_purpose"].items()])
+        field("refusals", [f"{k} {v:,}" for k, v in r["refusals"].items()])
+        field("busy days", [f"{d['date']} ({d['queries']:,} > 3x median)" for d in r["spike_days"]])

@@ -7,14 +7,15 @@ import hashlib
 import json
 import random
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from alliance import synthetic
+from alliance import pki, synthetic, uds1
 from alliance._internal.files import write_atomic
-from alliance.errors import AllianceError, UsageError
+from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
 from alliance_cli.localnet import LocalAlliance
 from alliance_member import book
@@ -37,6 +38,12 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
         member_ids = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
         if len(member_ids) < 3:
             raise UsageError(f"--data {data_dir}: needs one folder per member, at least 3 (found {len(member_ids)})")
+        for mid in member_ids:
+            try:
+                pki.check_member_id(mid)
+            except InvalidInput as exc:
+                raise InvalidInput(f"--data {data_dir}: folder {mid!r} is not a member id ({exc})") from None
+        _check_data(data_dir, member_ids)
     else:
         member_ids = DEMO_MEMBERS
         data_dir = work_dir / "data"
@@ -52,7 +59,7 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
             for kind in KINDS:
                 path = data_dir / mid / f"{kind}.csv"
                 if path.exists():
-                    result = book.import_book(alliance.members[mid].home, path, kind)
+                    result = book.import_book(alliance.members[mid].home, path, kind, on_error=_print_error)
                     echo(f"  {mid}: imported {result.rows_written} {kind}")
         if state_file is not None:
             write_atomic(state_file, json.dumps(alliance.state(), indent=2).encode())
@@ -70,6 +77,31 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
         if tmp is not None:
             tmp.cleanup()
     echo("demo finished; every process stopped")
+
+
+def _print_error(error: object) -> None:
+    print(error, file=sys.stderr)
+
+
+def _check_data(data_dir: Path, member_ids: list[str]) -> None:
+    """Validate every given file before any process starts, printing each
+    invalid row as file:line: field: reason (SPEC §2)."""
+    bad_rows = bad_files = 0
+    for mid in member_ids:
+        for kind in KINDS:
+            path = data_dir / mid / f"{kind}.csv"
+            if not path.exists():
+                continue
+            rows_bad_here = 0
+            for row in uds1.iter_rows(path, kind, display_name=str(path)):
+                if row.errors:
+                    rows_bad_here += 1
+                    for err in row.errors:
+                        _print_error(err)
+            bad_rows += rows_bad_here
+            bad_files += bool(rows_bad_here)
+    if bad_rows:
+        raise InvalidInput(f"--data {data_dir}: {bad_rows} invalid row(s) in {bad_files} file(s); nothing was started")
 
 
 def _example_queries(alliance: LocalAlliance, dataset: "synthetic.Dataset", as_of, echo: Callable[[str], None]) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from alliance.errors import AllianceError, UsageError
+from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
 from alliance_cli.params import parse_day
 
@@ -48,6 +48,16 @@ def cli(verbose: bool) -> None:
     """Credit alliance gateway: multi-lending reports without disclosure."""
     level = logging.DEBUG if os.environ.get("ALLIANCE_DEBUG") else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+
+
+PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")  # SPEC §4
+PURPOSE_CHOICE = click.Choice(PURPOSES)
+
+
+def _check_host_port(flag: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} must be host:port with a port 1-65535, not {value!r}")
 
 
 def _date(value: str | None) -> date | None:
@@ -117,14 +127,20 @@ def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_fil
 @admin_member.command("list")
 @HOME
 @DB
-@click.option("--json", "as_json", is_flag=True)
-def admin_member_list(home: Path, db_url: str | None, as_json: bool) -> None:
-    """List members and auditors."""
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--wide", is_flag=True, help="One line per member (wider than 80 columns); fingerprints are never truncated.")
+def admin_member_list(home: Path, db_url: str | None, as_json: bool, wide: bool) -> None:
+    """List members and auditors, with their whole key fingerprints.
+
+    \b
+    Example:
+      alliance admin member list --home admin
+    """
     rows = _admin(home, db_url).list()
     if as_json:
         output.echo_json(rows)
     else:
-        output.member_table(rows)
+        output.member_table(rows, wide=wide)
 
 
 @admin_member.command("show")
@@ -141,19 +157,32 @@ def admin_member_show(home: Path, db_url: str | None, member_id: str, as_json: b
         output.key_values(row)
 
 
-def _status_command(name: str, status: str, help_text: str) -> None:
-    @admin_member.command(name, help=help_text)
-    @HOME
-    @DB
-    @click.argument("member_id")
-    def command(home: Path, db_url: str | None, member_id: str) -> None:
-        _admin(home, db_url).set_status(member_id, status)
+def _status_command(name: str, status: str, help_text: str, *, confirm: bool = False) -> None:
+    def command(home: Path, db_url: str | None, member_id: str, yes: bool = False) -> None:
+        admin_ = _admin(home, db_url)
+        if confirm and not yes:
+            current = admin_.show(member_id)  # an unknown member fails here, before any question
+            if not sys.stdin.isatty():
+                raise UsageError(f"{name} {member_id} cannot be undone: confirm with --yes when not at a terminal")
+            if current["status"] != status:
+                click.confirm(f"{name} {member_id} ({current['name']}) for good? This cannot be undone", abort=True,
+                              err=True)
+        admin_.set_status(member_id, status)
         click.echo(f"{member_id}: {status} (effective at the gateway within seconds)")
 
+    command = click.argument("member_id")(command)
+    if confirm:
+        command = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")(command)
+    command = DB(HOME(command))
+    admin_member.command(name, help=help_text)(command)
 
-_status_command("suspend", "suspended", "Suspend a member: it can neither query nor be asked.")
-_status_command("resume", "active", "Resume a suspended member.")
-_status_command("revoke", "revoked", "Revoke a member for good.")
+
+_status_command("suspend", "suspended", "Suspend a member: it can neither query nor be asked.\n\n"
+                "\b\nExample:\n  alliance admin member suspend --home admin lender-b")
+_status_command("resume", "active", "Resume a suspended member.\n\n"
+                "\b\nExample:\n  alliance admin member resume --home admin lender-b")
+_status_command("revoke", "revoked", "Revoke a member for good (asks first; --yes skips the question).\n\n"
+                "\b\nExample:\n  alliance admin member revoke --home admin lender-b --yes", confirm=True)
 
 
 @admin_member.command("set-quota")
@@ -235,16 +264,32 @@ def member() -> None:
 @click.option("--id", "member_id", required=True, help="Member id, e.g. lender-a.")
 @click.option("--name", required=True, help="Legal name of the platform.")
 @click.option("--role", type=click.Choice(["member", "auditor"]), default="member", show_default=True)
-@click.option("--endpoint", default="", help="host:port where the gateway reaches this member node.")
-@click.option("--listen", default=None, help="Address the member node listens on (default: --endpoint).")
-@click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True)
+@click.option("--endpoint", default="", help="host:port where the gateway reaches this member node  [required for --role member].")
+@click.option("--listen", default=None, help="host:port the member node listens on (default: --endpoint).")
+@click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True, help="host:port of the alliance gateway.")
 def member_keygen(home: Path, db_url: str | None, member_id: str, name: str, role: str, endpoint: str,
                   listen: str | None, gateway_endpoint: str) -> None:
-    """Create this member's keys and a join request; print the key fingerprint."""
+    """Create this member's keys and a join request; print the key fingerprint.
+
+    Everything is checked before a key is written: a failed keygen leaves no files.
+
+    \b
+    Example:
+      alliance member keygen --home m --id lender-a --name "Lender A" \\
+          --endpoint a.example:7001 --gateway gw.example:50051
+    """
+    from alliance import pki
     from alliance_member import onboarding
 
     if role == "member" and not endpoint:
         raise UsageError("--endpoint is required for a member")
+    for flag, value in (("--endpoint", endpoint), ("--listen", listen), ("--gateway", gateway_endpoint)):
+        if value:
+            _check_host_port(flag, value)
+    try:
+        pki.check_member_id(member_id)
+    except AllianceError as exc:
+        raise UsageError(f"--id: {exc}") from None
     result = onboarding.keygen(home, member_id=member_id, name=name, role=role, endpoint=endpoint,
                                listen=listen or endpoint, gateway=gateway_endpoint, db_url=db_url)
     click.echo(f"join request: {result.join_request}")
@@ -331,23 +376,37 @@ def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
 @member.command("import")
 @HOME
 @DB
-@click.option("--kind", type=click.Choice(["loans", "flags", "scores"]), required=True)
+@click.option("--kind", type=click.Choice(["loans", "flags", "scores"]), required=True, help="Which UDS-1 file this is.")
 @click.option("--skip-invalid", is_flag=True, help="Write valid rows; list invalid ones and write them to a reject file.")
+@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --skip-invalid: where invalid rows go (default: FILE's name + .rejects); never the input, folder must exist.")
 @click.option("--snapshot", is_flag=True, help="The file is the whole book of this kind: remove records absent from it.")
-@click.option("--reject-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--allow-shrink", is_flag=True, help="Let --snapshot remove more than 20 % of the book (or all of it).")
+@click.option("--dry-run", is_flag=True, help="Validate and report what would change; write nothing.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def member_import(home: Path, db_url: str | None, kind: str, skip_invalid: bool, snapshot: bool,
-                  reject_file: Path | None, file: Path) -> None:
-    """Import a UDS-1 file (CSV or JSON Lines)."""
+                  reject_file: Path | None, allow_shrink: bool, dry_run: bool, file: Path) -> None:
+    """Import a UDS-1 file (CSV or JSON Lines).
+
+    \b
+    Example:
+      alliance member import --home m --kind loans loans.csv
+      alliance member import --home m --kind loans --snapshot --dry-run loans.csv
+    """
     from alliance_member import book
 
+    if reject_file is not None and not skip_invalid:
+        raise UsageError("--reject-file needs --skip-invalid (without it an invalid row rejects the whole file)")
     result = book.import_book(home, file, kind, db_url=db_url, skip_invalid=skip_invalid, snapshot=snapshot,
                               reject_file=reject_file, on_error=lambda e: click.echo(str(e), err=True),
-                              progress=output.import_progress(file))
+                              progress=output.import_progress(file), dry_run=dry_run, allow_shrink=allow_shrink)
     click.echo(f"{file}: {result.rows_written} {kind} row(s) imported, {result.rows_rejected} rejected"
                + (f", {result.rows_removed} removed (snapshot)" if snapshot else ""))
+    if dry_run:
+        click.echo("(dry run: nothing written)")
     if result.rows_rejected:
-        click.echo(f"rejected rows written to {result.reject_file}", err=True)
+        if result.reject_file is not None:
+            click.echo(f"rejected rows written to {result.reject_file}", err=True)
         sys.exit(3)
 
 
@@ -355,14 +414,17 @@ def _query_options(f):  # type: ignore[no-untyped-def]
     for option in reversed([
         HOME,
         DB,
-        click.option("--id-type", type=click.Choice(["RESIDENT_ID", "USCC"]), required=True),
-        click.option("--id", "id_number", required=True),
-        click.option("--purpose", required=True, help="LOAN_APPROVAL, CREDIT_LIMIT_REVIEW or POST_LOAN_MONITORING."),
+        click.option("--id-type", type=click.Choice(["RESIDENT_ID", "USCC"]), required=True,
+                     help="RESIDENT_ID for a person, USCC for an organisation."),
+        click.option("--id", "id_number", required=True, help="The subject's ID number (checked before anything is sent)."),
+        click.option("--purpose", type=PURPOSE_CHOICE, required=True, help="Why the alliance is asked."),
         click.option("--consent-id", required=True, help="Reference of the borrower's signed authorisation."),
-        click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None),
-        click.option("--consent-sha256", default=None, help="SHA-256 (hex) of the signed authorisation."),
+        click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     help="The signed authorisation (give exactly one of --consent-file / --consent-sha256)."),
+        click.option("--consent-sha256", default=None,
+                     help="SHA-256 (hex) of the signed authorisation (exactly one of --consent-file / --consent-sha256)."),
         click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai)."),
-        click.option("--json", "as_json", is_flag=True),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table."),
     ]):
         f = option(f)
     return f
@@ -372,20 +434,31 @@ def _query_options(f):  # type: ignore[no-untyped-def]
 @_query_options
 def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool) -> None:
-    """Ask the alliance about one subject: one aggregated report."""
-    from alliance_member.querier import Consent, Querier, Subject
+    """Ask the alliance about one subject: one aggregated report.
 
+    The report sums what the other members hold; your own book is not in it.
+
+    \b
+    Example:
+      alliance member query --home m --id-type RESIDENT_ID --id 11010519491231002X \\
+          --purpose LOAN_APPROVAL --consent-id C-1 --consent-file consent.pdf
+    """
+    from alliance import identity
+    from alliance_member.querier import Consent, Querier, Subject, today_shanghai
+
+    day = _date(as_of) or today_shanghai()
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
     subject = Subject.parse(id_type, id_number)
     querier = Querier(home, db_url=db_url)
     try:
-        result = querier.query(subject, purpose=purpose, consent=consent, as_of=_date(as_of))
+        result = querier.query(subject, purpose=purpose, consent=consent, as_of=day)
     finally:
         querier.close()
     if as_json:
         output.echo_json(result)
     else:
-        output.report_table(result)
+        output.report_table(result, subject=f"{id_type} {identity.masked_id(subject.canonical_id)}",
+                            as_of=day.isoformat(), purpose=purpose)
 
 
 @member.command("precheck")
@@ -393,58 +466,112 @@ def member_query(home: Path, db_url: str | None, id_type: str, id_number: str, p
 @click.option("--amount", required=True, help="New loan amount in yuan, e.g. 50000 or 50000.00.")
 def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str, purpose: str, consent_id: str,
                     consent_file: Path | None, consent_sha256: str | None, as_of: str | None, as_json: bool, amount: str) -> None:
-    """Would a new loan keep the subject within the regulatory cap? yes / no."""
-    from alliance_member.querier import Consent, Querier, Subject
+    """Would a new loan keep the subject within the regulatory cap? yes / no.
 
+    Counts your own active balance and every other member's; learns only yes or no.
+
+    \b
+    Example:
+      alliance member precheck --home m --id-type RESIDENT_ID --id 11010519491231002X \\
+          --purpose LOAN_APPROVAL --consent-id C-1 --consent-file consent.pdf --amount 50000
+    """
+    from alliance import identity, uds1
+    from alliance_member.querier import CAP_FEN, MAX_AMOUNT_FEN, Consent, Querier, Subject, today_shanghai
+
+    day = _date(as_of) or today_shanghai()
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
     subject = Subject.parse(id_type, id_number)
+    amount_fen = uds1.parse_yuan(amount, "--amount")
+    if not 0 < amount_fen <= MAX_AMOUNT_FEN:
+        raise InvalidInput("--amount must be more than 0 and at most 10^12 yuan")
     querier = Querier(home, db_url=db_url)
     try:
-        result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=_date(as_of))
+        result = querier.precheck(subject, amount_yuan=amount, purpose=purpose, consent=consent, as_of=day)
     finally:
         querier.close()
     if as_json:
         output.echo_json(result)
+        return
+    who = f"{id_type} {identity.masked_id(subject.canonical_id)}"
+    cap = f"¥{output.yuan(CAP_FEN[id_type])}"
+    if result["within_cap"]:
+        click.echo(f"yes: a new loan of ¥{output.yuan(amount_fen)} keeps {who} within the cap of {cap} (as of {day})")
     else:
-        click.echo("yes: within the cap" if result["within_cap"] else "no: the cap would be exceeded")
+        click.echo(f"no: a new loan of ¥{output.yuan(amount_fen)} would take {who} over the cap of {cap} (as of {day})")
+    click.echo(f"query {result['query_id']}")
 
 
 @member.command("screen")
 @HOME
 @DB
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="CSV with columns id_type,id_number.")
-@click.option("--purpose", required=True)
-@click.option("--consent-id", required=True)
-@click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
-@click.option("--consent-sha256", default=None)
-@click.option("--as-of", default=None)
+              help="UTF-8 CSV whose header names the columns id_type,id_number.")
+@click.option("--purpose", type=PURPOSE_CHOICE, required=True, help="Why the subjects are screened.")
+@click.option("--consent-id", required=True, help="Reference of the borrowers' signed authorisation.")
+@click.option("--consent-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The signed authorisation (give exactly one of --consent-file / --consent-sha256).")
+@click.option("--consent-sha256", default=None,
+              help="SHA-256 (hex) of the signed authorisation (exactly one of --consent-file / --consent-sha256).")
+@click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai).")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one JSON report per line here (default: stdout).")
 def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str, consent_id: str,
                   consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None) -> None:
-    """Screen a CSV of subjects: one report per subject, streamed."""
-    from alliance_member.querier import Consent, Querier, read_screen_csv
+    """Screen a CSV of subjects: one report per subject, streamed.
 
+    Each output line is a JSON object with the input "line", the masked
+    "subject" and either the report or an "error"; a bad row does not stop the
+    batch. A closing line on stderr says how many were screened and failed.
+
+    \b
+    Example:
+      alliance member screen --home m --input applicants.csv --purpose LOAN_APPROVAL \\
+          --consent-id BATCH-7 --consent-file batch7.pdf --output reports.jsonl
+    """
+    from alliance_member.querier import Consent, Querier, screen_rows
+
+    day = _date(as_of)
     consent = Consent.from_args(consent_id, file=consent_file, sha256_hex=consent_sha256)
+    if output_file is not None:
+        if output_file.is_dir():
+            raise UsageError(f"--output {output_file} is a folder")
+        if not output_file.parent.is_dir():
+            raise UsageError(f"--output: folder {output_file.parent} does not exist")
+        if output_file.exists() and os.path.samefile(output_file, input_file):
+            raise UsageError(f"--output {output_file} is the input file")
+    rows = screen_rows(input_file)  # header checked here, before anything is sent
+    masked: dict[int, str] = {}
+
+    def subjects():  # type: ignore[no-untyped-def]
+        for row in rows:
+            masked[row.line] = row.masked_id
+            yield row.line, row.subject
+
     querier = Querier(home, db_url=db_url)
-    failures = 0
+    done = failures = 0
+    where = str(output_file) if output_file else "stdout"
     out = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
     try:
         with output.screen_progress(input_file) as advance:
-            for line, result in querier.screen(read_screen_csv(input_file), purpose=purpose, consent=consent, as_of=_date(as_of)):
+            for line, result in querier.screen(subjects(), purpose=purpose, consent=consent, as_of=day):
+                head = {"line": line, "subject": masked.pop(line, "")}
                 if isinstance(result, AllianceError):
                     failures += 1
-                    out.write(json.dumps({"line": line, "error": str(result), "exit_code": result.exit_code}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({**head, "error": str(result), "exit_code": result.exit_code}, ensure_ascii=False) + "\n")
                 else:
-                    out.write(json.dumps({"line": line, **result}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({**head, **result}, ensure_ascii=False) + "\n")
+                out.flush()
+                done += 1
                 advance()
+    except AllianceError as exc:
+        exc.args = (f"{exc} (after {done} subject(s); {done - failures} screened, {failures} failed, output in {where})",)
+        raise
     finally:
         querier.close()
         if output_file:
             out.close()
+    click.echo(f"{done - failures} screened, {failures} failed, output in {where}", err=True)
     if failures:
-        click.echo(f"{failures} subject(s) could not be screened; see their error lines", err=True)
         sys.exit(3)
 
 
@@ -464,17 +591,37 @@ def demo_command(data_dir: Path | None, keep_running: bool, state_file: Path | N
     demo.run(data_dir=data_dir, keep_running=keep_running, state_file=state_file, work_dir=work_dir, echo=click.echo)
 
 
+def _member_counts(text: str) -> list[int]:
+    """--members: comma-separated counts, each at least 3 (a querier and k = 2 others)."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UsageError(f"--members must be comma-separated whole numbers such as 5,10, not {text!r}")
+        if int(part) < 3:
+            raise UsageError(f"--members: {part} is too few; a query needs the querier and at least 2 other members (3 or more)")
+        if int(part) > 200:
+            raise UsageError(f"--members: {part} is more member processes than a benchmark on one machine should start (at most 200)")
+        counts.append(int(part))
+    return counts
+
+
 @cli.command("bench")
-@click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts.")
+@click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts, each at least 3.")
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, as_json: bool) -> None:
-    """Benchmark query latency and throughput against the naive-phe baseline."""
+    """Benchmark query latency and throughput against the naive-phe baseline.
+
+    \b
+    Example:
+      alliance bench --members 5,10 --queries 200 --json
+    """
     from alliance_cli import bench
 
-    counts = [int(x) for x in members.split(",") if x.strip()]
+    counts = _member_counts(members)
     results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo)
     if as_json:
         output.echo_json(results)
@@ -484,7 +631,19 @@ from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,
 
 
 def main() -> None:
-    cli(prog_name="alliance")
+    """Usage errors too are one line on stderr (SPEC §7), with where to find help."""
+    try:
+        code = cli.main(prog_name="alliance", standalone_mode=False)
+    except click.ClickException as exc:
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        click.echo(f"alliance: error: {message}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("alliance: error: aborted; nothing was changed", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

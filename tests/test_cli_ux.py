@@ -1,0 +1,236 @@
+"""What people see (issue 9): the report's summary line, the screening file
+reader, and every command walked with bad arguments and bad files — exit
+status per SPEC §7, one line on stderr, no traceback, input files untouched,
+no half-made state left behind."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alliance import report as report_lib
+from alliance.errors import InvalidInput
+from alliance_cli.output import summary_line
+from alliance_member.querier import Subject, screen_rows
+
+PERSON = "11010519491231002X"
+OTHER = "440524198001010013"
+
+
+def blank_report(**over: int) -> dict:
+    r = {name: 0 for name in report_lib.REPORT_FIELDS}
+    r["average_score"] = None
+    r["inquiries_30d"] = 0
+    r.update(over)
+    return r
+
+
+# ------------------------------------------------------------------ summary line
+
+def test_summary_line_for_a_subject_with_loans_overdue_and_flags() -> None:
+    r = blank_report(lenders_with_active_loans=2, active_loans=5, outstanding_balance_fen=46_951_105,
+                     lenders_with_overdue=1, overdue_loans=1, overdue_amount_fen=120_000, dpd_1_30=1,
+                     lenders_flagging_fraud=2)
+    assert summary_line(r) == ("borrows at 2 other lenders: 5 active loans, ¥469,511.05 outstanding; "
+                               "1 loan 1–30 days overdue; flagged for fraud by 2 lenders")
+
+
+def test_summary_line_for_an_unknown_subject() -> None:
+    assert summary_line(blank_report()) == "no record at the other lenders: no loans, nothing overdue, no flags"
+
+
+def test_summary_line_singular_buckets_write_offs_and_no_active_loans() -> None:
+    r = blank_report(lenders_with_active_loans=1, active_loans=1, outstanding_balance_fen=5,
+                     overdue_loans=3, dpd_31_60=1, dpd_91_plus=2, written_off_loans=1, written_off_amount_fen=100_000,
+                     lenders_flagging_malicious_default=1, inquiries_30d=3)
+    assert summary_line(r) == ("borrows at 1 other lender: 1 active loan, ¥0.05 outstanding; "
+                               "1 loan 31–60 days overdue, 2 loans 91+ days overdue; 1 loan written off (¥1,000.00); "
+                               "flagged for malicious default by 1 lender; 3 loan applications at other lenders in the last 30 days")
+    assert summary_line(blank_report(settled_loans=2, loans_opened_90d=2)) == "no active loans at other lenders (2 settled loans)"
+    assert summary_line(blank_report(active_loans=2, lenders_with_active_loans=1, outstanding_balance_fen=100)) == (
+        "borrows at 1 other lender: 2 active loans, ¥1.00 outstanding; nothing overdue")
+
+
+# ------------------------------------------------------------------ screening file
+
+def test_screen_rows_checks_the_header_before_anything_is_read(tmp_path: Path) -> None:
+    cases = {
+        "empty.csv": (b"", "empty file"),
+        "noheader.csv": (f"RESIDENT_ID,{PERSON}\n".encode(), "missing column(s) id_type, id_number"),
+        "wrong.csv": (f"type,number\nRESIDENT_ID,{PERSON}\n".encode(), "missing column(s) id_type, id_number"),
+        "gbkheader.csv": ("证件类型,id_number\n".encode("gbk"), ":1: byte 0x"),
+    }
+    for name, (body, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(body)
+        with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+            screen_rows(path)  # raises on the call, not on iteration
+
+
+def test_screen_rows_report_a_bad_row_by_line_and_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "subjects.csv"
+    path.write_bytes(b"\xef\xbb\xbfid_number,ID_TYPE\n" + f"{PERSON},RESIDENT_ID\n".encode()
+                     + b"123,RESIDENT_ID\n" + "张三\xff,RESIDENT_ID\n".encode("gbk", errors="ignore") + b"\xb7\xa8,RESIDENT_ID\n"
+                     + b"\n" + f"{OTHER.lower()},PASSPORT\n".encode() + f"{OTHER},RESIDENT_ID\n".encode())
+    rows = list(screen_rows(path))
+    assert [r.line for r in rows] == [2, 3, 4, 5, 7, 8]
+    assert rows[0].subject == Subject("RESIDENT_ID", PERSON) and rows[0].masked_id == "110105********002X"
+    assert isinstance(rows[1].subject, InvalidInput) and str(rows[1].subject).startswith(f"{path}:3: id_number:")
+    assert rows[1].masked_id == "***"
+    for row in rows[2:4]:
+        assert isinstance(row.subject, InvalidInput) and f"{path}:{row.line}: byte 0x" in str(row.subject)
+        assert "not UTF-8" in str(row.subject)
+    assert isinstance(rows[4].subject, InvalidInput) and str(rows[4].subject).startswith(f"{path}:7: id_type:")
+    assert OTHER not in str(rows[4].subject) and OTHER not in rows[4].masked_id
+    assert rows[5].subject == Subject("RESIDENT_ID", OTHER)
+
+
+# ------------------------------------------------------------------ the walker
+
+LOAN_HEADER = "loan_id,subject_type,id_type,id_number,product_type,principal,balance,annual_rate,term_months," \
+              "repayment_method,opened_on,due_on,status,overdue_days,overdue_amount,guarantee_type,updated_on"
+
+
+def loan_line(loan_id: str, status: str = "ACTIVE") -> str:
+    return (f"{loan_id},PERSON,RESIDENT_ID,{PERSON},CONSUMER,10000.00,4000.00,12.5,12,EQUAL_INSTALLMENT,"
+            f"2026-01-10,2027-01-10,{status},0,0,NONE,2026-06-01")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alliance_cli.main", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, env={**__import__("os").environ, "COLUMNS": "80"})
+
+
+def snapshot_tree(root: Path) -> dict[str, str]:
+    """Every file under root with its SHA-256 (SQLite's -wal/-shm aside)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(("-wal", "-shm", "-journal"))}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("walk")
+    home, admin = root / "m", root / "admin"
+    assert cli("member", "keygen", "--home", str(home), "--id", "lender-a", "--name", "Lender A",
+               "--endpoint", "127.0.0.1:7001").returncode == 0
+    assert cli("member", "matching-key", "create", "--home", str(home)).returncode == 0
+    assert cli("admin", "init", "--home", str(admin), "--gateway-home", str(root / "gw")).returncode == 0
+    assert cli("admin", "member", "add", "--home", str(admin), "--request", str(home / "join-request.bin"),
+               "--out", str(root / "a.bundle")).returncode == 0
+    data = root / "data"
+    data.mkdir()
+    (data / "loans.csv").write_text("\n".join([LOAN_HEADER, *(loan_line(f"L{i}") for i in range(10))]) + "\n")
+    assert cli("member", "import", "--home", str(home), "--kind", "loans", str(data / "loans.csv")).returncode == 0
+    (data / "empty.csv").write_text("")
+    (data / "header-only.csv").write_text(LOAN_HEADER + "\n")
+    (data / "truncated.csv").write_text("\n".join([LOAN_HEADER, loan_line("L0")]) + "\n")
+    (data / "bad-row.csv").write_text("\n".join([LOAN_HEADER, loan_line("L1"), loan_line("L2", status="OPEN")]) + "\n")
+    (data / "loans.txt").write_text(LOAN_HEADER + "\n")
+    import json
+    row = dict(zip(LOAN_HEADER.split(","), loan_line("J1").split(",")))
+    (data / "number.jsonl").write_text(json.dumps({**row, "term_months": 12}) + "\n")
+    (data / "s-empty.csv").write_text("")
+    (data / "s-noheader.csv").write_text(f"RESIDENT_ID,{PERSON}\n")
+    (data / "s-wrong.csv").write_text(f"type,number\nRESIDENT_ID,{PERSON}\n")
+    (data / "s-gbk.csv").write_bytes("证件类型,号码\n".encode("gbk"))
+    (data / "s-ok.csv").write_text(f"id_type,id_number\nRESIDENT_ID,{PERSON}\n")
+    (data / "consent.pdf").write_bytes(b"%PDF-1.4 consent")
+    (data / "garbage.bin").write_bytes(b"\x00garbage")
+    demo = data / "demo"
+    for mid in ("lender-a", "lender-b", "lender-c"):
+        (demo / mid).mkdir(parents=True)
+    (demo / "lender-b" / "loans.csv").write_text("\n".join([LOAN_HEADER, loan_line("B1", status="OPEN")]) + "\n")
+    (data / "demo2" / "lender-a").mkdir(parents=True)
+    return {"root": root, "home": home, "admin": admin, "data": data}
+
+
+# (name, args, exit status, text stderr must hold, several stderr lines allowed: per-row errors)
+def walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, bool]]:
+    h, d, a = str(w["home"]), w["data"], str(w["admin"])
+    imp = ["member", "import", "--home", h, "--kind", "loans"]
+    q = ["--home", h, "--id-type", "RESIDENT_ID", "--id", PERSON, "--consent-id", "C-1"]
+    scr = ["member", "screen", "--home", h, "--purpose", "LOAN_APPROVAL", "--consent-id", "C-1",
+           "--consent-file", str(d / "consent.pdf")]
+    return [
+        ("reject file is the input", [*imp, "--skip-invalid", "--reject-file", str(d / "bad-row.csv"), str(d / "bad-row.csv")], 2, "is the input file", False),
+        ("reject file in a missing folder", [*imp, "--skip-invalid", "--reject-file", str(d / "nope" / "r.csv"), str(d / "bad-row.csv")], 2, "does not exist", False),
+        ("reject file without --skip-invalid", [*imp, "--reject-file", str(d / "r.csv"), str(d / "bad-row.csv")], 2, "needs --skip-invalid", False),
+        ("snapshot with skip-invalid", [*imp, "--snapshot", "--skip-invalid", str(d / "truncated.csv")], 2, "cannot be combined", False),
+        ("snapshot of an empty file", [*imp, "--snapshot", str(d / "empty.csv")], 3, "empty", False),
+        ("snapshot of a header-only file", [*imp, "--snapshot", str(d / "header-only.csv")], 3, "would remove 10 of 10", False),
+        ("snapshot of a truncated file", [*imp, "--snapshot", str(d / "truncated.csv")], 3, "would remove 9 of 10", False),
+        ("dry-run snapshot is guarded too", [*imp, "--snapshot", "--dry-run", str(d / "truncated.csv")], 3, "would remove 9 of 10", False),
+        ("import a missing file", [*imp, str(d / "missing.csv")], 3, "no such file", False),
+        ("import a .txt", [*imp, str(d / "loans.txt")], 3, "unsupported file type", False),
+        ("import an invalid row", [*imp, str(d / "bad-row.csv")], 3, f"{d / 'bad-row.csv'}:3: status:", True),
+        ("JSONL term_months as a number", [*imp, str(d / "number.jsonl")], 3, 'term_months: must be a JSON string such as "12"', True),
+        ("import --kind bogus", [*imp[:-1], "bogus", str(d / "truncated.csv")], 2, "bogus", False),
+        ("keygen with an invalid id", ["member", "keygen", "--home", str(w["root"] / "k1"), "--id", "Lender A!", "--name", "X",
+                                       "--endpoint", "127.0.0.1:7002"], 2, "invalid member id", False),
+        ("keygen without --endpoint", ["member", "keygen", "--home", str(w["root"] / "k2"), "--id", "lender-x", "--name", "X"], 2, "--endpoint", False),
+        ("keygen with a bad endpoint", ["member", "keygen", "--home", str(w["root"] / "k3"), "--id", "lender-x", "--name", "X",
+                                        "--endpoint", "nohost"], 2, "host:port", False),
+        ("keygen over existing keys", ["member", "keygen", "--home", h, "--id", "lender-a", "--name", "X", "--endpoint", "127.0.0.1:7001"], 2, "already holds", False),
+        ("bench --members abc", ["bench", "--members", "abc"], 2, "--members", False),
+        ("bench --members 0", ["bench", "--members", "0"], 2, "too few", False),
+        ("bench --members 1", ["bench", "--members", "1"], 2, "too few", False),
+        ("bench --members 5,x", ["bench", "--members", "5,x"], 2, "--members", False),
+        ("screen --purpose BOGUS", [*scr[:5], "BOGUS", *scr[6:], "--input", str(d / "s-ok.csv")], 2, "BOGUS", False),
+        ("screen an empty file", [*scr, "--input", str(d / "s-empty.csv")], 3, "empty file", False),
+        ("screen without header", [*scr, "--input", str(d / "s-noheader.csv")], 3, "missing column", False),
+        ("screen a wrong header", [*scr, "--input", str(d / "s-wrong.csv")], 3, "missing column", False),
+        ("screen a GBK file", [*scr, "--input", str(d / "s-gbk.csv")], 3, "not UTF-8", False),
+        ("screen --output into a missing folder", [*scr, "--input", str(d / "s-ok.csv"), "--output", str(d / "nope" / "o.jsonl")], 2, "does not exist", False),
+        ("screen --output over the input", [*scr, "--input", str(d / "s-ok.csv"), "--output", str(d / "s-ok.csv")], 2, "is the input", False),
+        ("screen with both consents", [*scr, "--consent-sha256", "ab" * 32, "--input", str(d / "s-ok.csv")], 2, "exactly one", False),
+        ("screen a missing file", [*scr, "--input", str(d / "missing.csv")], 2, "does not exist", False),
+        ("screen before joining", [*scr, "--input", str(d / "s-ok.csv")], 2, "has not joined", False),
+        ("query --purpose BOGUS", ["member", "query", *q, "--purpose", "BOGUS", "--consent-sha256", "ab" * 32], 2, "BOGUS", False),
+        ("query a bad id", ["member", "query", *q[:5], "123", *q[6:], "--purpose", "LOAN_APPROVAL", "--consent-sha256", "ab" * 32], 3, "", False),
+        ("query without consent", ["member", "query", *q, "--purpose", "LOAN_APPROVAL"], 2, "exactly one of --consent-file and --consent-sha256", False),
+        ("query a bad consent hash", ["member", "query", *q, "--purpose", "LOAN_APPROVAL", "--consent-sha256", "xyz"], 3, "64 hex", False),
+        ("query a bad --as-of", ["member", "query", *q, "--purpose", "LOAN_APPROVAL", "--consent-sha256", "ab" * 32, "--as-of", "2026-13-01"], 2, "YYYY-MM-DD", False),
+        ("query before joining", ["member", "query", *q, "--purpose", "LOAN_APPROVAL", "--consent-sha256", "ab" * 32], 2, "has not joined", False),
+        ("precheck --amount abc", ["member", "precheck", *q, "--purpose", "LOAN_APPROVAL", "--consent-sha256", "ab" * 32, "--amount", "abc"], 3, "--amount", False),
+        ("precheck --amount 0", ["member", "precheck", *q, "--purpose", "LOAN_APPROVAL", "--consent-sha256", "ab" * 32, "--amount", "0"], 3, "--amount", False),
+        ("join with a garbage bundle", ["member", "join", "--home", h, "--bundle", str(d / "garbage.bin")], 3, "", False),
+        ("admin member add a garbage request", ["admin", "member", "add", "--home", a, "--request", str(d / "garbage.bin"),
+                                                "--out", str(d / "x.bundle")], 3, "", False),
+        ("admin init twice", ["admin", "init", "--home", a], 2, "refusing to overwrite", False),
+        ("revoke without --yes, not at a terminal", ["admin", "member", "revoke", "--home", a, "lender-a"], 2, "--yes", False),
+        ("revoke an unknown member", ["admin", "member", "revoke", "--home", a, "nobody", "--yes"], 3, "nobody", False),
+        ("demo --data with a bad file", ["demo", "--data", str(d / "demo"), "--home", str(w["root"] / "demo-home")], 3,
+         f"{d / 'demo' / 'lender-b' / 'loans.csv'}:2: status:", True),
+        ("demo --data with too few members", ["demo", "--data", str(d / "demo2")], 2, "at least 3", False),
+    ]
+
+
+def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) -> None:
+    failures = []
+    for name, args, code, needle, several in walk_cases(world):
+        before = snapshot_tree(world["root"])
+        out = cli(*args)
+        after = snapshot_tree(world["root"])
+        lines = out.stderr.strip().splitlines()
+        problems = []
+        if out.returncode != code:
+            problems.append(f"exit {out.returncode}, expected {code}")
+        if "Traceback" in out.stdout + out.stderr or "internal error" in out.stdout + out.stderr:
+            problems.append("traceback / internal error")
+        if not several and (len(lines) != 1 or not lines[0].startswith("alliance: error: ")):
+            problems.append(f"{len(lines)} stderr lines, not one error line")
+        if several and not lines[-1].startswith("alliance: error:"):
+            problems.append("last stderr line is not the error")
+        if needle and needle not in out.stderr:
+            problems.append(f"stderr lacks {needle!r}")
+        if after != before:
+            changed = sorted(set(after.items()) ^ set(before.items()))
+            problems.append(f"files changed: {changed}")
+        if problems:
+            failures.append(f"{name}: {'; '.join(problems)}\n    stderr: {out.stderr.strip()[:300]}")
+    assert not failures, "\n".join(failures)
+    for k in ("k1", "k2", "k3"):
+        assert not (world["root"] / k).exists(), f"failed keygen left {k} behind"
