@@ -441,3 +441,27 @@ def test_gateway_refuses_to_start_with_k_min_1(net: Net, tmp_path: Path) -> None
         build_server(gw, listen=f"{HOST}:0")
     r = cli("gateway", "serve", "--home", str(gw), "--listen", f"{HOST}:0")
     assert_one_line_error(r, 3, f"{cfg_path}: k_min is 1")
+
+
+def test_peer_identity_refuses_a_member_certificate_carrying_the_gateway_name() -> None:
+    """Belt and braces against a CA bug: built by hand, as a faulty CA would."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    ca_key, ca_cert = pki.create_ca("t")
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(role: str) -> bytes:
+        sans = [x509.UniformResourceIdentifier("urn:alliance:member:lender-x"),
+                x509.UniformResourceIdentifier(f"urn:alliance:role:{role}"), x509.DNSName("gateway.alliance.invalid")]
+        c = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lender-x")]))
+             .issuer_name(ca_cert.subject).public_key(pki.new_tls_key().public_key()).serial_number(9)
+             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.SubjectAlternativeName(sans), critical=False).sign(ca_key, hashes.SHA256()))
+        return pki.cert_pem(c)
+
+    with pytest.raises(Refused, match="reserved name"):
+        pki.peer_identity(cert("member"))
+    assert pki.peer_identity(cert("gateway")) == ("lender-x", "gateway")
