@@ -67,6 +67,21 @@ PAILLIER_MIN_BITS = 2048
 PAILLIER_MAX_BITS = 16384  # bound the work a hostile join request can cause
 MAX_NAME_CHARS = 200
 
+# SPEC §5.2: the gateway role, checked by the TLS handshake itself. Python gRPC
+# clients cannot read the server's certificate, so every client of the gateway
+# verifies the server against this reserved DNS name
+# (``grpc.ssl_target_name_override``) instead of the host it dialled. The CA
+# puts it in gateway certificates only and refuses it (and anything under
+# RESERVED_DOMAIN) in every other certificate and in join-request endpoints, so
+# a member or auditor certificate from the same CA fails the handshake. ``.invalid``
+# (RFC 6761) never resolves, so no real host can be confused with it.
+RESERVED_DOMAIN = "alliance.invalid"
+GATEWAY_TLS_NAME = "gateway." + RESERVED_DOMAIN
+# Loopback names go into member and auditor certificates only in a local/demo
+# alliance (SPEC §5.2).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")
+CA_PASSPHRASE_ENV = "ALLIANCE_CA_PASSPHRASE"
+
 _ROLE_TO_PB = {"member": pb.ROLE_MEMBER, "auditor": pb.ROLE_AUDITOR, "gateway": pb.ROLE_GATEWAY}
 _PB_TO_ROLE = {v: k for k, v in _ROLE_TO_PB.items()}
 
@@ -175,6 +190,65 @@ def read_private_file(path: PathLike) -> bytes:
             reason="insecure_key_file",
         )
     return path.read_bytes()
+
+
+def read_passphrase_file(path: PathLike) -> bytes:
+    """A passphrase file: its bytes less one trailing newline. A regular file
+    readable by group or others is refused like a key (the passphrase would be
+    as exposed as an unencrypted key); pipes (``--passphrase-file /dev/stdin``)
+    are read as they are."""
+    path = Path(path)
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        raise InvalidInput(f"passphrase file {path}: no such file") from None
+    data = read_private_file(path) if regular else path.read_bytes()
+    data = data[:-2] if data.endswith(b"\r\n") else data[:-1] if data.endswith(b"\n") else data
+    if not data:
+        raise InvalidInput(f"passphrase file {path} is empty")
+    return data
+
+
+def resolve_ca_passphrase(passphrase_file: PathLike | None, environ: dict[str, str] | None = None) -> bytes | None:
+    """SPEC §5.4: ``--passphrase-file`` wins over ``ALLIANCE_CA_PASSPHRASE``;
+    neither gives None (an unencrypted CA key)."""
+    if passphrase_file is not None:
+        return read_passphrase_file(passphrase_file)
+    value = (os.environ if environ is None else environ).get(CA_PASSPHRASE_ENV)
+    if value is None:
+        return None
+    if not value:
+        raise InvalidInput(f"{CA_PASSPHRASE_ENV} is set but empty")
+    return value.encode("utf-8")
+
+
+def is_encrypted_pem(data: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+
+
+def load_ca_key(path: PathLike, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
+    """The alliance CA key, decrypted with ``passphrase`` when it is encrypted
+    at rest. A missing or wrong passphrase is refused (exit 4): the operator is
+    not authorised to use the key, the file itself is fine."""
+    data = read_private_file(path)
+    hint = f"give it with --passphrase-file FILE or the {CA_PASSPHRASE_ENV} environment variable"
+    if is_encrypted_pem(data):
+        if passphrase is None:
+            raise Refused(f"{path} is encrypted and no passphrase was given; {hint}", reason="ca_passphrase_required")
+        try:
+            key = serialization.load_pem_private_key(data, password=passphrase)
+        except ValueError:
+            raise Refused(f"wrong passphrase for the CA key {path}", reason="ca_passphrase_wrong") from None
+    else:
+        # A passphrase for an unencrypted key is harmless (e.g. one set in the
+        # environment for another alliance); the key is used as it is.
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"{path}: not a readable PKCS#8 private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise InvalidInput(f"{path}: expected an ECDSA P-256 CA key")
+    return key
 
 
 def private_pem(key: PrivateKey, password: bytes | None = None) -> bytes:
@@ -339,6 +413,19 @@ def _host_san(host: str) -> x509.GeneralName:
     return x509.DNSName(host)
 
 
+def is_reserved_host(host: str) -> bool:
+    h = host.strip("[]").rstrip(".").lower()
+    return h == RESERVED_DOMAIN or h.endswith("." + RESERVED_DOMAIN)
+
+
+def is_loopback_host(host: str) -> bool:
+    h = host.strip("[]").rstrip(".").lower()
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return h == "localhost" or h.endswith(".localhost")
+
+
 def issue_tls_certificate(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
@@ -346,16 +433,32 @@ def issue_tls_certificate(
     *,
     member_id: str,
     role: str,
-    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    hosts: Sequence[str] = (),
     not_before: _dt.datetime,
     not_after: _dt.datetime,
     serial: int | None = None,
+    local: bool = False,
 ) -> x509.Certificate:
     """Leaf certificate for mutual TLS. Identity and role live in URI SANs
     (``urn:alliance:member:<id>``, ``urn:alliance:role:<role>``) so the gateway
-    authorises on what the CA asserted, never on a client-supplied field."""
+    authorises on what the CA asserted, never on a client-supplied field.
+
+    SPEC §5.2: a gateway certificate always carries :data:`GATEWAY_TLS_NAME`,
+    which clients check in the handshake; no other role may carry any name
+    under :data:`RESERVED_DOMAIN`. Member and auditor certificates carry
+    loopback names (localhost, 127.0.0.0/8, ::1) only when ``local`` (a
+    local/demo alliance)."""
     check_member_id(member_id)
     role_to_pb(role)
+    for h in hosts:
+        if is_reserved_host(h) and role != "gateway":
+            raise InvalidInput(f"{h!r} is reserved for the alliance gateway's certificate; a {role} certificate may not carry it")
+        if is_loopback_host(h) and role != "gateway" and not local:
+            raise InvalidInput(
+                f"{h!r} is a loopback name; a {role} certificate carries one only in a local/demo alliance"
+            )
+    if role == "gateway":
+        hosts = (GATEWAY_TLS_NAME, *hosts)
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise InvalidInput("TLS certificates use ECDSA P-256 keys (grpcio refuses Ed25519)")
     if not_after <= not_before:
@@ -422,6 +525,8 @@ def peer_identity(cert_der_or_pem: bytes | x509.Certificate) -> tuple[str, str]:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if cns and cns[0].value != member_id:
         raise Refused("peer certificate common name and member SAN disagree", reason="no_identity")
+    if role != "gateway" and any(is_reserved_host(d) for d in san.get_values_for_type(x509.DNSName)):
+        raise Refused(f"peer certificate of {role} {member_id!r} carries the gateway's reserved name", reason="no_identity")
     return member_id, role
 
 
@@ -516,6 +621,8 @@ def check_endpoint(endpoint: str, who: str) -> str:
                 ok = _is_dns_name(host)
     if not ok:
         raise InvalidInput(f"{who}: endpoint must be host:port, got {endpoint!r}")
+    if is_reserved_host(host):
+        raise InvalidInput(f"{who}: endpoint host {host!r} is reserved for the alliance gateway")
     return endpoint
 
 

@@ -1,6 +1,12 @@
 """Mutual-TLS gRPC plumbing shared by every process (SPEC §1 property 7):
 no plaintext port exists, every peer presents a certificate from the alliance
-CA, and each call is bound to the member id and role in that certificate."""
+CA, and each call is bound to the member id and role in that certificate.
+
+Roles on both ends (SPEC §5.2): servers gate every RPC on the client's role
+(:class:`RoleGate`); clients of the gateway use :func:`gateway_channel`, whose
+handshake accepts only a certificate carrying the reserved gateway name
+(:data:`alliance.pki.GATEWAY_TLS_NAME`), which the CA gives gateway
+certificates only."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +41,60 @@ def secure_channel(target: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, 
     return grpc.secure_channel(target, creds, options=options)
 
 
-def make_server(max_workers: int = 16) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=list(CHANNEL_OPTIONS))
+def gateway_channel(target: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> grpc.Channel:
+    """A channel to the gateway: the TLS handshake fails unless the server's
+    certificate is from the alliance CA *and* has the gateway role (carries
+    the reserved name the CA issues to gateways only). Every client of the
+    gateway (querier, member tools, auditor, witness, bench) uses this."""
+    return secure_channel(target, key_pem, cert_pem, ca_pem, server_name=pki.GATEWAY_TLS_NAME)
+
+
+class RoleGate(grpc.ServerInterceptor):
+    """Refuses, before any handler runs, every RPC (health and reflection
+    included) whose TLS client certificate lacks one of ``roles``:
+    PERMISSION_DENIED with ``alliance-reason: wrong_role``."""
+
+    def __init__(self, roles: Sequence[str]) -> None:
+        self.roles = tuple(roles)
+
+    def _check(self, context: grpc.ServicerContext) -> None:
+        try:
+            peer_id, role, _ = peer_identity(context)
+        except Refused as exc:
+            context.set_trailing_metadata((("alliance-reason", exc.reason),))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{exc.reason}: {exc}")
+        if role not in self.roles:
+            context.set_trailing_metadata((("alliance-reason", "wrong_role"),))
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"wrong_role: {peer_id} ({role}) may not call this service; only {' or '.join(self.roles)} may")
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        check = self._check
+
+        def gated(behaviour):  # type: ignore[no-untyped-def]
+            def run(request_or_iterator, context):  # type: ignore[no-untyped-def]
+                check(context)
+                return behaviour(request_or_iterator, context)
+            return run
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(gated(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(gated(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(gated(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(gated(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+
+
+def make_server(max_workers: int = 16, *, allowed_roles: Sequence[str] | None = None) -> grpc.Server:
+    """``allowed_roles``: client roles admitted to every RPC of this server
+    (None: any alliance certificate; the services check roles themselves)."""
+    interceptors = [RoleGate(allowed_roles)] if allowed_roles is not None else []
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=list(CHANNEL_OPTIONS),
+                       interceptors=interceptors)
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:

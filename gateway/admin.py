@@ -46,18 +46,29 @@ def init_alliance(
     default_quota: int = 10_000,
     deadline_ms: int = 2000,
     k_min: int = 2,
+    local: bool = False,
+    ca_passphrase: bytes | None = None,
 ) -> InitResult:
     """Create the CA (admin home), the gateway's TLS and log keys (gateway
-    home, without the CA key) and the registry database."""
+    home, without the CA key) and the registry database.
+
+    ``local``: a local/demo alliance on one machine; the CA then adds
+    ``localhost``/``127.0.0.1`` to every certificate it issues (SPEC §5.2
+    allows them nowhere else). ``ca_passphrase``: encrypt the CA key at rest
+    (SPEC §5.4); every later ``admin`` command that signs needs it."""
     admin, gateway = AdminHome(admin_dir), GatewayHome(gateway_dir)
     if admin.ca_key.exists():
         raise UsageError(f"{admin_dir} already holds an alliance CA; refusing to overwrite it")
     if k_min < 2:
         raise UsageError("k must be at least 2: a report over one member would disclose that member's figures")
+    if ca_passphrase is not None and not ca_passphrase:
+        raise InvalidInput("the CA passphrase must not be empty")
+    if local:
+        hosts = tuple(dict.fromkeys((*hosts, *pki.LOOPBACK_NAMES)))
     admin_dir.mkdir(parents=True, exist_ok=True)
     gateway_dir.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = pki.create_ca(f"{alliance_name} alliance CA")
-    pki.write_private_pem(admin.ca_key, ca_key)
+    pki.write_private_pem(admin.ca_key, ca_key, password=ca_passphrase)
     pki.write_cert_pem(admin.ca_cert, ca_cert)
     pki.write_cert_pem(gateway.ca_cert, ca_cert)
     tls_key = pki.new_tls_key()
@@ -80,7 +91,7 @@ def init_alliance(
     )
     admin.write_config(
         AdminConfig(alliance_name=alliance_name, gateway_home=str(gateway_dir.resolve()), db_url=url,
-                    gateway_endpoint=gateway_endpoint, default_daily_quota=default_quota)
+                    gateway_endpoint=gateway_endpoint, default_daily_quota=default_quota, local_names=local)
     )
     engine = db.make_engine(url, durable=True)
     schema.create_schema(engine)
@@ -93,8 +104,9 @@ def init_alliance(
 class Admin:
     """Registry operations for an initialised admin home."""
 
-    def __init__(self, admin_dir: Path, *, db_url: str | None = None) -> None:
+    def __init__(self, admin_dir: Path, *, db_url: str | None = None, ca_passphrase: bytes | None = None) -> None:
         self.home = AdminHome(admin_dir)
+        self.ca_passphrase = ca_passphrase
         self.config = self.home.config()
         self.engine: Engine = db.make_engine(db_url or self.config.db_url, durable=True)
         schema.create_schema(self.engine)
@@ -110,15 +122,19 @@ class Admin:
         role = pb.Role.Name(body.role).removeprefix("ROLE_").lower()
         if expected_role is not None and role != expected_role:
             raise InvalidInput(f"this join request is for role {role!r}, not {expected_role!r}")
-        ca_key = pki.load_private_pem(self.home.ca_key)
+        ca_key = pki.load_ca_key(self.home.ca_key, self.ca_passphrase)
         ca_cert = pki.load_cert_pem(self.home.ca_cert)
         now = datetime.now(timezone.utc)
-        host = body.endpoint.rsplit(":", 1)[0] if body.endpoint else "localhost"
-        hosts = tuple(dict.fromkeys((host, "localhost", "127.0.0.1")))
+        # SPEC §5.2: only the names the member asked for (its endpoint host);
+        # loopback names only in a local/demo alliance.
+        hosts: tuple[str, ...] = (body.endpoint.rsplit(":", 1)[0],) if body.endpoint else ()
+        if self.config.local_names:
+            hosts = tuple(dict.fromkeys((*hosts, *pki.LOOPBACK_NAMES)))
         csr = x509.load_der_x509_csr(body.tls_csr_der)
         tls_cert = pki.issue_tls_certificate(
             ca_key, ca_cert, csr.public_key(), member_id=body.member_id, role=role, hosts=hosts,
             not_before=now - timedelta(minutes=5), not_after=now + CREDENTIAL_VALIDITY,
+            local=self.config.local_names,
         )
         quota = daily_quota if daily_quota is not None else self.config.default_daily_quota
         with self.engine.begin() as conn:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from alliance import db
-from alliance.errors import UsageError
+from alliance.errors import InvalidInput, UsageError
 
 GATEWAY_CONFIG = "gateway.json"
 ADMIN_CONFIG = "admin.json"
@@ -37,6 +37,7 @@ class AdminConfig:
     db_url: str
     gateway_endpoint: str
     default_daily_quota: int
+    local_names: bool = False  # local/demo alliance: loopback names in every certificate (SPEC §5.2)
 
 
 class GatewayHome:
@@ -51,7 +52,16 @@ class GatewayHome:
     default_db = property(lambda self: self.path / "gateway.db")
 
     def config(self) -> GatewayConfig:
-        return GatewayConfig(**read_json(self.path / GATEWAY_CONFIG, "gateway home"))
+        path = self.path / GATEWAY_CONFIG
+        try:
+            cfg = GatewayConfig(**read_json(path, "gateway home"))
+        except TypeError as exc:
+            raise InvalidInput(f"{path}: unexpected or missing setting ({exc})") from None
+        # SPEC §1 property 3, §5.4: a sum over one member is that member's figures.
+        if type(cfg.k_min) is not int or cfg.k_min < 2:
+            raise InvalidInput(f"{path}: k_min is {cfg.k_min!r}; it must be an integer of at least 2 "
+                               "(a report over one member would disclose that member's figures)")
+        return cfg
 
     def write_config(self, cfg: GatewayConfig) -> None:
         write_json(self.path / GATEWAY_CONFIG, asdict(cfg))

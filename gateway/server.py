@@ -49,7 +49,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     home = GatewayHome(home_dir)
     cfg = home.config()
     engine = open_database(home, db_url)
-    key_pem, cert_pem, ca_pem = home.tls_key.read_bytes(), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
+    key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
     )

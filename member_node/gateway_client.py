@@ -8,7 +8,7 @@ from types import TracebackType
 
 import grpc
 
-from alliance import transport
+from alliance import pki, transport
 from alliance.errors import AllianceError, InvalidInput, Refused, Unreachable, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
@@ -39,8 +39,9 @@ class GatewayClient:
         if not home.is_joined():
             raise UsageError(f"{home.path} has not joined the alliance (run `alliance member join`)")
         self.timeout_s = timeout_s
-        self.channel = transport.secure_channel(
-            target or home.config().gateway, home.tls_key.read_bytes(), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
+        # SPEC §5.2, §5.4: the key only if private; the server only if it has the gateway role.
+        self.channel = transport.gateway_channel(
+            target or home.config().gateway, pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
         )
         self.stub = pb_grpc.GatewayStub(self.channel)
 

@@ -85,7 +85,7 @@ class Querier:
             raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
         self.credential = pki.verify_credential(self.home.credential.read_bytes(), pki.load_cert_pem(self.home.ca_cert))
         self.signing_key = pki.load_ed25519_private_pem(self.home.signing_key)
-        self.private_key = paillier.PaillierPrivateKey.from_json_bytes(self.home.paillier_key.read_bytes())
+        self.private_key = paillier.PaillierPrivateKey.from_json_bytes(pki.read_private_file(self.home.paillier_key))
         self.public_key = self.private_key.public_key
         self.matching_key = matching_key.load(self.home.matching_key)
         self.verifier = checkpoint.parse_verifier_key(self.home.log_verifier.read_text(encoding="utf-8").strip())

@@ -50,7 +50,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
     engine = db.make_engine(home.db_url(db_url))
     store.create_schema(engine)
-    key_pem, cert_pem, ca_pem = home.tls_key.read_bytes(), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
+    key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
@@ -59,7 +59,8 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=paillier.MaskPools(target=32),
     )
-    server = transport.make_server(max_workers=16)
+    # SPEC §5.2: only the gateway role may call a member node, on any RPC.
+    server = transport.make_server(max_workers=16, allowed_roles=("gateway",))
     alliance_pb2_grpc.add_MemberNodeServicer_to_server(service, server)
     transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["MemberNode"].full_name])
     address = listen or cfg.listen

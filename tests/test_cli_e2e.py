@@ -59,7 +59,7 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         gw_port = free_port()
         admin, gw = tmp_path / "admin", tmp_path / "gw"
         init = ["admin", "init", "--home", str(admin), "--gateway-home", str(gw), "--listen", f"127.0.0.1:{gw_port}",
-                "--name", "test.alliance"]
+                "--name", "test.alliance", "--local"]
         run(*init, *(["--db", dbs["gateway"]] if dbs else []))
         assert (admin / "ca.key").exists() and not (gw / "ca.key").exists()
         assert run(*init, ok=False).returncode == 2  # never overwrites a CA

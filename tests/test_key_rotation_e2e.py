@@ -104,7 +104,7 @@ def test_a_member_rotates_its_keys_endorsed_by_the_old_one(alliance) -> None:  #
 
     # The old certificate is still CA-signed and unexpired, but no longer lender-b's: the gateway refuses it.
     retired = b.home / "retired" / str(old_serial)
-    channel = transport.secure_channel(net.gateway_endpoint, (retired / "tls.key").read_bytes(), (retired / "tls.crt").read_bytes(),
+    channel = transport.gateway_channel(net.gateway_endpoint, (retired / "tls.key").read_bytes(), (retired / "tls.crt").read_bytes(),
                                        (b.home / "ca.crt").read_bytes())
     try:
         with pytest.raises(grpc.RpcError) as exc:

@@ -133,7 +133,7 @@ def _security_overhead(alliance: LocalAlliance, n: int) -> dict[str, float]:
     verifications of them at the gateway; and a fresh mutual-TLS handshake."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from alliance import transport
+    from alliance import pki, transport
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     key = Ed25519PrivateKey.generate()
@@ -153,7 +153,7 @@ def _security_overhead(alliance: LocalAlliance, n: int) -> dict[str, float]:
     home = alliance.members[alliance.member_ids[0]].home
     handshakes = []
     for _ in range(10):
-        channel = transport.secure_channel(alliance.gateway_endpoint, (home / "tls.key").read_bytes(),
+        channel = transport.gateway_channel(alliance.gateway_endpoint, pki.read_private_file(home / "tls.key"),
                                            (home / "tls.crt").read_bytes(), (home / "ca.crt").read_bytes())
         t0 = time.perf_counter()
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from alliance import matching_key, transport
+from alliance import matching_key, pki, transport
 from alliance.errors import Unreachable
 from alliance_gateway import admin as admin_ops
 from alliance_member import onboarding
@@ -69,11 +69,11 @@ class LocalAlliance:
         try:
             admin_ops.init_alliance(
                 self.admin_home, self.gateway_home, alliance_name="demo.credit-alliance", listen=self.gateway_endpoint,
-                gateway_endpoint=self.gateway_endpoint, hosts=("localhost", HOST), db_url=self.gateway_db_url,
+                gateway_endpoint=self.gateway_endpoint, hosts=("localhost", HOST), db_url=self.gateway_db_url, local=True,
                 default_quota=self.default_quota, deadline_ms=self.deadline_ms,
             )
             self.gateway_process = self._spawn("gateway", ["gateway", "serve", "--home", str(self.gateway_home)])
-            self.wait_serving(self.gateway_endpoint, self.gateway_home / "gateway.crt", self.gateway_home / "gateway.key", self.gateway_home / "ca.crt")
+            self.wait_serving(self.gateway_endpoint, gateway=True)
             registry = admin_ops.Admin(self.admin_home)
             fingerprints = {}
             for m in self.members.values():
@@ -93,7 +93,7 @@ class LocalAlliance:
             for m in self.members.values():
                 m.process = self._spawn(m.member_id, ["member", "serve", "--home", str(m.home)])
             for m in self.members.values():
-                self.wait_serving(m.endpoint, m.home / "tls.crt", m.home / "tls.key", m.home / "ca.crt")
+                self.wait_serving(m.endpoint)
         except BaseException:
             self.stop()
             raise
@@ -122,9 +122,14 @@ class LocalAlliance:
             env=env, start_new_session=True,
         )
 
-    def wait_serving(self, endpoint: str, cert: Path, key: Path, ca: Path, timeout_s: float = 30.0) -> None:
-        """Poll the gRPC health service over mutual TLS until it says SERVING."""
-        channel = transport.secure_channel(endpoint, key.read_bytes(), cert.read_bytes(), ca.read_bytes())
+    def wait_serving(self, endpoint: str, *, gateway: bool = False, timeout_s: float = 30.0) -> None:
+        """Poll the gRPC health service over mutual TLS until it says SERVING.
+        Uses the gateway's certificate: member nodes answer the gateway role
+        only (SPEC §5.2), and the gateway is checked for its role as any
+        client would."""
+        g = self.gateway_home
+        creds = (pki.read_private_file(g / "gateway.key"), (g / "gateway.crt").read_bytes(), (g / "ca.crt").read_bytes())
+        channel = transport.gateway_channel(endpoint, *creds) if gateway else transport.secure_channel(endpoint, *creds)
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout_s
         try:
@@ -145,7 +150,7 @@ class LocalAlliance:
         """(Re)start one member node, e.g. after it installed rotated keys."""
         m = self.members[member_id]
         m.process = self._spawn(m.member_id, ["member", "serve", "--home", str(m.home)])
-        self.wait_serving(m.endpoint, m.home / "tls.crt", m.home / "tls.key", m.home / "ca.crt")
+        self.wait_serving(m.endpoint)
 
     def stop(self) -> None:
         for m in self.members.values():

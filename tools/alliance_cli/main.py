@@ -22,6 +22,16 @@ from alliance_cli.params import parse_day
 
 HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
+PASSPHRASE = click.option(
+    "--passphrase-file", "passphrase_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="File holding the CA key's passphrase (default: $ALLIANCE_CA_PASSPHRASE; neither: the CA key is not encrypted).",
+)
+
+
+def _ca_passphrase(passphrase_file: Path | None) -> bytes | None:
+    from alliance import pki
+
+    return pki.resolve_ca_passphrase(passphrase_file)
 
 
 class AllianceGroup(click.Group):
@@ -82,19 +92,27 @@ def admin() -> None:
 @click.option("--default-quota", type=click.IntRange(min=0), default=10_000, show_default=True)
 @click.option("--k", "k_min", type=click.IntRange(min=2), default=2, show_default=True, help="Minimum members in any sum.")
 @click.option("--deadline-ms", type=click.IntRange(min=50), default=2000, show_default=True)
+@click.option("--local", is_flag=True, help="Local/demo alliance on one machine: localhost and 127.0.0.1 in every certificate.")
+@PASSPHRASE
 def admin_init(home: Path, db_url: str | None, gateway_home: Path | None, alliance_name: str, listen: str,
-               endpoint: str | None, hosts: tuple[str, ...], default_quota: int, k_min: int, deadline_ms: int) -> None:
-    """Create the alliance CA, gateway and log keys, and the registry database."""
+               endpoint: str | None, hosts: tuple[str, ...], default_quota: int, k_min: int, deadline_ms: int,
+               local: bool, passphrase_file: Path | None) -> None:
+    """Create the alliance CA, gateway and log keys, and the registry database.
+
+    The CA key is encrypted with the passphrase from --passphrase-file or
+    $ALLIANCE_CA_PASSPHRASE when one is given."""
     from alliance_gateway import admin as admin_ops
 
+    passphrase = _ca_passphrase(passphrase_file)
     gateway_home = gateway_home or home.parent / "gateway"
     host = (endpoint or listen).rsplit(":", 1)[0]
     result = admin_ops.init_alliance(
         home, gateway_home, alliance_name=alliance_name, listen=listen, gateway_endpoint=endpoint or listen,
-        hosts=tuple(dict.fromkeys((host, "localhost", "127.0.0.1", *hosts))), db_url=db_url,
-        default_quota=default_quota, deadline_ms=deadline_ms, k_min=k_min,
+        hosts=tuple(dict.fromkeys((host, *hosts))), db_url=db_url,
+        default_quota=default_quota, deadline_ms=deadline_ms, k_min=k_min, local=local, ca_passphrase=passphrase,
     )
-    click.echo(f"alliance CA created in {result.admin_home} (keep this directory offline)")
+    click.echo(f"alliance CA created in {result.admin_home} (keep this directory offline)"
+               + ("; its key is encrypted with your passphrase" if passphrase else ""))
     click.echo(f"gateway home: {result.gateway_home}")
     click.echo(f"registry database: {result.db_url}")
     click.echo(f"log verifier key: {result.log_verifier}")
@@ -105,10 +123,10 @@ def admin_member() -> None:
     """Admit and manage members."""
 
 
-def _admin(home: Path, db_url: str | None):  # type: ignore[no-untyped-def]
+def _admin(home: Path, db_url: str | None, passphrase_file: Path | None = None, *, signs: bool = False):  # type: ignore[no-untyped-def]
     from alliance_gateway.admin import Admin
 
-    return Admin(home, db_url=db_url)
+    return Admin(home, db_url=db_url, ca_passphrase=_ca_passphrase(passphrase_file) if signs else None)
 
 
 @admin_member.command("add")
@@ -117,9 +135,11 @@ def _admin(home: Path, db_url: str | None):  # type: ignore[no-untyped-def]
 @click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="join-request.bin from `alliance member keygen`.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to write the credential bundle.")
 @click.option("--quota", type=click.IntRange(min=0), default=None, help="Daily query quota (default: the alliance default).")
-def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, quota: int | None) -> None:
+@PASSPHRASE
+def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, quota: int | None,
+                     passphrase_file: Path | None) -> None:
     """Check a join request and issue the member's credential."""
-    bundle = _admin(home, db_url).add(request_file.read_bytes(), daily_quota=quota, expected_role="member")
+    bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), daily_quota=quota, expected_role="member")
     out_file.write_bytes(bundle)
     click.echo(f"credential bundle written to {out_file}; hand it to the member for `alliance member join`")
 
@@ -226,9 +246,10 @@ def admin_auditor() -> None:
 @DB
 @click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def admin_auditor_add(home: Path, db_url: str | None, request_file: Path, out_file: Path) -> None:
+@PASSPHRASE
+def admin_auditor_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, passphrase_file: Path | None) -> None:
     """Issue an auditor credential from an auditor's join request."""
-    bundle = _admin(home, db_url).add(request_file.read_bytes(), expected_role="auditor")
+    bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), expected_role="auditor")
     out_file.write_bytes(bundle)
     click.echo(f"auditor credential bundle written to {out_file}")
 
