@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from alliance import paillier, pki, protocol, report, signing
+from alliance import log_rules, paillier, pki, protocol, report, signing
 from alliance.errors import CryptoError, Refused
 from alliance.matching_key import MatchingKey
 from alliance.transport import peer_identity
@@ -125,6 +125,7 @@ class MemberService(pb_grpc.MemberNodeServicer):
 
     def answer(self, request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
         now_ms = int(self.clock() * 1000)
+        _check_bounds(request)
         key = self.matching_key()
         if key is None:
             raise Refused("this member has no matching key installed yet", reason="no_matching_key")
@@ -171,3 +172,15 @@ class MemberService(pb_grpc.MemberNodeServicer):
         if now_ms - self._last_prune_ms > 60_000:
             self._last_prune_ms = now_ms
             conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))
+
+
+def _check_bounds(request: pb.MemberQueryRequest) -> None:
+    """SPEC §5.4 sizes, before anything is parsed: the gateway bounds what it
+    logs, and the member does not trust the gateway to have done so."""
+    q = request.query
+    for what, size, bound in (("credential", len(request.querier_credential), log_rules.MAX_CREDENTIAL_BYTES),
+                              ("request body", len(q.body), log_rules.MAX_BODY_BYTES)):
+        if size > bound:
+            raise Refused(f"{what} of {size} bytes exceeds {bound}", reason="malformed_request")
+    if len(q.signature) != log_rules.SIGNATURE_BYTES or len(q.subject_token) != log_rules.TOKEN_BYTES:
+        raise Refused(f"signature must be {log_rules.SIGNATURE_BYTES} bytes and token {log_rules.TOKEN_BYTES}", reason="malformed_request")

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from alliance import db, paillier, report, signing
+from alliance import db, paillier, protocol, report, signing
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store
@@ -177,3 +177,24 @@ def test_an_absurd_report_date_is_a_malformed_request_not_a_crash(service, queri
     with pytest.raises(Refused) as exc:
         ask(service, querier, signed_query(querier, as_of=as_of))
     assert exc.value.reason == "malformed_request" and "outside" in str(exc.value)
+
+
+@pytest.mark.parametrize("field, size", [("credential", 8193), ("body", 4097), ("signature", 65), ("subject_token", 33)])
+def test_oversized_fields_are_refused_before_parsing(service, querier, field, size) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §5.4: the member bounds sizes itself, whatever the gateway did."""
+    q = signed_query(querier)
+    cred = querier.credential.SerializeToString()
+    if field == "credential":
+        cred = cred + b"\x00" * (size - len(cred))
+    else:
+        setattr(q, field, getattr(q, field) + b"\x00" * (size - len(getattr(q, field))))
+    with pytest.raises(Refused) as exc:
+        service.answer(pb.MemberQueryRequest(query=q, querier_credential=cred))
+    assert exc.value.reason == "malformed_request"
+
+
+def test_a_request_inside_the_gateway_window_is_fresh_at_the_member(service, querier) -> None:
+    """The gateway's ±60 s is inside the members' ±5 min (SPEC §5.4)."""
+    from alliance import log_rules
+    assert log_rules.GATEWAY_FRESHNESS_MS < protocol.FRESHNESS_MS == log_rules.MEMBER_FRESHNESS_MS
+    ask(service, querier, signed_query(querier, timestamp_ms=int(time.time() * 1000) - log_rules.GATEWAY_FRESHNESS_MS))
