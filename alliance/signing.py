@@ -18,6 +18,8 @@ CREDENTIAL = b"alliance/v1/credential\x00"
 KEY_ROTATION = b"alliance/v1/key-rotation\x00"
 JOIN_REQUEST = b"alliance/v1/join-request\x00"
 MATCHING_KEY_SHARE = b"alliance/v1/matching-key-share\x00"
+SPONSORSHIP = b"alliance/v1/sponsorship\x00"
+MATCHING_KEY_CREATED = b"alliance/v1/matching-key-created\x00"
 
 ED25519_SIGNATURE_SIZE = 64
 

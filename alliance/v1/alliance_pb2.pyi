@@ -419,3 +419,125 @@ class Proof(_message.Message):
     HASHES_FIELD_NUMBER: _ClassVar[int]
     hashes: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, hashes: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class SponsorshipBody(_message.Message):
+    __slots__ = ("newcomer_id", "newcomer_fingerprint", "sponsor_id", "time_ms")
+    NEWCOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    NEWCOMER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SPONSOR_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    newcomer_id: str
+    newcomer_fingerprint: bytes
+    sponsor_id: str
+    time_ms: int
+    def __init__(self, newcomer_id: _Optional[str] = ..., newcomer_fingerprint: _Optional[bytes] = ..., sponsor_id: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
+class SignedSponsorship(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class MatchingKeyCreatedBody(_message.Message):
+    __slots__ = ("founder_id", "founder_fingerprint", "epoch", "check_value", "time_ms")
+    FOUNDER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUNDER_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CHECK_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    founder_id: str
+    founder_fingerprint: bytes
+    epoch: int
+    check_value: bytes
+    time_ms: int
+    def __init__(self, founder_id: _Optional[str] = ..., founder_fingerprint: _Optional[bytes] = ..., epoch: _Optional[int] = ..., check_value: _Optional[bytes] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
+class SignedMatchingKeyCreated(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ProvenEntry(_message.Message):
+    __slots__ = ("index", "data", "inclusion_proof", "membership_seq")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_SEQ_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    membership_seq: int
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ..., membership_seq: _Optional[int] = ...) -> None: ...
+
+class LoggedStatementResponse(_message.Message):
+    __slots__ = ("entry", "checkpoint")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    entry: ProvenEntry
+    checkpoint: str
+    def __init__(self, entry: _Optional[_Union[ProvenEntry, _Mapping]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+
+class GetMembershipRequest(_message.Message):
+    __slots__ = ("from_membership_seq", "max_entries")
+    FROM_MEMBERSHIP_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    from_membership_seq: int
+    max_entries: int
+    def __init__(self, from_membership_seq: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class ProvenEntries(_message.Message):
+    __slots__ = ("checkpoint", "entries")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    entries: _containers.RepeatedCompositeFieldContainer[ProvenEntry]
+    def __init__(self, checkpoint: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[ProvenEntry, _Mapping]]] = ...) -> None: ...
+
+class GetWitnessCheckpointRequest(_message.Message):
+    __slots__ = ("old_size",)
+    OLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    old_size: int
+    def __init__(self, old_size: _Optional[int] = ...) -> None: ...
+
+class WitnessCheckpoint(_message.Message):
+    __slots__ = ("checkpoint", "consistency_proof")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_PROOF_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    consistency_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, checkpoint: _Optional[str] = ..., consistency_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class PostCosignatureRequest(_message.Message):
+    __slots__ = ("checkpoint", "cosignature_line")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    COSIGNATURE_LINE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    cosignature_line: str
+    def __init__(self, checkpoint: _Optional[str] = ..., cosignature_line: _Optional[str] = ...) -> None: ...
+
+class PostCosignatureResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetWitnessedCheckpointRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetWitnessedCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: str
+    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+
+class GetQueryProofsRequest(_message.Message):
+    __slots__ = ("from_index", "max_entries")
+    FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    from_index: int
+    max_entries: int
+    def __init__(self, from_index: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...

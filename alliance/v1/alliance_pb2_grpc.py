@@ -87,6 +87,41 @@ class GatewayStub:
                 request_serializer=alliance_dot_v1_dot_alliance__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=alliance_dot_v1_dot_alliance__pb2.Proof.FromString,
                 _registered_method=True)
+        self.PostSponsorship = channel.unary_unary(
+                '/alliance.v1.Gateway/PostSponsorship',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.SignedSponsorship.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+                _registered_method=True)
+        self.PostMatchingKeyCreated = channel.unary_unary(
+                '/alliance.v1.Gateway/PostMatchingKeyCreated',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.SignedMatchingKeyCreated.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+                _registered_method=True)
+        self.GetMembership = channel.unary_unary(
+                '/alliance.v1.Gateway/GetMembership',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.GetMembershipRequest.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.ProvenEntries.FromString,
+                _registered_method=True)
+        self.GetWitnessCheckpoint = channel.unary_unary(
+                '/alliance.v1.Gateway/GetWitnessCheckpoint',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessCheckpointRequest.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.WitnessCheckpoint.FromString,
+                _registered_method=True)
+        self.PostCosignature = channel.unary_unary(
+                '/alliance.v1.Gateway/PostCosignature',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.PostCosignatureRequest.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.PostCosignatureResponse.FromString,
+                _registered_method=True)
+        self.GetWitnessedCheckpoint = channel.unary_unary(
+                '/alliance.v1.Gateway/GetWitnessedCheckpoint',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointRequest.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetQueryProofs = channel.unary_unary(
+                '/alliance.v1.Gateway/GetQueryProofs',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.GetQueryProofsRequest.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.ProvenEntries.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -161,6 +196,53 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostSponsorship(self, request, context):
+        """v2 (members): log a sponsorship or the matching key's creation; the
+        response carries the entry and its inclusion proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostMatchingKeyCreated(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMembership(self, request, context):
+        """v2 (members and auditors): membership entries only, never query entries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWitnessCheckpoint(self, request, context):
+        """v2 witnesses (members).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PostCosignature(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWitnessedCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueryProofs(self, request, context):
+        """v2 reconciliation (members): entries of queries that asked the caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +295,41 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=alliance_dot_v1_dot_alliance__pb2.Proof.SerializeToString,
+            ),
+            'PostSponsorship': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostSponsorship,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.SignedSponsorship.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.SerializeToString,
+            ),
+            'PostMatchingKeyCreated': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostMatchingKeyCreated,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.SignedMatchingKeyCreated.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.SerializeToString,
+            ),
+            'GetMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMembership,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetMembershipRequest.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.ProvenEntries.SerializeToString,
+            ),
+            'GetWitnessCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWitnessCheckpoint,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessCheckpointRequest.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.WitnessCheckpoint.SerializeToString,
+            ),
+            'PostCosignature': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostCosignature,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.PostCosignatureRequest.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.PostCosignatureResponse.SerializeToString,
+            ),
+            'GetWitnessedCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWitnessedCheckpoint,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointRequest.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointResponse.SerializeToString,
+            ),
+            'GetQueryProofs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueryProofs,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetQueryProofsRequest.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.ProvenEntries.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +605,195 @@ class Gateway:
             '/alliance.v1.Gateway/GetConsistencyProof',
             alliance_dot_v1_dot_alliance__pb2.GetConsistencyProofRequest.SerializeToString,
             alliance_dot_v1_dot_alliance__pb2.Proof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostSponsorship(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/PostSponsorship',
+            alliance_dot_v1_dot_alliance__pb2.SignedSponsorship.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostMatchingKeyCreated(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/PostMatchingKeyCreated',
+            alliance_dot_v1_dot_alliance__pb2.SignedMatchingKeyCreated.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/GetMembership',
+            alliance_dot_v1_dot_alliance__pb2.GetMembershipRequest.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.ProvenEntries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWitnessCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/GetWitnessCheckpoint',
+            alliance_dot_v1_dot_alliance__pb2.GetWitnessCheckpointRequest.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.WitnessCheckpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostCosignature(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/PostCosignature',
+            alliance_dot_v1_dot_alliance__pb2.PostCosignatureRequest.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.PostCosignatureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWitnessedCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/GetWitnessedCheckpoint',
+            alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointRequest.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.GetWitnessedCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueryProofs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/GetQueryProofs',
+            alliance_dot_v1_dot_alliance__pb2.GetQueryProofsRequest.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.ProvenEntries.FromString,
             options,
             channel_credentials,
             insecure,
