@@ -18,8 +18,10 @@ FORMAT_VERSION = 1
 FORMAT_VERSIONS = (1, 2)  # 2: entries after `v2_started` (SPEC §6.4)
 
 QUERY_KINDS = ("query", "precheck")
-MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed", "v2_started")
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + ("refusals_suppressed",)
+MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed", "v2_started",
+                    "member_sponsored", "policy_changed", "matching_key_created")
+OTHER_V2_KINDS = ("refusals_suppressed", "gateway_started")
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS
 
 
 def encode(entry: dict[str, Any]) -> bytes:

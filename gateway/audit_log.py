@@ -38,7 +38,14 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> 
     ).scalar_one() - 1
     if now_ms is None:
         now_ms = int(time.time() * 1000)
-    data = audit_entry.encode(build(seq, utc_timestamp(now_ms)))
+    entry = build(seq, utc_timestamp(now_ms))
+    if entry.get("kind") in audit_entry.MEMBERSHIP_KINDS:
+        # Under the head lock, so membership numbers are gap-free in log order too.
+        mseq = conn.execute(select(func.count()).select_from(schema.membership_index)).scalar_one()
+        if entry.get("v", 1) >= 2:
+            entry["membership_seq"] = mseq
+        conn.execute(insert(schema.membership_index).values(membership_seq=mseq, seq=seq))
+    data = audit_entry.encode(entry)
     leaf = merkle.leaf_hash(data)
     conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
     nodes = merkle.nodes_to_add(seq, leaf, _getter(conn))
@@ -59,11 +66,28 @@ def entry_version(conn: Connection) -> int:
     return 1 if v2_started_seq(conn) is None else 2
 
 
+def membership_count(conn: Connection, size: int) -> int:
+    """How many membership entries the first ``size`` leaves hold."""
+    return conn.execute(select(func.count()).select_from(schema.membership_index).where(schema.membership_index.c.seq < size)).scalar_one()
+
+
+def _backfill_membership_index(conn: Connection) -> None:
+    """A v1 log's membership entries get their index (SPEC §6.4)."""
+    if conn.execute(select(func.count()).select_from(schema.membership_index)).scalar_one():
+        return
+    mseq = 0
+    for row in conn.execute(select(schema.log_entries.c.seq, schema.log_entries.c.data).order_by(schema.log_entries.c.seq)):
+        if audit_entry.decode(bytes(row.data), index=row.seq)["kind"] in audit_entry.MEMBERSHIP_KINDS:
+            conn.execute(insert(schema.membership_index).values(membership_seq=mseq, seq=row.seq))
+            mseq += 1
+
+
 def start_v2(conn: Connection, *, deadline_ms: int) -> int:
     """Append `v2_started` (SPEC §6.4) unless the log already has one; returns its seq."""
     existing = v2_started_seq(conn)
     if existing is not None:
         return existing
+    _backfill_membership_index(conn)
     seq, _ = append(conn, lambda s, when: {"v": 2, "kind": "v2_started", "seq": s, "time": when,
                                            "rules": log_rules.started_rules(deadline_ms)})
     conn.execute(insert(schema.log_meta).values(key=V2_STARTED_KEY, value=str(seq)))
@@ -116,18 +140,26 @@ class LogReader:
         self.key_name = key_name
         self.signing_key = signing_key
         self.nodes = NodeCache()
+        self._v2 = False
 
     def size(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
 
     def signed_checkpoint(self, size: int | None = None) -> tuple[int, str]:
+        """A log-signed checkpoint; on a v2 log it carries `membership <count>`."""
         with self.engine.connect() as conn:
             if size is None:
                 size = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
             root = merkle.root_at(size, _getter(conn, self.nodes)) if size else merkle.EMPTY_ROOT
-        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root), self.key_name, self.signing_key)
+            extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
+        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
         return size, note
+
+    def _is_v2(self, conn: Connection) -> bool:
+        if not self._v2:
+            self._v2 = v2_started_seq(conn) is not None  # once v2, always v2
+        return self._v2
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         if not 0 <= index < size <= self.size():

@@ -95,6 +95,16 @@ answer_pins = Table(
     Column("expires_at_ms", BigInteger, nullable=False),
 )
 
+# v2 (SPEC §5.1): the membership feed's index — membership entry number ->
+# leaf index — so members can fetch every membership entry and checkpoints
+# can state how many there are ("membership <count>").
+membership_index = Table(
+    "membership_index",
+    metadata,
+    Column("membership_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False, unique=True),
+)
+
 # Facts about the log itself, e.g. the sequence number of its v2_started entry.
 log_meta = Table(
     "log_meta",
