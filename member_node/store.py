@@ -110,6 +110,19 @@ pinned_credentials = Table(
     Column("credential", LargeBinary, nullable=False),
 )
 
+# What the member node raises for its staff (SPEC §5.1 own-name credentials,
+# §6.1 inconsistent checkpoints, §6.2 unlogged answers, §9 alerts); see
+# alliance_member.alerts. Alerts never name a querier.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(48), nullable=False),
+    Column("raised_at_ms", BigInteger, nullable=False, index=True),
+    Column("message", String(1024), nullable=False),
+    Column("details", String(8192), nullable=False),  # canonical JSON
+)
+
 BOOK_TABLES = {"loans": loans, "flags": flags, "scores": scores}
 
 

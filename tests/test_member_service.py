@@ -198,3 +198,16 @@ def test_a_request_inside_the_gateway_window_is_fresh_at_the_member(service, que
     from alliance import log_rules
     assert log_rules.GATEWAY_FRESHNESS_MS < protocol.FRESHNESS_MS == log_rules.MEMBER_FRESHNESS_MS
     ask(service, querier, signed_query(querier, timestamp_ms=int(time.time() * 1000) - log_rules.GATEWAY_FRESHNESS_MS))
+
+
+def test_alerts_are_durable_and_listed_newest_last(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alliance_member import alerts
+    engine = db.make_engine(db.sqlite_url(tmp_path / "a.db"))
+    store.create_schema(engine)
+    first = alerts.raise_alert(engine, "unlogged_answer", "answer q1 is not in the log", {"query_id": "q1"}, now_ms=1000)
+    alerts.raise_alert(engine, "inconsistent_checkpoint", "two views", now_ms=2000)
+    listed = alerts.list_alerts(engine)
+    assert [(x.kind, x.raised_at_ms) for x in listed] == [("unlogged_answer", 1000), ("inconsistent_checkpoint", 2000)]
+    assert listed[0].details == {"query_id": "q1"} and listed[0].id == first
+    assert [x.kind for x in alerts.list_alerts(engine, since_ms=1500)] == ["inconsistent_checkpoint"]
+    assert [x.kind for x in alerts.list_alerts(engine, after_id=first)] == ["inconsistent_checkpoint"]
