@@ -71,15 +71,23 @@ def membership_count(conn: Connection, size: int) -> int:
     return conn.execute(select(func.count()).select_from(schema.membership_index).where(schema.membership_index.c.seq < size)).scalar_one()
 
 
-def _backfill_membership_index(conn: Connection) -> None:
-    """A v1 log's membership entries get their index (SPEC §6.4)."""
+def _backfill_v1_indexes(conn: Connection) -> None:
+    """Index a v1 log for v2 (SPEC §6.4): its membership entries get their
+    membership numbers, and its accepted LOAN_APPROVAL queries enter the
+    applications index behind inquiries_30d (§4)."""
     if conn.execute(select(func.count()).select_from(schema.membership_index)).scalar_one():
         return
     mseq = 0
     for row in conn.execute(select(schema.log_entries.c.seq, schema.log_entries.c.data).order_by(schema.log_entries.c.seq)):
-        if audit_entry.decode(bytes(row.data), index=row.seq)["kind"] in audit_entry.MEMBERSHIP_KINDS:
+        entry = audit_entry.decode(bytes(row.data), index=row.seq)
+        if entry["kind"] in audit_entry.MEMBERSHIP_KINDS:
             conn.execute(insert(schema.membership_index).values(membership_seq=mseq, seq=row.seq))
             mseq += 1
+        elif (entry["kind"] in audit_entry.QUERY_KINDS and entry.get("outcome") == "accepted"
+              and entry.get("purpose") == "LOAN_APPROVAL" and entry.get("subject_token_sha256")):
+            conn.execute(insert(schema.applications).values(
+                seq=row.seq, querier_id=entry["querier_id"], token_sha256=bytes.fromhex(entry["subject_token_sha256"]),
+                received_at_ms=entry["received_at_ms"]))
 
 
 def start_v2(conn: Connection, *, deadline_ms: int) -> int:
@@ -87,7 +95,7 @@ def start_v2(conn: Connection, *, deadline_ms: int) -> int:
     existing = v2_started_seq(conn)
     if existing is not None:
         return existing
-    _backfill_membership_index(conn)
+    _backfill_v1_indexes(conn)
     seq, _ = append(conn, lambda s, when: {"v": 2, "kind": "v2_started", "seq": s, "time": when,
                                            "rules": log_rules.started_rules(deadline_ms)})
     conn.execute(insert(schema.log_meta).values(key=V2_STARTED_KEY, value=str(seq)))

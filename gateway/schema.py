@@ -113,6 +113,18 @@ log_meta = Table(
     Column("value", String(256), nullable=False),
 )
 
+# v2 (SPEC §4): accepted LOAN_APPROVAL queries and prechecks, the only ones
+# inquiries_30d counts (monitoring and limit reviews are not applications).
+applications = Table(
+    "applications",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("querier_id", String(64), nullable=False),
+    Column("token_sha256", LargeBinary(32), nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Index("ix_applications_token_time", "token_sha256", "received_at_ms"),
+)
+
 # Single row: the log's size. Appenders update it first, which serialises
 # appends across processes on SQLite and PostgreSQL alike.
 log_head = Table(

@@ -38,14 +38,14 @@ INQUIRY_WINDOW_MS = 720 * 3600 * 1000
 MAX_SHARE_BYTES = 4096
 SUPPRESSED_FLUSH_INTERVAL_S = 5.0
 
-_inq = schema.inquiries.c
-_OTHER_QUERIERS = select(func.count(func.distinct(_inq.querier_id))).where(
+APPLICATION_PURPOSE = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts
+_app = schema.applications.c
+_OTHER_QUERIERS = select(func.count(func.distinct(_app.querier_id))).where(
     and_(
-        _inq.token_sha256 == bindparam("token"),
-        _inq.accepted.is_(True),
-        _inq.querier_id != bindparam("querier"),
-        _inq.received_at_ms >= bindparam("since"),
-        _inq.received_at_ms < bindparam("until"),
+        _app.token_sha256 == bindparam("token"),
+        _app.querier_id != bindparam("querier"),
+        _app.received_at_ms >= bindparam("since"),
+        _app.received_at_ms < bindparam("until"),
     )
 )
 
@@ -411,6 +411,9 @@ class GatewayService(pb_grpc.GatewayServicer):
                     accepted=outcome == "accepted",
                 )
             )
+            if outcome == "accepted" and ctx.body is not None and protocol.purpose_name(ctx.body.purpose) == APPLICATION_PURPOSE:
+                conn.execute(insert(schema.applications).values(seq=seq, querier_id=ctx.peer_id, token_sha256=ctx.body.subject_token_sha256,
+                                                                received_at_ms=ctx.received_ms))
         if outcome != "accepted" and failure is not None and querier is not None:
             failure.logged = True  # settling the pin turned this entry into a refusal
             raise failure

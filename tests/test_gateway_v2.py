@@ -315,3 +315,27 @@ def test_the_gateway_refuses_k_min_below_2_and_a_v1_log(gateway, db_url) -> None
     GatewayService(engine=v1, registry=Registry(v1, 0), config=svc.config, member_stub=svc.member_stub,
                    log_reader=svc.log, mask_pools=svc.mask_pools)
     v1.dispose()
+
+
+# -- §4 inquiries_30d counts applications only --------------------------------------
+
+def test_inquiries_30d_counts_loan_approval_queries_and_prechecks_only(gateway, ca, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    svc, stubs, members = gateway
+    _raise_quotas(svc)
+    mengine = db.make_engine(db.sqlite_url(tmp_path / "mq.db"))
+    store.create_schema(mengine)
+    stubs["mq"] = FakeStub(MemberService(member_id="mq", engine=mengine, trust=PeerTrust(mengine, ca.cert),
+                                         signing_key=members["mq"].signing_key, matching_key=lambda: MK,
+                                         mask_pools=paillier.MaskPools(target=2)).answer)
+
+    def inquiries(querier: str, purpose: str = "LOAN_APPROVAL", mode: int = pb.QUERY_MODE_REPORT) -> int:
+        kind = "precheck" if mode == pb.QUERY_MODE_PRECHECK else "query"
+        return process(svc, members, signed_query(members[querier], purpose=purpose, mode=mode), querier, "member", kind).inquiries_30d
+
+    assert inquiries("mq", "POST_LOAN_MONITORING") == 0
+    assert inquiries("mq", "CREDIT_LIMIT_REVIEW") == 0
+    assert inquiries("ma") == 0  # mq's monitoring and limit review are not applications
+    assert inquiries("mb") == 1  # ma applied
+    assert inquiries("mc", mode=pb.QUERY_MODE_PRECHECK) == 2  # ma, mb
+    assert inquiries("mq") == 3  # ma, mb and mc's precheck; not mq's own
+    assert inquiries("ma", "POST_LOAN_MONITORING") == 3  # mb, mc, mq: the figure is shown whatever the purpose
