@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from alliance import pki
-from alliance.errors import Refused
+from alliance.errors import Refused, UsageError
 
 # Batches stream one subject per message, so no message approaches this;
 # it bounds what a garbled or hostile peer can make us allocate.
@@ -93,8 +93,22 @@ def make_server(max_workers: int = 16, *, allowed_roles: Sequence[str] | None = 
     """``allowed_roles``: client roles admitted to every RPC of this server
     (None: any alliance certificate; the services check roles themselves)."""
     interceptors = [RoleGate(allowed_roles)] if allowed_roles is not None else []
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=list(CHANNEL_OPTIONS),
+    # No SO_REUSEPORT: a second process on a port already in use must fail
+    # loudly, not share the port unnoticed (SPEC §12).
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
                        interceptors=interceptors)
+
+
+def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials, what: str) -> int:
+    """Listen on ``address`` or fail with a message that says why."""
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise UsageError(f"{what} cannot listen on {address}: the address is in use (another process, or a replica "
+                      "configured with the same port?) or not local to this machine")
+    return port
 
 
 def add_health_and_reflection(server: grpc.Server, service_names: Sequence[str]) -> health.HealthServicer:

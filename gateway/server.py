@@ -65,9 +65,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     server = transport.make_server(max_workers=32)
     alliance_pb2_grpc.add_GatewayServicer_to_server(service, server)
     transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name])
-    port = server.add_secure_port(listen or cfg.listen, transport.server_credentials(key_pem, cert_pem, ca_pem))
-    if port == 0:
-        raise OSError(f"cannot listen on {listen or cfg.listen}")
+    port = transport.bind(server, listen or cfg.listen, transport.server_credentials(key_pem, cert_pem, ca_pem), "the gateway")
     return server, port, service
 
 

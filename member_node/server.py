@@ -64,9 +64,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     alliance_pb2_grpc.add_MemberNodeServicer_to_server(service, server)
     transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["MemberNode"].full_name])
     address = listen or cfg.listen
-    port = server.add_secure_port(address, transport.server_credentials(key_pem, cert_pem, ca_pem))
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = transport.bind(server, address, transport.server_credentials(key_pem, cert_pem, ca_pem), "the member node")
     return server, port
 
 

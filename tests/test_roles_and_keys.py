@@ -465,3 +465,17 @@ def test_peer_identity_refuses_a_member_certificate_carrying_the_gateway_name() 
     with pytest.raises(Refused, match="reserved name"):
         pki.peer_identity(cert("member"))
     assert pki.peer_identity(cert("gateway")) == ("lender-x", "gateway")
+
+
+def test_a_second_gateway_on_a_port_in_use_fails_loudly(net: Net) -> None:
+    """SPEC §12: no SO_REUSEPORT, so two replicas never share a port unnoticed."""
+    from alliance.errors import UsageError
+    from alliance_gateway.server import build_server
+
+    first, port, _ = build_server(net.gateway, listen=f"{HOST}:0")
+    first.start()
+    try:
+        with pytest.raises(UsageError, match="in use"):
+            build_server(net.gateway, listen=f"{HOST}:{port}")
+    finally:
+        first.stop(0)
