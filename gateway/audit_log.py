@@ -24,6 +24,17 @@ def utc_timestamp(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
+# SPEC §12: a replica that hangs inside an append (stopped, partitioned) holds
+# the head row's lock; others give up after the lock timeout instead of
+# queueing forever, and the server ends the hung transaction, releasing the
+# lock, once it has been idle that long. One round trip.
+_PG_APPEND_LIMITS = (
+    f"SET LOCAL lock_timeout = '{log_rules.LOCK_TIMEOUT_MS}ms'; "
+    f"SET LOCAL statement_timeout = '{2 * log_rules.LOCK_TIMEOUT_MS}ms'; "
+    f"SET LOCAL idle_in_transaction_session_timeout = '{log_rules.LOCK_TIMEOUT_MS}ms'"
+)
+
+
 def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> tuple[int, bytes]:
     """Append one entry inside the caller's transaction; returns (seq, leaf hash).
 
@@ -32,6 +43,8 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> 
     any number of processes get one gap-free sequence. ``now_ms`` None means
     "now, under the lock": membership entries are timed that way, so their
     times never go backwards in log order (SPEC §6.3)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_APPEND_LIMITS)
     seq = conn.execute(
         update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1)
         .returning(schema.log_head.c.size)

@@ -87,3 +87,40 @@ def test_the_gateway_commits_its_log_durably(tmp_path) -> None:  # type: ignore[
     with book.connect() as conn:
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL: a member's book can be re-imported
     book.dispose()
+
+
+def test_a_hung_appender_delays_others_by_seconds_not_forever(pg_url) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §12 on PostgreSQL: a replica stopped inside an append holds the
+    head row's lock; another replica's append gives up after the lock
+    timeout, and the server ends the hung transaction so appends resume."""
+    from sqlalchemy.exc import OperationalError
+
+    from alliance import log_rules
+
+    engine = db.make_engine(pg_url)
+    schema.create_schema(engine)
+    hung = engine.connect()
+    tx = hung.begin()
+    audit_log.append(hung, _entry("hung"), int(time.time() * 1000))  # holds the lock, then goes quiet
+    other = db.make_engine(pg_url)
+    started = time.monotonic()
+    try:  # either the lock timeout fires, or the server ends the idle hung transaction first
+        with other.begin() as conn:
+            audit_log.append(conn, _entry("waits"), int(time.time() * 1000))
+    except OperationalError:
+        pass
+    waited = time.monotonic() - started
+    assert waited < log_rules.LOCK_TIMEOUT_MS / 1000 + 3
+    time.sleep(1)
+    with other.begin() as conn:
+        audit_log.append(conn, _entry("after"), int(time.time() * 1000))
+    with other.connect() as conn:
+        tags = [audit_entry.decode(bytes(d))["member_id"] for d in conn.execute(select(schema.log_entries.c.data).order_by(schema.log_entries.c.seq)).scalars()]
+    assert "hung" not in tags and tags[-1] == "after"  # the hung append was rolled back, never half-written
+    try:
+        tx.rollback()
+    except Exception:  # noqa: BLE001 - its session was terminated
+        pass
+    hung.close()
+    other.dispose()
+    engine.dispose()
