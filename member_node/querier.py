@@ -185,6 +185,8 @@ class Querier:
         request_digest = signing.sha256(signed.body)
         valid = 0
         for receipt in response.answers:
+            if receipt.member_id == self.config.member_id:  # a querier never answers itself: not a summand it can vouch for
+                continue
             trusted = self.trust.answer_key(receipt.member_id)
             if trusted is None:
                 continue
