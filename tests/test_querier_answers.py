@@ -459,3 +459,23 @@ def test_a_normal_sequence_of_queries_proves_each_checkpoint_once(alliance, evil
     newest = screened[-1][1]["audit"]["checkpoint"]
     q.close()
     assert (q.home.checkpoint).read_text(encoding="utf-8") == newest
+
+
+def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:  # type: ignore[no-untyped-def]
+    """One Querier shared by threads (as `alliance bench` does): the kept
+    checkpoint moves under each query, which then proves against the moved
+    one; every report is read and the kept checkpoint is the newest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    net, dataset = alliance
+    q, gw = evil
+    subjects = [s for s in dataset.subjects if len([m for m in s.members if m != QUERIER]) >= 1][:8]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda s: q.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL",
+                                                  consent=CONSENT, as_of=AS_OF), subjects))
+    for result, s in zip(results, subjects):
+        assert _figures(result) == _expected(dataset, s)
+    sizes = [checkpoint.open_checkpoint(r["audit"]["checkpoint"], q.verifier).size for r in results]
+    assert len(gw.proof_calls) >= len(subjects) - 1  # the first may be trusted on first use; every later one is proven
+    q.close()
+    assert checkpoint.open_checkpoint(q.home.checkpoint.read_text(encoding="utf-8"), q.verifier).size == max(sizes)
