@@ -64,6 +64,7 @@ class MaliciousGateway:
         self.tree: merkle.MemoryNodeStore | None = None
         self.credentials: dict[str, pb.Credential] = {}
         self.proof_calls: list[tuple[int, int]] = []
+        self.on_proof: Callable[[], None] | None = None  # runs once, inside the next proof RPC
 
     # -- the GatewayClient surface the querier uses ---------------------------
 
@@ -81,6 +82,9 @@ class MaliciousGateway:
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         self.proof_calls.append((first, second))
+        if self.on_proof is not None:
+            hook, self.on_proof = self.on_proof, None
+            hook()
         if self.tree is not None and second <= self.tree.size:
             return self.tree.consistency_proof(first, second)
         return self.real.consistency_proof(first, second)
@@ -479,3 +483,39 @@ def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:
     assert len(gw.proof_calls) >= len(subjects) - 1  # the first may be trusted on first use; every later one is proven
     q.close()
     assert checkpoint.open_checkpoint(q.home.checkpoint.read_text(encoding="utf-8"), q.verifier).size == max(sizes)
+
+
+def test_a_checkpoint_proven_against_a_kept_one_that_moved_meanwhile_is_proven_again(alliance, evil) -> None:  # type: ignore[no-untyped-def]
+    """While query A's proof RPC is in flight, query B moves the kept
+    checkpoint. A's checkpoint extends the old kept one but forks from B's:
+    A must be proven against B's and refused."""
+    net, dataset = alliance
+    q, gw = evil
+    s = _subject(dataset)
+    subject = Subject(s.id_type, s.canonical_id)
+
+    def ask() -> tuple[pb.SignedQuery, pb.GatewayQueryResponse]:
+        signed, _ = q._signed(subject, "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)
+        return signed, q.client.query(signed)
+
+    q.read_report(*ask())  # kept: K0
+    b, a = ask(), ask()
+    seq_b = b[1].audit.leaf_index
+
+    def fork_after_k0(prefix: list[bytes]) -> None:  # B's entry rewritten: A's tree keeps K0 but not B's checkpoint
+        entry = audit_entry.decode(prefix[seq_b])
+        entry["time"] = "1999-01-01T00:00:00.000Z"
+        prefix[seq_b] = audit_entry.encode(entry)
+
+    forged_a = gw.forge(a[1], edit_prefix=fork_after_k0)
+
+    def b_arrives() -> None:
+        tree, gw.tree = gw.tree, None  # B's own proof comes from the real log
+        q.read_report(*b)
+        gw.tree = tree
+
+    gw.on_proof = b_arrives
+    with pytest.raises(CryptoError):
+        q.read_report(a[0], forged_a)
+    assert gw.on_proof is None and forged_a.audit.tree_size > b[1].audit.tree_size
+    assert gw.proof_calls[-1][0] == b[1].audit.tree_size  # A was proven again, against B's checkpoint
