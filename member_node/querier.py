@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -15,20 +16,26 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alliance import checkpoint, db, identity, matching_key, merkle, paillier, pki, protocol, report, uds1
+from alliance import checkpoint, db, identity, matching_key, merkle, paillier, pki, protocol, report, signing, uds1
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store
+from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
+
+log = logging.getLogger("alliance.querier")
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 # Interim Measures (2016): total outstanding borrowing cap per subject, in fen.
 CAP_FEN = {"RESIDENT_ID": 1_000_000 * 100, "USCC": 5_000_000 * 100}
 MAX_AMOUNT_FEN = 10**12 * 100
 MIN_SUMMANDS = 2
-CONSISTENCY_INTERVAL_S = 5.0
+# The newest proven checkpoint is kept in memory; it is written to the home at
+# most this often (and on close). A crash loses only the newest few: the next
+# run proves consistency from the older one on disk, so nothing goes unproven.
+PERSIST_INTERVAL_S = 5.0
 
 
 def today_shanghai() -> date:
@@ -92,17 +99,26 @@ class Querier:
         self._db_url = db_url
         self._engine = None
         self._checkpoint_lock = threading.Lock()
-        self._kept: checkpoint.Checkpoint | None = None
-        self._kept_at = 0.0
-        self._pending_note: tuple[checkpoint.Checkpoint, str] | None = None
+        self._kept: tuple[checkpoint.Checkpoint, str] | None = None  # newest proven checkpoint and its note
+        self._kept_loaded = False
+        self._persisted_size = 0
+        self._persisted_at = 0.0
         self.client = client or GatewayClient(self.home)
+        self._trust: AnswerTrust | None = None
+        self._trust_lock = threading.Lock()
 
     def close(self) -> None:
         with self._checkpoint_lock:
-            if self._pending_note is not None:
-                self._prove_and_keep(*self._pending_note)
-                self._pending_note = None
+            self._persist_kept(force=True)
         self.client.close()
+
+    @property
+    def trust(self) -> AnswerTrust:
+        """Whose answer signatures count, and with what key (SPEC §5.4)."""
+        with self._trust_lock:
+            if self._trust is None:
+                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential)
+            return self._trust
 
     # -- requests -----------------------------------------------------------
 
@@ -133,7 +149,7 @@ class Querier:
 
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         audit = self.check_receipt(signed, response)
-        summed = self._check_answer_count(response)
+        summed = self.check_answers(signed, response)
         m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
         sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
         report.check_plausible(sums, response.members_answered)
@@ -159,6 +175,35 @@ class Querier:
             raise CryptoError(f"gateway returned a sum over {len(receipts)} member(s); at least {MIN_SUMMANDS} are required")
         return len(receipts)
 
+    def check_answers(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse, *, every_asked: bool = False) -> int:
+        """Before anything is decrypted (SPEC §5.4): the receipts match the
+        logged entry exactly, and at least k of them (every asked member's,
+        for a precheck) carry a valid answer signature by a member this
+        querier trusts, under that member's pinned key. Returns the number of
+        summands (every receipt: the aggregate covers them all)."""
+        summed = self._check_answer_count(response)
+        _check_entry_answers(response)
+        query_id = response.query_id
+        request_digest = signing.sha256(signed.body)
+        valid = 0
+        for receipt in response.answers:
+            if receipt.member_id == self.config.member_id:  # a querier never answers itself: not a summand it can vouch for
+                continue
+            trusted = self.trust.answer_key(receipt.member_id)
+            if trusted is None:
+                continue
+            if not answer_signature_valid(trusted, query_id, request_digest, receipt):
+                trusted = self.trust.refresh(receipt.member_id)  # a key rotation since we pinned it?
+                if trusted is None or not answer_signature_valid(trusted, query_id, request_digest, receipt):
+                    log.warning("query %s: answer receipt of %s has no valid signature", query_id, receipt.member_id)
+                    continue
+            valid += 1
+        needed = len(response.asked_member_ids) if every_asked else MIN_SUMMANDS
+        if valid < needed:
+            raise CryptoError(f"gateway response: {valid} valid answer signature(s) from trusted members; "
+                              f"{'every asked member' if every_asked else 'at least'} {needed} required")
+        return summed
+
     def precheck(self, subject: Subject, *, amount_yuan: str, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
         as_of = as_of or today_shanghai()
         amount_fen = uds1.parse_yuan(amount_yuan, "amount")
@@ -173,9 +218,9 @@ class Querier:
         signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_PRECHECK, enc_x)
         response = self.client.precheck(signed)
         audit = self.check_receipt(signed, response)
-        self._check_answer_count(response)
         if not response.complete or response.members_answered != response.members_asked:
             raise CryptoError("gateway returned a precheck over an incomplete set of members")
+        self.check_answers(signed, response, every_asked=True)
         within = paillier.precheck_within_cap(self.private_key, paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
         return {"query_id": response.query_id, "within_cap": within, "audit": audit}
 
@@ -248,41 +293,83 @@ class Querier:
         if not isinstance(entry, dict) or entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
             raise CryptoError("audit receipt: the logged entry is not this request")
         merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
-        self._keep_newest_checkpoint(cp, receipt.checkpoint)
+        self.prove_consistent(cp, receipt.checkpoint)
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
-    def _keep_newest_checkpoint(self, cp: checkpoint.Checkpoint, note: str) -> None:
-        """Keep the newest checkpoint seen, after proving it consistent with
-        the one kept before. A long-running querier (screen, bench) proves
-        consistency at most every CONSISTENCY_INTERVAL_S; a one-shot CLI query
-        always does."""
-        with self._checkpoint_lock:
-            now = time.monotonic()
-            if self._kept is not None and self._kept.size >= cp.size and self._kept.root_hash == cp.root_hash:
+    def prove_consistent(self, cp: checkpoint.Checkpoint, note: str) -> None:
+        """Prove ``cp`` consistent with the newest checkpoint this querier
+        kept (SPEC §6), whatever its size and however soon after the last
+        one: a newer one must extend the kept one (and is kept instead), an
+        older one must be a prefix of it. One consistency proof per new
+        checkpoint; the lock is not held across the RPC, so concurrent
+        queries retry against a kept checkpoint that moved meanwhile."""
+        while True:
+            with self._checkpoint_lock:
+                kept = self._kept_checkpoint()
+                if kept is None:  # the very first checkpoint this home sees: trust on first use
+                    self._kept = (cp, note)
+                    self._persist_kept()
+                    return
+                if kept.size == cp.size:
+                    if kept.root_hash != cp.root_hash:
+                        raise CryptoError(f"audit log fork: two different checkpoints of size {cp.size}")
+                    return
+            if cp.size > kept.size:
+                merkle.verify_consistency(kept.size, cp.size, self.client.consistency_proof(kept.size, cp.size),
+                                          kept.root_hash, cp.root_hash)
+            else:
+                merkle.verify_consistency(cp.size, kept.size, self.client.consistency_proof(cp.size, kept.size),
+                                          cp.root_hash, kept.root_hash)
+            with self._checkpoint_lock:
+                if self._kept is None or self._kept[0] is not kept:
+                    continue  # another query moved the kept checkpoint: prove against that one
+                if cp.size > kept.size:
+                    self._kept = (cp, note)
+                    self._persist_kept()
                 return
-            if self._kept is not None and now - self._kept_at < CONSISTENCY_INTERVAL_S and cp.size > self._kept.size:
-                self._pending_note = (cp, note)
-                return
-            self._prove_and_keep(cp, note)
-            self._kept, self._kept_at, self._pending_note = cp, now, None
 
-    def _prove_and_keep(self, cp: checkpoint.Checkpoint, note: str) -> None:
-        path = self.home.checkpoint
-        if path.exists():
-            old_note = path.read_text(encoding="utf-8")
-            old = checkpoint.open_checkpoint(old_note, self.verifier)
-            if old.size > cp.size:
-                proof = self.client.consistency_proof(cp.size, old.size)
-                merkle.verify_consistency(cp.size, old.size, proof, cp.root_hash, old.root_hash)
-                return
-            if old.size == cp.size:
-                if old.root_hash != cp.root_hash:
-                    raise CryptoError("audit log fork: two different checkpoints of the same size")
-                return
-            if old.size > 0:
-                proof = self.client.consistency_proof(old.size, cp.size)
-                merkle.verify_consistency(old.size, cp.size, proof, old.root_hash, cp.root_hash)
-        write_atomic(path, note.encode("utf-8"))
+    def _kept_checkpoint(self) -> checkpoint.Checkpoint | None:
+        """Under the lock: the kept checkpoint, read from the home once."""
+        if not self._kept_loaded:
+            self._kept_loaded = True
+            path = self.home.checkpoint
+            if path.exists():
+                note = path.read_text(encoding="utf-8")
+                old = checkpoint.open_checkpoint(note, self.verifier)
+                self._kept = (old, note)
+                self._persisted_size = old.size
+        return None if self._kept is None else self._kept[0]
+
+    def _persist_kept(self, *, force: bool = False) -> None:
+        """Under the lock: write the kept checkpoint to the home (it only
+        ever grows, each step proven)."""
+        if self._kept is None or self._kept[0].size <= self._persisted_size:
+            return
+        now = time.monotonic()
+        if not force and now - self._persisted_at < PERSIST_INTERVAL_S:
+            return
+        write_atomic(self.home.checkpoint, self._kept[1].encode("utf-8"))
+        self._persisted_size, self._persisted_at = self._kept[0].size, now
+
+
+def _check_entry_answers(response: pb.GatewayQueryResponse) -> None:
+    """The logged entry must list exactly the members asked and the answer
+    receipts the response carries: what the querier decrypts is what
+    auditors and members see in the log."""
+    try:
+        entry = json.loads(response.audit.entry)
+        logged = sorted(
+            (a["member_id"], bytes.fromhex(a["ciphertext_sha256"]), bytes.fromhex(a["signature"])) for a in entry["answers"]
+        )
+        answered = sorted(entry["members_answered"])
+        asked = list(entry["members_asked"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CryptoError("audit receipt: the logged entry does not list the answers") from None
+    carried = sorted((r.member_id, r.ciphertext_sha256, r.signature) for r in response.answers)
+    if logged != carried or answered != sorted(r.member_id for r in response.answers):
+        raise CryptoError("audit receipt: the logged answers differ from the answers in the response")
+    if asked != list(response.asked_member_ids):
+        raise CryptoError("audit receipt: the logged members asked differ from the response's")
 
 
 def _error_from_query_error(err: pb.QueryError) -> AllianceError:
