@@ -120,3 +120,33 @@ def test_a_replayed_request_never_reaches_the_members(alliance) -> None:  # type
     assert exc.value.reason == "replayed_query_id"
     last = _log(net)[-1][1]
     assert last["reason"] == "replayed_query_id" and last["members_asked"] == []
+
+
+def test_clients_fail_over_on_an_outage_but_never_retry_a_refusal(alliance) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §5.4, §12: several gateway endpoints; only UNAVAILABLE without
+    `alliance-reason` moves to the next one, so a refusal is never replayed."""
+    from alliance_cli.localnet import free_port
+
+    net, dataset = alliance
+    dead = f"127.0.0.1:{free_port()}"
+    home = MemberHome(net.members["lender-b"].home)
+    client = GatewayClient(home, target=f"{dead},{net.gateway_endpoint}")
+    called: list[str] = []
+    real = client._stub_for
+    client._stub_for = lambda target: (called.append(target), real(target))[1]  # type: ignore[method-assign]
+    q = Querier(home.path, client=client)
+    try:
+        s = dataset.subjects[4]
+        signed, _ = q._signed(Subject(s.id_type, s.canonical_id), "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)
+        q.read_report(signed, client.query(signed))
+        assert called[:2] == [dead, net.gateway_endpoint] and set(called[2:]) <= {net.gateway_endpoint}  # then sticks to it
+        called.clear()
+        with pytest.raises(Refused) as exc:  # the same request again: refused, and not tried elsewhere
+            client.query(signed)
+        assert exc.value.reason == "replayed_query_id" and called == [net.gateway_endpoint]
+    finally:
+        q.close()
+    s = dataset.subjects[6]
+    out = cli("--gateway", f"{dead},{net.gateway_endpoint}", "member", "query", "--home", str(home.path), "--id-type", s.id_type,
+              "--id", s.canonical_id, "--purpose", "LOAN_APPROVAL", "--consent-id", "C-9", "--consent-sha256", "ab" * 32, "--json")
+    assert out.returncode == 0, out.stderr

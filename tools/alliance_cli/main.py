@@ -54,10 +54,17 @@ class AllianceGroup(click.Group):
 
 @click.group(cls=AllianceGroup)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
-def cli(verbose: bool) -> None:
+@click.option("--gateway", "gateways", default=None, metavar="HOST:PORT[,HOST:PORT…]",
+              help="Gateway replicas to use instead of the home's member.json (tried in order; an outage fails over "
+                   "to the next). Also $ALLIANCE_GATEWAY.")
+def cli(verbose: bool, gateways: str | None) -> None:
     """Credit alliance gateway: multi-lending reports without disclosure."""
     level = logging.DEBUG if os.environ.get("ALLIANCE_DEBUG") else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    if gateways is not None:
+        for target in gateways.split(","):
+            _check_host_port("--gateway", target.strip())
+        os.environ["ALLIANCE_GATEWAY"] = gateways  # read by every gateway client this command opens
 
 
 PURPOSES = ("LOAN_APPROVAL", "CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING")  # SPEC §4
