@@ -117,7 +117,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli("member", "keygen", "--home", str(home), "--id", "lender-a", "--name", "Lender A",
                "--endpoint", "127.0.0.1:7001").returncode == 0
     assert cli("member", "matching-key", "create", "--home", str(home)).returncode == 0
-    assert cli("admin", "init", "--home", str(admin), "--gateway-home", str(root / "gw")).returncode == 0
+    assert cli("admin", "init", "--local", "--home", str(admin), "--gateway-home", str(root / "gw")).returncode == 0
     assert cli("admin", "member", "add", "--home", str(admin), "--request", str(home / "join-request.bin"),
                "--out", str(root / "a.bundle")).returncode == 0
     data = root / "data"

@@ -339,3 +339,18 @@ def test_inquiries_30d_counts_loan_approval_queries_and_prechecks_only(gateway, 
     assert inquiries("mc", mode=pb.QUERY_MODE_PRECHECK) == 2  # ma, mb
     assert inquiries("mq") == 3  # ma, mb and mc's precheck; not mq's own
     assert inquiries("ma", "POST_LOAN_MONITORING") == 3  # mb, mc, mq: the figure is shown whatever the purpose
+
+
+def test_a_request_with_an_unknown_purpose_is_refused_and_logged(gateway) -> None:  # type: ignore[no-untyped-def]
+    from alliance import signing
+    svc, stubs, members = gateway
+    calls = _count_calls(stubs)
+    q = signed_query(members["mq"])
+    body = pb.QueryRequestBody.FromString(q.body)
+    body.purpose = 9  # no such purpose
+    q.body = body.SerializeToString(deterministic=True)
+    q.signature = signing.sign(members["mq"].signing_key, signing.QUERY_REQUEST, q.body)
+    with pytest.raises(QueryFailure) as exc:
+        process(svc, members, q, "mq", "member", "query")
+    assert exc.value.reason == "unknown_purpose" and exc.value.exit_code == 4 and calls == []
+    assert _last_entry(svc)["reason"] == "unknown_purpose"
