@@ -1,0 +1,85 @@
+"""The fields of a query or precheck entry, type-checked, and the
+consistency of its fan-out (who was asked, who answered, who was dropped)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from alliance.audit_verify.fields import STATE_GRACE_MS, Bad, field, hex_field, member_ids, utc_timestamp
+
+COPIED_FIELDS = ("query_id", "subject_token_sha256", "purpose", "consent_id", "consent_sha256")
+
+
+@dataclass
+class Query:
+    """The fields of a query/precheck entry, type-checked and decoded."""
+
+    seq: int
+    kind: str
+    received_ms: int
+    querier_id: str
+    body_bytes: bytes
+    signature: bytes
+    asked: list[str]
+    answered: list[str]
+    answers: list[tuple[str, bytes, bytes]]  # (member id, ciphertext SHA-256, signature)
+    dropped: list[str]
+    k_min: int
+    inquiries_30d: int
+    outcome: str
+    reason: str | None
+    copies: dict[str, Any]
+
+    @property
+    def window_start(self) -> int:
+        return self.received_ms - STATE_GRACE_MS
+
+
+def parse_query(seq: int, e: dict[str, Any]) -> Query:
+    received = field(e, "received_at_ms", int)
+    if e.get("time") != utc_timestamp(received):
+        raise Bad(f"time {e.get('time')!r} is not the receipt time {utc_timestamp(received)} (received_at_ms)")
+    answers = []
+    for a in field(e, "answers", list):  # the bulk of an entry: checked inline
+        if type(a) is not dict or type(a.get("member_id")) is not str:
+            raise Bad("an answer is not an object naming its member")
+        answers.append((a["member_id"], hex_field(a, "ciphertext_sha256", size=32), hex_field(a, "signature")))
+    dropped = []
+    for d in field(e, "dropped", list):
+        if not isinstance(d, dict):
+            raise Bad("a dropped member is not an object")
+        dropped.append(field(d, "member_id", str))
+    outcome = field(e, "outcome", str)
+    if outcome not in ("accepted", "refused"):
+        raise Bad(f"outcome {outcome!r} is neither accepted nor refused")
+    q = Query(
+        seq=seq, kind=e["kind"], received_ms=received, querier_id=field(e, "querier_id", str),
+        body_bytes=hex_field(e, "request_body") or b"", signature=hex_field(e, "request_signature") or b"",
+        asked=member_ids(e, "members_asked"), answered=member_ids(e, "members_answered"), answers=answers,
+        dropped=dropped, k_min=field(e, "k_min", int), inquiries_30d=field(e, "inquiries_30d", int), outcome=outcome,
+        reason=field(e, "reason", str, nullable=True), copies={name: e.get(name) for name in COPIED_FIELDS},
+    )
+    field(e, "detail", str, nullable=True)
+    return q
+
+
+def check_fan_out(q: Query) -> None:
+    """Who was asked, who answered, who was dropped: one consistent story."""
+    if q.asked != sorted(q.asked):
+        raise Bad("members_asked is not sorted")
+    if q.querier_id in q.asked:
+        raise Bad(f"the querier {q.querier_id} was asked about its own query")
+    if q.answered != [a[0] for a in q.answers]:
+        raise Bad("members_answered does not list the members of answers, in order")
+    if len(set(q.dropped)) != len(q.dropped):
+        raise Bad("a member is dropped twice")
+    if not set(q.answered) <= set(q.asked):
+        raise Bad(f"{', '.join(sorted(set(q.answered) - set(q.asked)))} answered without being asked")
+    if set(q.answered) & set(q.dropped):
+        raise Bad(f"{', '.join(sorted(set(q.answered) & set(q.dropped)))} both answered and dropped")
+    if q.reason == "too_few_members" or not q.asked:
+        if q.answered or q.dropped:
+            raise Bad("answers or drops recorded for a query that was never sent to members")
+    elif set(q.answered) | set(q.dropped) != set(q.asked):
+        missing = set(q.asked) - set(q.answered) - set(q.dropped)
+        raise Bad(f"asked member(s) {', '.join(sorted(missing))} neither answered nor were dropped")
