@@ -15,10 +15,13 @@ from typing import Any
 from alliance.errors import VerificationFailed
 
 FORMAT_VERSION = 1
+FORMAT_VERSION_2 = 2  # entries after a log's v2_started entry (and that entry itself)
+FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_2)
 
 QUERY_KINDS = ("query", "precheck")
 MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed")
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS
+V2_KINDS = ("v2_started", "refusals_suppressed")  # only in version 2 entries; the verifier enforces that
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + V2_KINDS
 
 
 def encode(entry: dict[str, Any]) -> bytes:
@@ -39,7 +42,7 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
         raise VerificationFailed(f"entry {index}: {exc}", entry=index) from exc
     if canonical != data:
         raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
-    if entry.get("v") != FORMAT_VERSION or entry.get("kind") not in KINDS:
+    if type(entry.get("v")) is not int or entry["v"] not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
         raise VerificationFailed(f"entry {index}: unknown version or kind", entry=index)
     if index is not None and entry.get("seq") != index:
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)

@@ -15,7 +15,10 @@ smallest entry index any of them blames is reported:
    auditor kept (:func:`check_history`: rollbacks and forks).
 3. Contents, in log order (:mod:`.replay`): membership replayed from the
    log itself (:mod:`.membership`), every query entry checked against it
-   (:mod:`.query_rules`, reasons in :mod:`.reasons`).
+   (:mod:`.query_rules`, reasons in :mod:`.reasons`); from a ``v2_started``
+   entry on, also the version 2 rules (:mod:`.v2_rules`: bounds and shapes;
+   :mod:`.pins`: answering sets; :mod:`.ledger`: query ids and quotas across
+   entries; :mod:`.timeline`: membership entry times).
 
 Signature checks dominate the cost; they are batched and, for large logs,
 spread over worker processes (:mod:`.signatures`) while the main process
@@ -25,8 +28,9 @@ Modules: ``tree`` (structure, checkpoints, first divergence), ``signatures``
 (batched Ed25519 jobs), ``fields`` (decoding and typed field access),
 ``membership`` (membership replay), ``query_entry`` (query fields and
 fan-out), ``query_rules`` and ``reasons`` (what accepted and refused entries
-must show), ``replay`` (dispatch), ``result`` (the result and the choice of
-the first problem)."""
+must show), ``replay`` (dispatch and versions), ``v2_rules``, ``pins``,
+``ledger``, ``timeline`` (version 2), ``result`` (the result and the choice
+of the first problem)."""
 from __future__ import annotations
 
 import hashlib
@@ -52,7 +56,14 @@ from alliance.audit_verify.reasons import (
     REASONS_BEFORE_PARSE,
 )
 from alliance.audit_verify.replay import Replay
-from alliance.audit_verify.result import CONTENT, DECODE, STRUCTURE, TREE, Problems, VerifyResult
+from alliance.audit_verify.result import (
+    CONTENT,
+    DECODE,
+    STRUCTURE,
+    TREE,
+    Problems,
+    VerifyResult,
+)
 from alliance.audit_verify.signatures import (
     JOBS_PER_CHUNK,
     PARALLEL_MIN_JOBS,
@@ -60,7 +71,14 @@ from alliance.audit_verify.signatures import (
     SignatureJob,
     check_signature_jobs,
 )
-from alliance.audit_verify.tree import ProofSource, Tree, check_history, damaged_entry, first_divergence, trusted_tree
+from alliance.audit_verify.tree import (
+    ProofSource,
+    Tree,
+    check_history,
+    damaged_entry,
+    first_divergence,
+    trusted_tree,
+)
 from alliance.checkpoint import Checkpoint
 from alliance.errors import VerificationFailed
 
@@ -85,6 +103,7 @@ def verify_log(
     contents: bool = True,
     on_entry: Callable[[int, dict[str, Any]], None] | None = None,
     workers: int | None = None,
+    now_ms: int | None = None,
 ) -> VerifyResult:
     """Verify ``entries`` (index, bytes), in order, against ``signed``.
 
@@ -93,10 +112,12 @@ def verify_log(
     ``trusted_leaves`` (32-byte leaf hashes back to back) is the tree last
     verified, to name the exact entry of a fork. ``contents=False`` checks
     structure and history only; ``on_entry`` sees each decoded entry (for
-    reports). Raises VerificationFailed(entry=first bad entry)."""
+    reports). ``now_ms`` is the verifier's clock (default: now), against
+    which a v2 membership entry's time is judged. Raises
+    VerificationFailed(entry=first bad entry)."""
     started = time.perf_counter()
     problems = Problems()
-    replay = Replay(ca_cert) if contents else None
+    replay = Replay(ca_cert, now_ms=int(time.time() * 1000) if now_ms is None else now_ms) if contents else None
     signatures = SignatureChecker(workers, parallel_min_jobs=PARALLEL_MIN_JOBS, jobs_per_chunk=JOBS_PER_CHUNK)
     leaves: list[bytes] = []
     kinds: Counter[str] = Counter()
@@ -122,9 +143,12 @@ def verify_log(
                 on_entry(position, entry)
             if replay is not None:
                 try:
-                    signatures.add(replay.entry(position, entry))
+                    signatures.add(replay.entry(position, entry, len(data)))
                 except Bad as exc:
                     problems.add(position, CONTENT, str(exc))
+        if replay is not None:
+            for index, complaint in replay.finish(complete=not problems.items and len(leaves) == signed.size):
+                problems.add(index, CONTENT, complaint)
         if len(leaves) < signed.size:
             problems.add(len(leaves), STRUCTURE, f"the entry is missing: the gateway served only {len(leaves)} entries, "
                                                  f"its signed checkpoint covers {signed.size}")
@@ -152,5 +176,6 @@ def verify_log(
         accepted=replay.accepted if replay else 0, refused=replay.refused if replay else 0,
         refusals=dict(replay.refusals) if replay else {}, unverified_refusals=dict(replay.unverified) if replay else {},
         signatures_checked=signatures.checked, kept_checkpoints=len(kept), seconds=time.perf_counter() - started, tree=tree,
+        suppressed_refusals=dict(replay.suppressed) if replay else {},
     )
 

@@ -39,7 +39,8 @@ def decode_entry(data: bytes, index: int) -> dict[str, Any]:
         if data.isascii():
             entry = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
             if (type(entry) is dict and entry.get("seq") == index and type(entry.get("seq")) is int
-                    and entry.get("v") == audit_entry.FORMAT_VERSION and entry.get("kind") in audit_entry.KINDS
+                    and type(entry.get("v")) is int and entry["v"] in audit_entry.FORMAT_VERSIONS
+                    and entry.get("kind") in audit_entry.KINDS
                     and json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                                    allow_nan=False).encode("ascii") == data):
                 return entry

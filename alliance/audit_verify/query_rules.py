@@ -2,20 +2,47 @@
 so far: every accepted query carries a valid querier signature by the
 credential current at the time, consent, at least k answers each signed by
 its member, and passed every gateway check that can be re-derived; every
-refusal's reason must fit what the entry shows."""
+refusal's reason must fit what the entry shows. Version 2 entries are also
+judged by the rules they state (freshness), the answering-set pins and the
+cross-entry checks of the :class:`Ledger`."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from alliance import protocol, signing
-from alliance.audit_verify.fields import CREDENTIAL_SLACK_S, INQUIRY_WINDOW_MS, Bad, day_start_ms, utc_timestamp
+from alliance.audit_verify.fields import (
+    CREDENTIAL_SLACK_S,
+    INQUIRY_WINDOW_MS,
+    Bad,
+    day_start_ms,
+    utc_timestamp,
+)
+from alliance.audit_verify.ledger import Ledger
 from alliance.audit_verify.membership import Credential, Member, Membership, during
+from alliance.audit_verify.pins import Pin, Pins
 from alliance.audit_verify.query_entry import Query, check_fan_out, parse_query
-from alliance.audit_verify.reasons import KNOWN_REASONS, PARSE_REASONS, REASON_RULES, REASONS_AFTER_SIGNATURE, REASONS_BEFORE_PARSE
+from alliance.audit_verify.reasons import (
+    KNOWN_REASONS,
+    PARSE_REASONS,
+    REASON_RULES,
+    REASONS_AFTER_SIGNATURE,
+    REASONS_BEFORE_PARSE,
+    V1_REASONS,
+)
 from alliance.audit_verify.signatures import SignatureJob
+from alliance.audit_verify.v2_rules import Rules
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
+
+
+@dataclass
+class V2:
+    """What a log that became version 2 adds: its rules and the pins."""
+
+    rules: Rules
+    pins: Pins
 
 
 class QueryRules:
@@ -23,8 +50,10 @@ class QueryRules:
     inquiry index as the gateway keeps them. ``check`` returns the signature
     jobs the entry needs."""
 
-    def __init__(self, membership: Membership) -> None:
+    def __init__(self, membership: Membership, ledger: Ledger) -> None:
         self.membership = membership
+        self.ledger = ledger
+        self.v2: V2 | None = None  # set at the log's v2_started entry
         self.members = membership.members
         self.by_serial = membership.by_serial
         self.tokens: dict[bytes, list[tuple[int, str]]] = {}
@@ -34,16 +63,42 @@ class QueryRules:
         self.unverified: Counter[str] = Counter()
 
     def check(self, seq: int, e: dict[str, Any]) -> list[SignatureJob]:
-        q = parse_query(seq, e)
-        body, parse_reason = self._parse_body(q)
+        v2 = self.v2
+        q = parse_query(seq, e, v2.rules if v2 else None)
+        if q.oversized and q.reason != "malformed_request":
+            raise Bad(f"fields are listed as oversized, but the entry is not refused malformed_request ({q.reason})")
+        # Sizes are checked before anything is parsed: an oversized request was never parsed.
+        body, parse_reason = (None, None) if q.oversized else self._parse_body(q)
         self._check_copies(q, body, parse_reason)
         check_fan_out(q)
         querier = self.members.get(q.querier_id)
-        jobs = self._accepted(q, body, querier) if q.outcome == "accepted" else self._refused(q, body, parse_reason, querier)
+        pin = v2.pins.live(q.copies["subject_token_sha256"], q.received_ms) if v2 else None
+        if q.outcome == "accepted":
+            jobs = self._accepted(q, body, querier, pin)
+        else:
+            jobs = self._refused(q, body, parse_reason, querier, pin)
         if body is not None:
             jobs.extend(self._answer_jobs(q, body))
+        if v2 is not None:
+            self._answer_set(q, v2.pins, pin)
+            if q.asked:
+                self.ledger.fanned_out(seq, q.querier_id, q.received_ms)
+        self.ledger.query_id(seq, q.copies["query_id"], used=q.outcome == "accepted" or bool(q.asked), reason=q.reason, v2=q.v2)
         self._account(q, body, querier)
         return jobs
+
+    def _answer_set(self, q: Query, pins: Pins, pin: Pin | None) -> None:
+        """An accepted entry takes (or is held to) the token's pin, and states
+        it; a refusal states the live pin it was judged under, or null."""
+        if q.outcome == "accepted":
+            token = q.copies["subject_token_sha256"]
+            assert token is not None  # an accepted entry's body parsed
+            pin = pins.take(q.seq, token, q.querier_id, q.answered, q.received_ms)
+        elif q.answer_set is None and q.reason != "answer_set_changed":
+            return
+        if pin is None or q.answer_set != pin.members:
+            expected = "null" if pin is None else ", ".join(pin.members)
+            raise Bad(f"answer_set {q.answer_set!r} is not the pinned set for the token ({expected})")
 
     @staticmethod
     def _parse_body(q: Query) -> tuple[pb.QueryRequestBody | None, str | None]:
@@ -57,8 +112,7 @@ class QueryRules:
     def _check_copies(q: Query, body: pb.QueryRequestBody | None, parse_reason: str | None) -> None:
         """The convenience copies (purpose, consent, ...) must say what the
         querier signed, or be null where the gateway never parsed the body."""
-        unparsed = body is None or q.reason in REASONS_BEFORE_PARSE
-        if unparsed:
+        if body is None or q.reason in REASONS_BEFORE_PARSE:
             if any(v is not None for v in q.copies.values()):
                 raise Bad("request fields are filled in although the gateway never parsed the request")
             return
@@ -78,7 +132,8 @@ class QueryRules:
                      else "reason bad_signature does not fit: the querier's signature verifies")
         return q.seq, (cred.ed25519,), signing.QUERY_REQUEST + q.body_bytes, q.signature, expected, complaint
 
-    def _accepted(self, q: Query, body: pb.QueryRequestBody | None, querier: Member | None) -> list[SignatureJob]:
+    def _accepted(self, q: Query, body: pb.QueryRequestBody | None, querier: Member | None,
+                  pin: Pin | None) -> list[SignatureJob]:
         """Everything the gateway must have checked before answering."""
         if q.reason is not None:
             raise Bad("an accepted query carries a refusal reason")
@@ -100,12 +155,14 @@ class QueryRules:
             raise Bad(f"the request names credential serial {cred.serial}, but {q.querier_id}'s current serial was {max(current)}")
         if not cred.not_before - CREDENTIAL_SLACK_S <= q.received_ms // 1000 < cred.not_after + CREDENTIAL_SLACK_S:
             raise Bad(f"querier credential serial {cred.serial} was not valid at {utc_timestamp(q.received_ms)}")
-        if abs(q.received_ms - body.timestamp_ms) > protocol.FRESHNESS_MS:
+        if q.rules is None and abs(q.received_ms - body.timestamp_ms) > protocol.FRESHNESS_MS:
             raise Bad("the request timestamp is more than 5 minutes from its receipt")
+        if q.rules is not None and abs(q.received_ms - body.timestamp_ms) > q.rules.freshness_ms:
+            raise Bad(f"the request timestamp is more than rules.freshness_ms = {q.rules.freshness_ms} ms from its receipt")
         if body.paillier_key_fingerprint != cred.paillier_fingerprint:
             raise Bad("the request's Paillier key is not the querier's registered key")
         quotas = during(querier.quota, q.window_start, q.received_ms)
-        if None not in quotas and querier.accepted_since(day_start_ms(q.received_ms)) >= max(quotas):
+        if not q.v2 and None not in quotas and querier.accepted_since(day_start_ms(q.received_ms)) >= max(quotas):
             raise Bad(f"querier {q.querier_id} had used its daily quota of {max(quotas)}, yet the query was accepted")
         if q.k_min < 2:
             raise Bad(f"k_min {q.k_min} is below 2")
@@ -113,17 +170,20 @@ class QueryRules:
             raise Bad(f"accepted with {len(q.answered)} answer(s); at least k_min = {q.k_min} are required")
         if q.kind == "precheck" and len(q.answered) != len(q.asked):
             raise Bad(f"precheck accepted with {len(q.answered)} of {len(q.asked)} asked members answering")
-        self._check_asked(q, querier)
+        self._check_asked(q, querier, pinned=pin is not None)
         self._check_inquiries(q, body)
         return [self._querier_job(q, cred, True)]
 
-    def _check_asked(self, q: Query, querier: Member) -> None:
+    def _check_asked(self, q: Query, querier: Member, *, pinned: bool) -> None:
         """Those asked were active members; no member active throughout the
-        window before the query was left out (its debts would be hidden)."""
+        window before the query was left out (its debts would be hidden) --
+        unless the token is pinned: then the pin says who is asked."""
         for member_id in q.asked:
             member = self.members.get(member_id)
             if member is None or member.role != "member" or "active" not in during(member.status, q.window_start):
                 raise Bad(f"asked {member_id}, which was not an active member")
+        if pinned:
+            return
         for member in self.members.values():
             if (member.role == "member" and member.member_id != querier.member_id and member.member_id not in q.asked
                     and member.first_ms <= q.window_start and during(member.status, q.window_start, q.received_ms) == {"active"}):
@@ -138,15 +198,15 @@ class QueryRules:
             raise Bad(f"inquiries_30d is {q.inquiries_30d}, but the log shows {len(others)} other querier(s) in 30 days")
 
     def _refused(self, q: Query, body: pb.QueryRequestBody | None, parse_reason: str | None,
-                 querier: Member | None) -> list[SignatureJob]:
+                 querier: Member | None, pin: Pin | None) -> list[SignatureJob]:
         """The stated reason must fit the entry; a refusal raised after the
         signature check must carry a valid querier signature (or the
         operator could log refusals in a member's name)."""
         reason = q.reason
         if reason is None:
             raise Bad("a refused query has no reason")
-        if reason not in KNOWN_REASONS:
-            raise Bad(f"reason {reason!r} is not one the gateway gives")
+        if reason not in (KNOWN_REASONS if q.v2 else V1_REASONS):
+            raise Bad(f"reason {reason!r} is not one the gateway gives" + (" in a version 1 entry" if reason in KNOWN_REASONS else ""))
         jobs: list[SignatureJob] = []
         cred = self._credential_for(q, body) if body is not None else None
         if reason in REASONS_AFTER_SIGNATURE:
@@ -159,7 +219,7 @@ class QueryRules:
             jobs.append(self._querier_job(q, cred, False))
             fits: bool | None = True
         else:
-            fits = self._reason_fits(q, body, parse_reason, querier, cred)
+            fits = self._reason_fits(q, body, parse_reason, querier, cred, pin)
         if fits is False:
             raise Bad(f"reason {reason} does not fit the entry ({REASON_RULES[reason]})")
         if fits is None:
@@ -167,9 +227,12 @@ class QueryRules:
         return jobs
 
     def _reason_fits(self, q: Query, body: pb.QueryRequestBody | None, parse_reason: str | None,
-                     querier: Member | None, cred: Credential | None) -> bool | None:
-        """True: re-derived; False: contradicted; None: cannot be re-derived."""
+                     querier: Member | None, cred: Credential | None, pin: Pin | None) -> bool | None:
+        """True: re-derived (or, in a v2 entry, left to the ledger's checks
+        across the log); False: contradicted; None: cannot be re-derived."""
         reason = q.reason
+        if q.oversized:  # a v2 malformed_request for fields over their bounds
+            return all(item.over_bound for item in q.oversized)
         is_member = querier is not None and querier.role == "member"
         if reason in ("wrong_role", "unknown_member"):
             return not is_member
@@ -189,13 +252,20 @@ class QueryRules:
             return querier is not None and any(
                 c.serial != body.credential_serial for c in during(querier.credentials, q.window_start, q.received_ms))
         if reason == "stale_timestamp":
-            return abs(q.received_ms - body.timestamp_ms) > protocol.FRESHNESS_MS
+            return abs(q.received_ms - body.timestamp_ms) > (q.rules.freshness_ms if q.rules else protocol.FRESHNESS_MS)
         if reason == "foreign_key":
             return cred is not None and body.paillier_key_fingerprint != cred.paillier_fingerprint
+        if reason == "quota_exceeded" and q.v2:
+            self.ledger.quota_refusal(q.seq, q.querier_id, q.received_ms)  # needs the fanned-out entries around it
+            return True
+        if reason == "replayed_query_id":
+            return not q.asked  # the original, anywhere in the log, is the ledger's check
+        if reason == "answer_set_changed":
+            return pin is not None and sorted(q.answered) != pin.less(q.querier_id)
         if reason == "quota_exceeded":
             quotas = during(querier.quota, q.window_start, q.received_ms) if querier else {None}
             known = [x for x in quotas if x is not None]
-            if known and querier.accepted_since(day_start_ms(q.received_ms)) >= min(known):
+            if known and querier is not None and querier.accepted_since(day_start_ms(q.received_ms)) >= min(known):
                 return True
             return None if None in quotas else False  # a quota the log never stated may have been lower
         if reason == "too_few_members":

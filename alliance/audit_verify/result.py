@@ -27,6 +27,7 @@ class VerifyResult:
     kept_checkpoints: int
     seconds: float
     tree: Tree = field(repr=False)
+    suppressed_refusals: dict[str, int] = field(default_factory=dict)  # peer id -> requests rejected unlogged (v2)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class VerifyResult:
             "refused": self.refused,
             "refusals": dict(sorted(self.refusals.items())),
             "unverified_refusals": dict(sorted(self.unverified_refusals.items())),
+            "suppressed_refusals": dict(sorted(self.suppressed_refusals.items())),
             "signatures_checked": self.signatures_checked,
             "kept_checkpoints": self.kept_checkpoints,
             "seconds": round(self.seconds, 3),

@@ -27,8 +27,9 @@ _KEY_CACHE: dict[bytes, Ed25519PublicKey | None] = {}
 
 
 def _signature_valid(key: bytes, message: bytes, signature: bytes) -> bool:
-    public = _KEY_CACHE.get(key, False)
-    if public is False:
+    if key in _KEY_CACHE:
+        public = _KEY_CACHE[key]
+    else:
         try:
             public = Ed25519PublicKey.from_public_bytes(key)
         except ValueError:
