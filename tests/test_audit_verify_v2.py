@@ -97,6 +97,7 @@ def new_v2_log(b: V2LogBuilder, quotas: dict[str, int] | None = None) -> V2LogBu
     b.start_v2()
     for m in (*MEMBERS, "aud"):
         b.issue(b.people[m], daily_quota=(quotas or {}).get(m, 1000))
+    b.tick(audit_verify.STATE_GRACE_MS + 1000)  # past the registry's grace: every member must be asked from now on
     return b
 
 
@@ -281,6 +282,17 @@ def test_a_report_after_the_pin_expired_may_be_over_a_new_set(v2: V2LogBuilder) 
     v2.verify()
 
 
+def test_each_report_extends_the_pin(v2: V2LogBuilder) -> None:
+    v2.query("m1", subject=SUBJECT, answer=("m2", "m3"))  # P = m1, m2, m3 until a day later ...
+    v2.tick(20 * 3600 * 1000)
+    v2.query("m2", subject=SUBJECT)  # ... and now until a day after this report
+    v2.tick(10 * 3600 * 1000)
+    bad = v2.query("m1", subject=SUBJECT, asked=["m2", "m3", "m4"],  # 30 h after the first report: still pinned,
+                   answer_set=["m1", "m2", "m3", "m4"])  # so it cannot start a new set
+    entry, message = v2.bad_entry()
+    assert entry == bad and "must be over exactly m2, m3" in message
+
+
 def test_a_report_just_before_the_pin_expired_is_still_held_to_it(v2: V2LogBuilder) -> None:
     v2.query("m1", subject=SUBJECT, answer=("m2", "m3"))
     v2.tick(DAY_MS - 5_000)
@@ -330,9 +342,9 @@ def test_more_fanned_out_entries_in_a_day_than_the_quota_is_named(b: V2LogBuilde
 def test_a_quota_exceeded_refusal_fits_when_the_fanned_out_entries_reach_the_quota(b: V2LogBuilder) -> None:
     v2 = new_v2_log(b, {"m1": 2})
     v2.query("m1", answer=("m2",), outcome="refused", reason="too_few_answers")
-    slow = v2.clock + 1000
-    v2.query("m1", asked=[], outcome="refused", reason="quota_exceeded")  # the 2nd slot is reserved, not yet logged
-    v2.append(lambda seq, when: v2.shape(_late_entry(v2, "m1", seq, when, slow)), slow)  # ... logged after it
+    v2.query("m1", asked=[], outcome="refused", reason="quota_exceeded")  # the 2nd slot was reserved, not yet logged:
+    slow = v2.clock + 3_000  # received up to 5 s after the refusal (the refused request was slow to check) ...
+    v2.append(lambda seq, when: v2.shape(_late_entry(v2, "m1", seq, when, slow)), slow)  # ... and logged after it
     v2.tick(60_000)
     v2.query("m2")
     result = v2.verify()
@@ -497,3 +509,13 @@ def test_a_malformed_refusals_suppressed_entry_is_named(v2: V2LogBuilder, count:
     bad = v2.suppressed("m1", count, at + first, at + last, role=role)
     entry, _ = v2.bad_entry()
     assert entry == bad
+
+
+def test_a_replay_refusal_needs_the_queriers_signature(v2: V2LogBuilder) -> None:
+    """Otherwise the operator could log replays in a member's name."""
+    original = _fresh(v2, "m1")
+    v2.query("m1", signed=original)
+    forged = pb.SignedQuery(body=original.body, signature=bytes(64), subject_token=original.subject_token)
+    bad = _reissue(v2, "m1", forged, asked=[], outcome="refused", reason="replayed_query_id")
+    entry, message = v2.bad_entry()
+    assert entry == bad and "querier's signature" in message
