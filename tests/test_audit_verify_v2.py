@@ -519,3 +519,14 @@ def test_a_replay_refusal_needs_the_queriers_signature(v2: V2LogBuilder) -> None
     bad = _reissue(v2, "m1", forged, asked=[], outcome="refused", reason="replayed_query_id")
     entry, message = v2.bad_entry()
     assert entry == bad and "querier's signature" in message
+
+
+@pytest.mark.parametrize("dropped", [7, "deadline_exceeded", [{"member_id": "m2", "reason": 7}]])
+def test_a_garbled_dropped_list_is_named_not_a_crash(v2: V2LogBuilder, dropped: Any) -> None:
+    v2.query("m1", answer=("m2", "m3"))
+    e = v2.entry(v2.size() - 1)
+    e["dropped"] = dropped
+    v2.set_data(v2.size() - 1, audit_entry.encode(e))
+    v2.rebuild_tree()
+    entry, _ = v2.bad_entry()
+    assert entry == v2.size() - 1

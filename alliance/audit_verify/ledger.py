@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from alliance.audit_verify.fields import (
+    SHANGHAI,
     STATE_GRACE_MS,
     Bad,
     day_start_ms,
-    utc_timestamp,
 )
 from alliance.audit_verify.membership import Member, during
 from alliance.audit_verify.v2_rules import QUOTA_LOOKAHEAD_MS, RECENT_MARGIN_MS
@@ -93,8 +94,9 @@ class Ledger:
             largest = max(quotas)
             if len(uses) > largest:
                 seq = sorted(s for _, s in uses)[largest]
-                problems.append((seq, f"querier {querier_id} reached the members {len(uses)} times on the day of "
-                                      f"{utc_timestamp(day)}, over the largest daily quota in force that day ({largest})"))
+                date = datetime.fromtimestamp(day / 1000, tz=SHANGHAI).date().isoformat()
+                problems.append((seq, f"querier {querier_id} reached the members {len(uses)} times on {date} (Asia/Shanghai), "
+                                      f"over the largest daily quota in force that day ({largest})"))
         return problems
 
     def _quota_refusal_fits(self, r: _QuotaRefusal, member: Member | None) -> bool | None:

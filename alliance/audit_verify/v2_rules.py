@@ -151,7 +151,8 @@ def check_size(e: dict[str, Any], size: int) -> None:
     detail = e.get("detail")
     if isinstance(detail, str) and len(detail) > MAX_DETAIL_CHARS:
         raise Bad(f"detail is {len(detail)} characters, over {MAX_DETAIL_CHARS}")
-    for d in e.get("dropped") or ():
+    dropped = e.get("dropped")
+    for d in dropped if isinstance(dropped, list) else ():  # its type is the query parser's to refuse
         reason = d.get("reason") if isinstance(d, dict) else None
         if not isinstance(reason, str) or len(reason) > MAX_DROPPED_REASON_CHARS:
             raise Bad(f"a dropped reason must be text of at most {MAX_DROPPED_REASON_CHARS} characters")
