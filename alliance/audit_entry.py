@@ -15,12 +15,15 @@ from typing import Any
 from alliance.errors import VerificationFailed
 
 FORMAT_VERSION = 1
-FORMAT_VERSIONS = (1, 2)  # 2: entries after `v2_started` (SPEC §6.4)
+FORMAT_VERSION_2 = 2  # entries after a log's v2_started entry (and that entry itself)
+FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_2)
 
 QUERY_KINDS = ("query", "precheck")
-MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed", "v2_started",
-                    "member_sponsored", "policy_changed", "matching_key_created")
+V1_MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed")
+# Every membership entry (SPEC §5.1 feed: numbered by membership_seq in v2).
+MEMBERSHIP_KINDS = V1_MEMBERSHIP_KINDS + ("v2_started", "member_sponsored", "policy_changed", "matching_key_created")
 OTHER_V2_KINDS = ("refusals_suppressed", "gateway_started")
+V2_KINDS = ("v2_started", "member_sponsored", "policy_changed", "matching_key_created") + OTHER_V2_KINDS  # only in "v": 2 entries
 KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS
 
 
@@ -42,7 +45,7 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
         raise VerificationFailed(f"entry {index}: {exc}", entry=index) from exc
     if canonical != data:
         raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
-    if entry.get("v") not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
+    if type(entry.get("v")) is not int or entry["v"] not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
         raise VerificationFailed(f"entry {index}: unknown version or kind", entry=index)
     if index is not None and entry.get("seq") != index:
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)
