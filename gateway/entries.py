@@ -32,17 +32,18 @@ class QueryContext:
 
 _Context = QueryContext  # the name tests and tools/bench_audit.py know
 
-_BOUNDS = (("request_body", "body", log_rules.MAX_BODY_BYTES),
-           ("request_signature", "signature", log_rules.SIGNATURE_BYTES),
-           ("subject_token", "subject_token", log_rules.TOKEN_BYTES))
+# field, attribute, shortest and longest length allowed (signature and token are exact)
+_BOUNDS = (("request_body", "body", 0, log_rules.MAX_BODY_BYTES),
+           ("request_signature", "signature", log_rules.SIGNATURE_BYTES, log_rules.SIGNATURE_BYTES),
+           ("subject_token", "subject_token", log_rules.TOKEN_BYTES, log_rules.TOKEN_BYTES))
 
 
 def oversized_fields(query: pb.SignedQuery) -> list[dict[str, Any]]:
-    """SPEC §5.4: each field over its bound, as {field, length, sha256}."""
+    """SPEC §5.4: each field outside its bound, as {field, length, sha256}."""
     out = []
-    for name, attr, bound in _BOUNDS:
+    for name, attr, shortest, longest in _BOUNDS:
         value = getattr(query, attr)
-        if len(value) > bound:
+        if not shortest <= len(value) <= longest:
             out.append({"field": name, "length": len(value), "sha256": signing.sha256(value).hex()})
     return out
 
