@@ -256,7 +256,7 @@ def test_audit_verify_cli_ok_then_names_a_tampered_entry(alliance, querier) -> N
     """SPEC §7: exit 0 / "ok": true on a sound log; exit 1 with the first bad
     entry after one byte of a stored entry changes; exit 5 when unreachable."""
     net, dataset = alliance
-    s = dataset.subjects[1]
+    s = synthetic.unknown_subjects(random.Random(12), 1)[0]  # never pinned: lender-d is down by now (§5.3)
     querier.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
     ok = _audit_verify(net.auditor_home)
     assert ok.returncode == 0, ok.stderr
