@@ -18,8 +18,9 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from alliance import checkpoint, db, pki
 from alliance.errors import InvalidInput, Refused, UsageError
+from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
-from alliance_gateway import audit_log, schema
+from alliance_gateway import audit_log, policy_store, schema
 from alliance_gateway.home import AdminConfig, AdminHome, GatewayConfig, GatewayHome, resolve_db_url
 
 CREDENTIAL_VALIDITY = timedelta(days=365)
@@ -207,6 +208,19 @@ class Admin:
             audit_log.append(conn, lambda seq, when: {
                 "v": version, "kind": "quota_changed", "seq": seq, "time": when, "member_id": member_id, "daily_quota": daily_quota,
             })
+
+    def policy_show(self) -> Policy:
+        with self.engine.connect() as conn:
+            return policy_store.load(conn)
+
+    def policy_set(self, key: str, value: str) -> tuple[Policy, int]:
+        """Change one setting; logged as `policy_changed` (SPEC §9, §10)."""
+        with self.engine.begin() as conn:
+            if audit_log.v2_started_seq(conn) is None:
+                raise UsageError("the alliance policy needs a v2 log: run `alliance admin db upgrade` first")
+            policy = policy_store.load(conn).with_setting(key, value)
+            seq = policy_store.store(conn, policy, {key: getattr(policy, key)})
+        return policy, seq
 
     def upgrade_db(self) -> dict[str, Any]:
         """SPEC §6.4: bring a v1 registry and log to v2 (new tables; a

@@ -24,6 +24,7 @@ REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "missing_consent": (grpc.StatusCode.PERMISSION_DENIED, 4),
     "unknown_purpose": (grpc.StatusCode.PERMISSION_DENIED, 4),
     "replayed_query_id": (grpc.StatusCode.ALREADY_EXISTS, 4),
+    "monitoring_disabled": (grpc.StatusCode.PERMISSION_DENIED, 4),
     "quota_exceeded": (grpc.StatusCode.RESOURCE_EXHAUSTED, 4),
     "malformed_request": (grpc.StatusCode.INVALID_ARGUMENT, 3),
     "too_few_members": (grpc.StatusCode.UNAVAILABLE, 5),

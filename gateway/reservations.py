@@ -26,12 +26,12 @@ def reserve_query_id(engine: Engine, query_id: str, querier_id: str, now_ms: int
 _q = schema.quota_usage.c
 
 
-def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_quota: int) -> int | None:
+def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_quota: int, pool: str = "daily") -> int | None:
     """Take one slot of the day's quota atomically; the slot number, or None
     when the quota is used up. Concurrent queries cannot overrun it: the
     conditional UPDATE is one statement, and the first insert of a day is
     guarded by the primary key."""
-    where = and_(_q.member_id == member_id, _q.day_start_ms == day_start_ms)
+    where = and_(_q.member_id == member_id, _q.pool == pool, _q.day_start_ms == day_start_ms)
     for _ in range(3):
         with engine.begin() as conn:
             row = conn.execute(
@@ -43,16 +43,17 @@ def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_
                 return None
         try:
             with engine.begin() as conn:
-                conn.execute(insert(schema.quota_usage).values(member_id=member_id, day_start_ms=day_start_ms, used=1))
+                conn.execute(insert(schema.quota_usage).values(member_id=member_id, pool=pool, day_start_ms=day_start_ms, used=1))
             return 1
         except IntegrityError:
             continue  # another query took the day's first slot at the same moment
     return None
 
 
-def quota_used(engine: Engine, member_id: str, day_start_ms: int) -> int:
+def quota_used(engine: Engine, member_id: str, day_start_ms: int, pool: str = "daily") -> int:
     with engine.connect() as conn:
-        return int(conn.execute(select(_q.used).where(and_(_q.member_id == member_id, _q.day_start_ms == day_start_ms))).scalar() or 0)
+        return int(conn.execute(select(_q.used).where(
+            and_(_q.member_id == member_id, _q.pool == pool, _q.day_start_ms == day_start_ms))).scalar() or 0)
 
 
 @dataclass(frozen=True)

@@ -75,14 +75,26 @@ query_ids = Table(
     Column("reserved_at_ms", BigInteger, nullable=False),
 )
 
-# v2 (SPEC §5.4): quota slots reserved before the fan-out, per querier and
-# Asia/Shanghai day; a query that reached the members keeps its slot.
+# v2 (SPEC §5.4): quota slots reserved before the fan-out, per querier, pool
+# ("daily", or "monitoring" for POST_LOAN_MONITORING, §9) and Asia/Shanghai
+# day; a query that reached the members keeps its slot.
 quota_usage = Table(
     "quota_usage",
     metadata,
     Column("member_id", String(64), primary_key=True),
+    Column("pool", String(16), primary_key=True),
     Column("day_start_ms", BigInteger, primary_key=True, autoincrement=False),
     Column("used", Integer, nullable=False),
+)
+
+# v2 (SPEC §9, §10): the alliance policy, one row; every change is also a
+# logged `policy_changed` entry.
+policy = Table(
+    "policy",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("doc", Text, nullable=False),  # canonical JSON of alliance.policy.Policy
+    Column("updated_at_ms", BigInteger, nullable=False),
 )
 
 # v2 (SPEC §5.3): the set of members reports on a token may cover, written in

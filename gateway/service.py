@@ -6,6 +6,7 @@ The gateway never holds a Paillier private key or the matching key: it sees
 token hashes, tokens and ciphertexts, and multiplies ciphertexts."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
 from alliance import log_rules, paillier, protocol, signing
+from alliance.policy import MONITORING_PURPOSE
 from alliance.errors import CryptoError, Refused, UsageError
 from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
@@ -27,6 +29,7 @@ from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.home import GatewayConfig
+from alliance_gateway.policy_store import PolicyCache
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
 from alliance_gateway.registry import MemberRecord, Registry
@@ -77,6 +80,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         self.mask_pools = mask_pools
         self.clock = clock
         self.limiter = limiter or RefusalLimiter()
+        self.policy = PolicyCache(engine, config.registry_refresh_ms)
         self.rules = log_rules.query_rules(config.deadline_ms)
         if config.k_min < 2:
             raise UsageError(f"k_min is {config.k_min}; it must be at least 2 (a sum over one member discloses it)")
@@ -206,10 +210,11 @@ class GatewayService(pb_grpc.GatewayServicer):
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
             # A garbled Enc(x) is refused before any member spends work on it.
             enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext) if kind == "precheck" else None
+            pool, quota = self._quota_pool(body, querier)
             targets = self._targets(ctx, querier, body)
             if reservations.reserve_quota_slot(self.engine, querier.member_id, shanghai_day_start_ms(ctx.received_ms),
-                                               querier.daily_quota) is None:
-                raise QueryFailure("quota_exceeded", f"daily quota of {querier.daily_quota} queries used up")
+                                               quota, pool) is None:
+                raise QueryFailure("quota_exceeded", f"{'monitoring' if pool == 'monitoring' else 'daily'} quota of {quota} queries used up")
             ctx.asked = [m.member_id for m in targets]
             t_admit = time.perf_counter()
             answers = self._fan_out(ctx, targets, querier, pk)
@@ -252,6 +257,21 @@ class GatewayService(pb_grpc.GatewayServicer):
             answers=ctx.receipts,
             audit=receipt,
         )
+
+    def _quota_pool(self, body: pb.QueryRequestBody, querier: MemberRecord) -> tuple[str, int]:
+        """SPEC §9: monitoring queries need the alliance to enable monitoring
+        and count against their own daily quota; all others the member's."""
+        if protocol.purpose_name(body.purpose) != MONITORING_PURPOSE:
+            return "daily", querier.daily_quota
+        policy = self.policy.get()
+        if not policy.monitoring:
+            raise QueryFailure("monitoring_disabled", "portfolio monitoring is off for this alliance "
+                                                      "(the operator enables it with `alliance admin policy set monitoring on`)")
+        return "monitoring", policy.monitoring_quota
+
+    def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyResponse:
+        self._require_reader(context)
+        return pb.PolicyResponse(policy_json=json.dumps(self.policy.get().to_json(), sort_keys=True, separators=(",", ":")))
 
     def _targets(self, ctx: QueryContext, querier: MemberRecord, body: pb.QueryRequestBody) -> list[MemberRecord]:
         """Who is asked: every other active member, or, while the token is

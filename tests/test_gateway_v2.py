@@ -354,3 +354,28 @@ def test_a_request_with_an_unknown_purpose_is_refused_and_logged(gateway) -> Non
         process(svc, members, q, "mq", "member", "query")
     assert exc.value.reason == "unknown_purpose" and exc.value.exit_code == 4 and calls == []
     assert _last_entry(svc)["reason"] == "unknown_purpose"
+
+
+# -- §9 monitoring policy ---------------------------------------------------------------
+
+def test_monitoring_queries_need_the_policy_and_have_their_own_quota(gateway) -> None:  # type: ignore[no-untyped-def]
+    from alliance.policy import Policy
+    from alliance_gateway import policy_store
+
+    svc, stubs, members = gateway  # mq's daily quota is 3
+    calls = _count_calls(stubs)
+    with pytest.raises(QueryFailure) as exc:
+        process(svc, members, signed_query(members["mq"], purpose="POST_LOAN_MONITORING"), "mq", "member", "query")
+    assert exc.value.reason == "monitoring_disabled" and exc.value.exit_code == 4 and calls == []
+    with svc.engine.begin() as conn:
+        policy_store.store(conn, Policy(monitoring=True, monitoring_quota=2), {"monitoring": True, "monitoring_quota": 2})
+    svc.policy._loaded_at = float("-inf")  # as after the refresh period
+    entry = _last_entry(svc)
+    assert entry["kind"] == "policy_changed" and entry["policy"]["monitoring"] is True and entry["membership_seq"] >= 0
+    for _ in range(2):
+        process(svc, members, signed_query(members["mq"], purpose="POST_LOAN_MONITORING"), "mq", "member", "query")
+    with pytest.raises(QueryFailure) as exc:
+        process(svc, members, signed_query(members["mq"], purpose="POST_LOAN_MONITORING"), "mq", "member", "query")
+    assert exc.value.reason == "quota_exceeded" and "monitoring" in str(exc.value)
+    for _ in range(3):  # the daily quota is untouched by monitoring
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")

@@ -541,3 +541,13 @@ class GetQueryProofsRequest(_message.Message):
     from_index: int
     max_entries: int
     def __init__(self, from_index: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicyResponse(_message.Message):
+    __slots__ = ("policy_json",)
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    policy_json: str
+    def __init__(self, policy_json: _Optional[str] = ...) -> None: ...

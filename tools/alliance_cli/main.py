@@ -223,6 +223,44 @@ def admin_member_set_quota(home: Path, db_url: str | None, member_id: str, daily
     click.echo(f"{member_id}: daily quota {daily_quota}")
 
 
+@admin.group("policy")
+def admin_policy() -> None:
+    """The alliance policy: data freshness (reciprocity) and monitoring (SPEC §9, §10)."""
+
+
+@admin_policy.command("show")
+@HOME
+@DB
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def admin_policy_show(home: Path, db_url: str | None, as_json: bool) -> None:
+    """Show the policy in force.
+
+    Example: alliance admin policy show --home admin"""
+    policy = _admin(home, db_url).policy_show().to_json()
+    if as_json:
+        output.echo_json(policy)
+    else:
+        output.key_values({k: ("on" if v is True else "off" if v is False else v) for k, v in policy.items()})
+
+
+@admin_policy.command("set")
+@HOME
+@DB
+@click.argument("key", type=click.Choice(["max_book_age_days", "monitoring", "monitoring_quota"]))
+@click.argument("value")
+def admin_policy_set(home: Path, db_url: str | None, key: str, value: str) -> None:
+    """Change one policy setting; the change is logged (policy_changed).
+
+    \b
+    Examples:
+      alliance admin policy set --home admin monitoring on
+      alliance admin policy set --home admin max_book_age_days 14
+      alliance admin policy set --home admin monitoring_quota 5000"""
+    policy, seq = _admin(home, db_url).policy_set(key, value)
+    shown = {True: "on", False: "off"}.get(getattr(policy, key), getattr(policy, key))  # type: ignore[call-overload]
+    click.echo(f"{key} = {shown} (logged as entry {seq}; gateways apply it within seconds)")
+
+
 @admin.group("db")
 def admin_db() -> None:
     """The gateway database: registry and audit log."""
