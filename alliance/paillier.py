@@ -9,22 +9,18 @@ Notation (Paillier, EUROCRYPT '99): n = p·q, g = n + 1, λ = lcm(p−1, q−1).
     Enc(a) · Enc(b)⁻¹ = Enc(a − b mod n)
     Enc(a)^k          = Enc(k·a mod n)
 
-The expensive part of Enc is the mask r^n mod n² (≈ 12 ms at 2048 bits), which
-does not depend on m, so it is computed ahead of time by a MaskPool and the
-request path does one multiplication. Plaintexts are integers only: money is
+The expensive part of Enc is the mask r^n mod n² (≈ 10 ms at 2048 bits), which
+does not depend on m, so it is computed ahead of time (alliance.masks: pools of
+plain r^n masks, or Damgård–Jurik–Nielsen short-exponent masks from a
+fixed-base table) and the request path does one multiplication. Plaintexts are integers only: money is
 integer fen and nothing here ever touches a float (SPEC §4).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
-import threading
-import time
-import weakref
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable, Protocol, Sequence
@@ -42,8 +38,6 @@ __all__ = [
     "to_phe_public_key", "to_phe_private_key",
 ]
 
-log = logging.getLogger(__name__)
-
 MIN_KEY_BITS = 2048
 MAX_KEY_BITS = 8192
 SLOT_BITS = 80
@@ -54,10 +48,6 @@ _FINGERPRINT_PREFIX = b"alliance/v1/paillier-n\x00"
 _PRIVATE_KEY_FORMAT = "alliance/v1/paillier-private-key"
 _PRIME_TEST_REPS = 40           # GMP: BPSW plus (reps − 24) Miller–Rabin rounds
 _BLIND_MIN_BITS, _BLIND_MAX_BITS = 64, 128
-REFILL_NICE = 5                 # the refill thread yields CPU to request threads
-REFILL_BATCH = 4                # masks per GIL-free call in the background
-REFILL_QUIET_S = 0.05           # refill only after this long without a take()…
-REFILL_LOW_WATER = 4            # …unless the pool is nearly empty
 
 
 class RandBelow(Protocol):
@@ -482,355 +472,22 @@ def precheck_within_cap(sk: PaillierPrivateKey, c: int) -> bool:
     return sk.decrypt(c) < sk.public_key.n // 2
 
 
-# ---------------------------------------------------------------- mask pools
-#
-# Background mechanism: ONE daemon thread per process (the "refiller") tops up
-# every live pool round-robin, REFILL_BATCH masks at a time. r^n is computed by
-# gmpy2.powmod_base_list, which releases the GIL (inline masks use powmod with
-# the context option allow_release_gil=True), so the refiller holds the GIL
-# only for microseconds per batch and request threads keep running on the
-# other core. One thread for all pools bounds background CPU to one core; the thread
-# also lowers its own scheduling priority (Linux, best effort) so that, when
-# the cores are contended, request threads win and a drained pool falls back
-# to computing inline. Masks live in a deque in memory only; they are never
-# pickled, logged or written anywhere, and a forked child starts with empty
-# pools and no refiller (os.register_at_fork), restarted lazily on first use.
+# ---------------------------------------------------------------- masks
+# Mask generation and pools live in alliance.masks (which imports this module);
+# the old names stay reachable as alliance.paillier.MaskPool etc.
 
-class _PoolState:
-    """Everything the refiller touches, kept apart from the MaskPool handle so
-    that the refiller never keeps an abandoned pool alive."""
-
-    __slots__ = ("n", "n2", "target", "lock", "masks", "closed", "queued", "generation", "pid", "misses", "__weakref__")
-
-    def __init__(self, pk: PaillierPublicKey, target: int) -> None:
-        self.n, self.n2, self.target = pk._n, pk._n2, target
-        self.lock = threading.Lock()
-        self.masks: deque[Any] = deque()
-        self.closed = False
-        self.queued = False      # guarded by the refiller's lock
-        self.generation = 0      # bumped on close/fork: stale refills are dropped
-        self.pid = os.getpid()
-        self.misses = 0
-
-    def is_low(self) -> bool:
-        with self.lock:
-            return len(self.masks) < min(REFILL_LOW_WATER, self.target)
-
-    def wants_more(self) -> bool:
-        with self.lock:
-            return not self.closed and self.pid == os.getpid() and len(self.masks) < self.target
-
-    def refill_some(self) -> None:
-        with self.lock:
-            missing = self.target - len(self.masks)
-            if self.closed or missing <= 0:
-                return
-            generation = self.generation
-        masks = _masks_for(self.n, self.n2, min(missing, REFILL_BATCH))   # ≈ 12 ms each, GIL released
-        with self.lock:   # only the refiller adds, so this never overshoots the target
-            if generation == self.generation and not self.closed and self.pid == os.getpid():
-                self.masks.extend(masks)
-
-    def discard(self) -> None:
-        """Forget every precomputed mask (close, or this is a forked child)."""
-        self.lock = threading.Lock()     # the parent's lock may be held by a thread that no longer exists
-        self.masks = deque()
-        self.generation += 1
-        self.queued = False
-        self.pid = os.getpid()
+_MASK_NAMES = frozenset({"MaskPool", "MaskPools", "DjnTable", "TableBudget"})
 
 
-def _random_units(n: Any, count: int) -> list[Any]:
-    """``count`` values uniform in Z*_n from one os.urandom call per batch.
-    Rejection sampling (accept 0 < x < n with gcd(x, n) = 1, which fails only
-    if x reveals a factor) keeps each draw exactly uniform."""
-    bits = n.bit_length()
-    width, excess = (bits + 7) // 8, -bits % 8
-    units: list[Any] = []
-    while len(units) < count:
-        pool = secrets.token_bytes(width * 2 * (count - len(units)))   # acceptance ≥ 1/2
-        for i in range(0, len(pool), width):
-            x = gmpy2.mpz(int.from_bytes(pool[i:i + width], "big") >> excess)
-            if 0 < x < n and gmpy2.gcd(x, n) == 1:
-                units.append(x)
-                if len(units) == count:
-                    break
-    return units
+def __getattr__(name: str) -> Any:
+    if name in _MASK_NAMES:
+        from alliance import masks
 
-
-def _mask_for(n: Any, n2: Any) -> Any:
-    return _powmod(_random_units(n, 1)[0], n, n2)
-
-
-def _masks_for(n: Any, n2: Any, count: int) -> list[Any]:
-    """Several r^n mod n² in ONE call that always releases the GIL
-    (gmpy2.powmod_base_list), so a GIL-hungry request thread delays the
-    refiller once per batch, not once per mask."""
-    return list(gmpy2.powmod_base_list(_random_units(n, count), n, n2))
-
-
-class _Refiller:
-    """The one background thread of a process; started lazily."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[_PoolState] = deque()
-        self._thread: threading.Thread | None = None
-
-    def request(self, state: _PoolState) -> None:
-        # Lock order: refiller lock, then (inside wants_more) the pool's lock.
-        with self._cond:
-            if state.queued:
-                return
-            state.queued = True
-            self._queue.append(state)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="paillier-mask-refill", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        # No thread-wide allow_release_gil: measured, it makes the small mpz
-        # ops between batches (gcd, compare) each wait ~5 ms (one switch
-        # interval) to get the GIL back from a busy request thread.
-        _lower_own_priority()
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                state = self._queue.popleft()
-            _wait_for_quiet(state)
-            try:
-                state.refill_some()
-            except Exception:  # never let one bad pool kill the refiller
-                log.exception("Paillier mask refill failed")
-            with self._cond:
-                if state.wants_more():
-                    self._queue.append(state)
-                else:
-                    state.queued = False
-
-
-_last_take = [0.0]   # monotonic time of the latest take() in this process
-
-
-def _wait_for_quiet(state: _PoolState) -> None:
-    """Refill between requests, not during them: a request burst (a query
-    fans out to every member at once) finishes before the refiller takes a
-    core, unless the pool is nearly empty."""
-    while not state.is_low():
-        idle = time.monotonic() - _last_take[0]
-        if idle >= REFILL_QUIET_S:
-            return
-        time.sleep(REFILL_QUIET_S - idle)
-
-
-def _lower_own_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REFILL_NICE)  # Linux: per thread
-    except (AttributeError, OSError):
-        pass
-
-
-_refiller = _Refiller()
-_live_states: weakref.WeakSet[_PoolState] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    """SPEC §4: a mask is never shared across a fork. The child gets empty
-    pools and a refiller with no thread (threads do not survive fork)."""
-    global _refiller
-    _refiller = _Refiller()
-    for state in list(_live_states):
-        state.discard()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _close_state(state: _PoolState) -> None:
-    with state.lock:
-        state.closed = True
-        state.generation += 1
-        state.masks.clear()
-
-
-class MaskPool:
-    """Precomputed r^n masks for one key. ``take()`` returns a mask never
-    handed out before; if none is ready it computes one inline — it never
-    blocks on the refiller and never reuses."""
-
-    def __init__(self, pk: PaillierPublicKey, *, target: int = 32) -> None:
-        target = _require_int(target, "target")
-        if target < 0:
-            raise ValueError("target must be ≥ 0")
-        self._pk = pk
-        self._state = _PoolState(pk, target)
-        _live_states.add(self._state)
-        self._finalizer = weakref.finalize(self, _close_state, self._state)
-        if target:
-            _refiller.request(self._state)
-
-    @property
-    def public_key(self) -> PaillierPublicKey:
-        return self._pk
-
-    @property
-    def target(self) -> int:
-        return self._state.target
-
-    @property
-    def size(self) -> int:
-        """Masks ready now."""
-        return len(self._state.masks)
-
-    @property
-    def misses(self) -> int:
-        """How often take() found the pool empty and computed inline."""
-        return self._state.misses
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
-
-    def take(self) -> int:
-        _last_take[0] = time.monotonic()
-        state = self._state
-        if state.pid != os.getpid():     # a fork the at-fork hook did not see
-            state.discard()
-        with state.lock:
-            mask = state.masks.popleft() if state.masks else None
-            if mask is None:
-                state.misses += 1
-        if state.target and not state.closed:
-            _refiller.request(state)
-        if mask is None:
-            mask = _mask_for(state.n, state.n2)
-        return int(mask)
-
-    def wait_filled(self, timeout: float = 30.0) -> bool:
-        """Block until the pool holds ``target`` masks (bench warm-up, tests)."""
-        deadline = time.monotonic() + timeout
-        while self.size < self.target:
-            if self.closed or time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    def close(self) -> None:
-        """Drop every precomputed mask and stop refilling. take() still works
-        (inline), so a request racing an LRU eviction never fails."""
-        self._finalizer()
-
-    def __repr__(self) -> str:
-        return f"MaskPool({self._pk!r}, size={self.size}, target={self.target})"
-
-    def __reduce__(self) -> Any:
-        raise TypeError("MaskPool holds one-time masks and must never leave this process")
-
-
-class MaskPools:
-    """One MaskPool per querier key (by n), least-recently-used first out."""
-
-    def __init__(self, target: int = 32, max_keys: int = 64) -> None:
-        if _require_int(max_keys, "max_keys") < 1:
-            raise ValueError("max_keys must be ≥ 1")
-        self._target = _require_int(target, "target")
-        self._max_keys = max_keys
-        self._pools: OrderedDict[int, MaskPool] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def for_key(self, pk: PaillierPublicKey) -> MaskPool:
-        evicted: list[MaskPool] = []
-        with self._lock:
-            pool = self._pools.get(pk.n)
-            if pool is not None and not pool.closed:
-                self._pools.move_to_end(pk.n)
-                return pool
-            pool = MaskPool(pk, target=self._target)
-            self._pools[pk.n] = pool
-            while len(self._pools) > self._max_keys:
-                evicted.append(self._pools.popitem(last=False)[1])
-        for old in evicted:
-            old.close()
-        return pool
-
-    def __len__(self) -> int:
-        return len(self._pools)
-
-    def __contains__(self, pk: object) -> bool:
-        return isinstance(pk, PaillierPublicKey) and pk.n in self._pools
-
-    def close(self) -> None:
-        with self._lock:
-            pools = list(self._pools.values())
-            self._pools.clear()
-        for pool in pools:
-            pool.close()
-
-    def __reduce__(self) -> Any:
-        raise TypeError("MaskPools hold one-time masks and must never leave this process")
-
-
-# ---------------------------------------------------------------- measurement
-# `python -m alliance.paillier`: a quick look at the costs behind SPEC §8, not a test.
-
-def _measure() -> None:  # pragma: no cover - manual tool
-    import statistics
-
-    def median_ms(fn: Any, rounds: int) -> float:
-        samples = []
-        for _ in range(rounds):
-            start = time.perf_counter_ns()
-            fn()
-            samples.append(time.perf_counter_ns() - start)
-        return statistics.median(samples) / 1e6
-
-    pk, sk = generate_keypair(MIN_KEY_BITS)
-    phe_pk = to_phe_public_key(pk)
-    mask, m = fresh_mask(pk), pack([secrets.randbelow(FIGURE_BOUND) for _ in range(20)])
-    c = encrypt(pk, m, mask)
-    print(f"fresh_mask (r^n mod n², 2048-bit n)   {median_ms(lambda: fresh_mask(pk), 40):8.2f} ms")
-    print(f"encrypt with a precomputed mask        {median_ms(lambda: encrypt(pk, m, mask), 5000) * 1000:8.1f} µs")
-    print(f"encrypt + encode_ciphertext            {median_ms(lambda: encode_ciphertext(pk, encrypt(pk, m, mask)), 5000) * 1000:8.1f} µs")
-    print(f"CRT decrypt (powmod_sec)               {median_ms(lambda: sk.decrypt(c), 100):8.2f} ms")
-    print(f"phe default encrypt (one figure)       {median_ms(lambda: phe_pk.encrypt(123_456), 40):8.2f} ms")
-    phe_sk, phe_c = to_phe_private_key(sk), phe_pk.encrypt(1)
-    print(f"phe decrypt (one figure)               {median_ms(lambda: phe_sk.decrypt(phe_c), 100):8.2f} ms")
-
-    # GIL: a request-like loop (pure Python + one encrypt) on the main thread
-    # while masks are generated in the background three ways.
-    def request_loop(seconds: float = 3.0) -> tuple[float, float]:
-        latencies, end = [], time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            start = time.perf_counter()
-            sum(i * i for i in range(1500))
-            encrypt(pk, m, mask)
-            latencies.append(time.perf_counter() - start)
-        latencies.sort()
-        return len(latencies) / seconds, latencies[int(0.99 * len(latencies))] * 1000
-
-    def gil_holding_worker(stop: threading.Event) -> None:
-        while not stop.is_set():
-            gmpy2.powmod(gmpy2.mpz(secrets.randbelow(pk.n)), pk._n, pk._n2)  # allow_release_gil=False
-
-    print(f"{'background during request loop':38s} {'req/s':>8s} {'p99 ms':>8s} {'masks/s':>8s}")
-    for label in ("idle", "thread, GIL held (plain powmod)", "MaskPool refiller (GIL released)"):
-        stop, pool, made = threading.Event(), None, 0
-        if label.startswith("thread"):
-            worker = threading.Thread(target=gil_holding_worker, args=(stop,), daemon=True)
-            worker.start()
-        elif label.startswith("MaskPool"):
-            pool = MaskPool(pk, target=1 << 20)      # never full: refills the whole time
-        time.sleep(0.2)
-        before = pool.size if pool else 0
-        rate, p99 = request_loop()
-        made = (pool.size - before) / 3.0 if pool else 0
-        stop.set()
-        if pool:
-            pool.close()
-        print(f"{label:38s} {rate:8.0f} {p99:8.2f} {made if pool else float('nan'):8.1f}")
+        return getattr(masks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover
+    from alliance.masks import _measure
+
     _measure()

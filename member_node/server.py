@@ -8,8 +8,9 @@ import threading
 from pathlib import Path
 
 import grpc
+from sqlalchemy import Engine, select
 
-from alliance import db, matching_key, paillier, pki, transport
+from alliance import db, masks, matching_key, paillier, pki, transport
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
@@ -41,6 +42,27 @@ class MatchingKeySource:
             return self._key
 
 
+def warm_known_querier_keys(engine: Engine, mask_pools: masks.MaskPools, own_id: str) -> int:
+    """Pools warm before the first query (SPEC §8): every querier key this
+    node has pinned gets its pool (and DJN table) built in the background now;
+    keys first seen later get theirs on first sight (MaskPools.for_key)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(store.pinned_credentials.c.member_id, store.pinned_credentials.c.credential)).all()
+    warmed = 0
+    for member_id, credential in rows:
+        if member_id == own_id:
+            continue
+        try:
+            body = alliance_pb2.CredentialBody.FromString(alliance_pb2.Credential.FromString(bytes(credential)).body)
+            if body.role != alliance_pb2.ROLE_MEMBER or not body.paillier_n:
+                continue
+            mask_pools.warm(paillier.PaillierPublicKey.from_bytes(body.paillier_n))
+            warmed += 1
+        except Exception:  # noqa: BLE001 - a bad pin costs its warm-up, never the start
+            log.warning("cannot warm the mask pool of %s: unreadable pinned credential", member_id)
+    return warmed
+
+
 def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
     home = MemberHome(home_dir)
     cfg = home.config()
@@ -51,14 +73,17 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     engine = db.make_engine(home.db_url(db_url))
     store.create_schema(engine)
     key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
+    mask_pools = masks.MaskPools(target=32, mode=masks.mode_from_env())
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
         trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert)),
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
-        mask_pools=paillier.MaskPools(target=32),
+        mask_pools=mask_pools,
     )
+    log.info("warming mask pools for %d known querier keys (%s masks)",
+             warm_known_querier_keys(engine, mask_pools, cfg.member_id), mask_pools.mode)
     # SPEC §5.2: only the gateway role may call a member node, on any RPC.
     server = transport.make_server(max_workers=16, allowed_roles=("gateway",))
     alliance_pb2_grpc.add_MemberNodeServicer_to_server(service, server)

@@ -18,7 +18,7 @@ from typing import Any
 
 import phe
 
-from alliance import report, synthetic
+from alliance import masks, report, synthetic
 from alliance_cli.localnet import LocalAlliance
 from alliance_member import book
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
@@ -55,8 +55,14 @@ def _latency_summary(latencies_s: list[float], wall_s: float) -> dict[str, float
     }
 
 
-def run(member_counts: list[int], *, queries: int, concurrency: int, naive_queries: int, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+def run(member_counts: list[int], *, queries: int, concurrency: int, naive_queries: int, echo: Callable[[str], None],
+        mask_mode: str = "djn") -> list[dict[str, Any]]:
     results = []
+    os.environ["ALLIANCE_MASKS"] = mask_mode   # read by the member processes (alliance.masks.mode_from_env)
+    mask_costs = masks.measure_costs()
+    echo(f"masks ({mask_mode} in the members): plain r^n {mask_costs['plain_mask_ms']} ms CPU, DJN "
+         f"{mask_costs['djn_mask_ms']} ms CPU (ℓ = {mask_costs['exponent_bits']} bits, w = {mask_costs['window_bits']}); "
+         f"table {mask_costs['table_mib']} MiB built in {mask_costs['table_build_ms']} ms per querier key")
     for n in member_counts:
         echo(f"\n== {n} members ==")
         with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp:
@@ -69,6 +75,8 @@ def run(member_counts: list[int], *, queries: int, concurrency: int, naive_queri
         }
         echo(f"speed-up over naive: p50 ×{ratio['p50_speedup']}, throughput ×{ratio['throughput_speedup']}, "
              f"CPU per query ×{ratio['cpu_per_query_ratio']}")
+        ours["mask_mode"] = mask_mode
+        ours["masks"] = mask_costs
         results.append({"members": n, "ours": ours, "naive": naive, "speedup": ratio})
     return results
 

@@ -677,8 +677,10 @@ def _member_counts(text: str) -> list[int]:
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--masks", "mask_mode", type=click.Choice(["djn", "plain"]), default="djn", show_default=True,
+              help="Member mask form: DJN short-exponent tables, or plain r^n for comparison.")
 @click.option("--json", "as_json", is_flag=True)
-def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, as_json: bool) -> None:
+def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, mask_mode: str, as_json: bool) -> None:
     """Benchmark query latency and throughput against the naive-phe baseline.
 
     \b
@@ -688,7 +690,8 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
     from alliance_cli import bench
 
     counts = _member_counts(members)
-    results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo)
+    results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo,
+                        mask_mode=mask_mode)
     if as_json:
         output.echo_json(results)
 
