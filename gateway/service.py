@@ -22,7 +22,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
 from alliance import log_rules, paillier, protocol, signing
 from alliance.policy import MONITORING_PURPOSE
-from alliance.errors import CryptoError, Refused, UsageError
+from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
@@ -241,7 +241,7 @@ class GatewayService(pb_grpc.GatewayServicer):
             self._commit(ctx, None, outcome="refused", failure=failure)
             self.limiter.refused(peer_id)
             raise failure from None
-        receipt = self._receipt(seq)
+        receipt = self._receipt(seq, query.known_tree_size)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("query %s: admit %.1f ms, fan-out %.1f ms, aggregate %.1f ms, commit %.1f ms, receipt %.1f ms",
                       body.query_id, *(1000 * d for d in (t_admit - t0, t_fan - t_admit, t_agg - t_fan, t_commit - t_agg,
@@ -477,12 +477,22 @@ class GatewayService(pb_grpc.GatewayServicer):
         if self._flusher is not None:
             self._flusher.join(timeout=5)
 
-    def _receipt(self, seq: int) -> pb.AuditReceipt:
+    def _receipt(self, seq: int, known_size: int = 0) -> pb.AuditReceipt:
+        """Checkpoint, inclusion proof and entry; with the querier's known
+        tree size, also the consistency proof between the two sizes, so the
+        querier needs no second round trip to prove it (SPEC §6)."""
         size, note = self.log.signed_checkpoint(seq + 1)
-        return pb.AuditReceipt(
+        receipt = pb.AuditReceipt(
             present=True, leaf_index=seq, tree_size=size, checkpoint=note,
             inclusion_proof=self.log.inclusion_proof(seq, size), entry=self.log.entry(seq),
         )
+        if 0 < known_size != size:
+            try:
+                receipt.consistency_proof.extend(self.log.consistency_proof(min(known_size, size), max(known_size, size)))
+                receipt.consistency_from = known_size
+            except InvalidInput:
+                pass  # a hint beyond the log: the querier asks on its own and finds out
+        return receipt
 
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, str, bytes]:
         try:

@@ -141,6 +141,9 @@ class Querier:
             ),
             self.signing_key,
         )
+        with self._checkpoint_lock:
+            kept = self._kept_checkpoint()
+        signed.known_tree_size = kept.size if kept is not None else 0  # so the receipt carries our consistency proof
         return signed, token
 
     def query(self, subject: Subject, *, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
@@ -293,10 +296,12 @@ class Querier:
         if not isinstance(entry, dict) or entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
             raise CryptoError("audit receipt: the logged entry is not this request")
         merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
-        self.prove_consistent(cp, receipt.checkpoint)
+        carried = (receipt.consistency_from, list(receipt.consistency_proof)) if receipt.consistency_from else None
+        self.prove_consistent(cp, receipt.checkpoint, carried=carried)
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
-    def prove_consistent(self, cp: checkpoint.Checkpoint, note: str) -> None:
+    def prove_consistent(self, cp: checkpoint.Checkpoint, note: str, *,
+                         carried: tuple[int, list[bytes]] | None = None) -> None:
         """Prove ``cp`` consistent with the newest checkpoint this querier
         kept (SPEC §6), whatever its size and however soon after the last
         one: a newer one must extend the kept one (and is kept instead), an
@@ -314,12 +319,12 @@ class Querier:
                     if kept.root_hash != cp.root_hash:
                         raise CryptoError(f"audit log fork: two different checkpoints of size {cp.size}")
                     return
-            if cp.size > kept.size:
-                merkle.verify_consistency(kept.size, cp.size, self.client.consistency_proof(kept.size, cp.size),
-                                          kept.root_hash, cp.root_hash)
+            small, large = sorted((kept, cp), key=lambda c: c.size)
+            if carried is not None and carried[0] == kept.size:
+                proof = carried[1]  # the gateway sent it with the receipt; verified like any other
             else:
-                merkle.verify_consistency(cp.size, kept.size, self.client.consistency_proof(cp.size, kept.size),
-                                          cp.root_hash, kept.root_hash)
+                proof = self.client.consistency_proof(small.size, large.size)
+            merkle.verify_consistency(small.size, large.size, proof, small.root_hash, large.root_hash)
             with self._checkpoint_lock:
                 if self._kept is None or self._kept[0] is not kept:
                     continue  # another query moved the kept checkpoint: prove against that one

@@ -163,14 +163,16 @@ class QueryRequestBody(_message.Message):
     def __init__(self, query_id: _Optional[str] = ..., querier_id: _Optional[str] = ..., credential_serial: _Optional[int] = ..., subject_token_sha256: _Optional[bytes] = ..., matching_key_epoch: _Optional[int] = ..., purpose: _Optional[_Union[Purpose, str]] = ..., consent_id: _Optional[str] = ..., consent_sha256: _Optional[bytes] = ..., as_of: _Optional[str] = ..., mode: _Optional[_Union[QueryMode, str]] = ..., paillier_key_fingerprint: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., precheck_ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class SignedQuery(_message.Message):
-    __slots__ = ("body", "signature", "subject_token")
+    __slots__ = ("body", "signature", "subject_token", "known_tree_size")
     BODY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
     body: bytes
     signature: bytes
     subject_token: bytes
-    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., subject_token: _Optional[bytes] = ...) -> None: ...
+    known_tree_size: int
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., subject_token: _Optional[bytes] = ..., known_tree_size: _Optional[int] = ...) -> None: ...
 
 class MemberQueryRequest(_message.Message):
     __slots__ = ("query", "querier_credential")
@@ -201,20 +203,24 @@ class AnswerReceipt(_message.Message):
     def __init__(self, member_id: _Optional[str] = ..., ciphertext_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class AuditReceipt(_message.Message):
-    __slots__ = ("present", "leaf_index", "tree_size", "checkpoint", "inclusion_proof", "entry")
+    __slots__ = ("present", "leaf_index", "tree_size", "checkpoint", "inclusion_proof", "entry", "consistency_from", "consistency_proof")
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
     TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     INCLUSION_PROOF_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FROM_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_PROOF_FIELD_NUMBER: _ClassVar[int]
     present: bool
     leaf_index: int
     tree_size: int
     checkpoint: str
     inclusion_proof: _containers.RepeatedScalarFieldContainer[bytes]
     entry: bytes
-    def __init__(self, present: _Optional[bool] = ..., leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., checkpoint: _Optional[str] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ..., entry: _Optional[bytes] = ...) -> None: ...
+    consistency_from: int
+    consistency_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, present: _Optional[bool] = ..., leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., checkpoint: _Optional[str] = ..., inclusion_proof: _Optional[_Iterable[bytes]] = ..., entry: _Optional[bytes] = ..., consistency_from: _Optional[int] = ..., consistency_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class QueryError(_message.Message):
     __slots__ = ("exit_code", "reason", "message")
