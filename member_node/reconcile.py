@@ -350,8 +350,8 @@ class Reconciler:
     raise one `unlogged_answer` alert per answer missing from the log."""
 
     def __init__(self, home_dir: Path, engine: Engine, *, db_url: str | None = None, interval_s: float = INTERVAL_S,
-                 first_run_s: float = FIRST_RUN_S) -> None:
-        self.home_dir, self.engine, self.db_url = home_dir, engine, db_url
+                 first_run_s: float = FIRST_RUN_S, min_age_ms: int = MIN_AGE_MS) -> None:
+        self.home_dir, self.engine, self.db_url, self.min_age_ms = home_dir, engine, db_url, min_age_ms
         self.interval_s, self.first_run_s = interval_s, first_run_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -359,7 +359,7 @@ class Reconciler:
 
     def run_once(self) -> Result | None:
         try:
-            result = reconcile_home(self.home_dir, db_url=self.db_url, engine=self.engine)
+            result = reconcile_home(self.home_dir, db_url=self.db_url, engine=self.engine, min_age_ms=self.min_age_ms)
         except CryptoError as exc:
             alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile could not verify the log: {exc}")
             return None
