@@ -345,3 +345,47 @@ def test_a_forked_log_is_refused(alliance, tmp_path) -> None:  # type: ignore[no
                                         a.gateway.log.signing_key)
     with pytest.raises(CryptoError, match="fork"):
         rec.keep_consistent(kept, rec.accept_checkpoint(forged, a.verifier), forged, a.verifier, a.gateway.log.consistency_proof)
+
+
+def test_a_later_run_still_reads_entries_logged_before_the_last_mark(alliance) -> None:  # type: ignore[no-untyped-def]
+    """A run that checked nothing (answers too young) still records how far it
+    read; the next run must not start past an answer's entry because of it."""
+    a = alliance
+    qid = a.query("mq")
+    assert a.reconcile("ma", min_age_ms=rec.MIN_AGE_MS).checked == 0
+    with a.services["ma"].engine.connect() as conn:
+        assert conn.execute(select(store.reconcile_marks)).all()  # a mark past the entry exists
+    result = a.reconcile("ma")
+    assert result.ok and result.reconciled == 1, result.missing
+    assert qid not in a.journal("ma")
+
+
+def test_a_tampered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    a.query("mq")
+
+    class Tampering(LocalSource):
+        def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+            page = super().query_proofs(from_index, max_entries)
+            for p in page.entries:
+                e = audit_entry.decode(p.data, index=p.index)
+                if e["kind"] == "query":
+                    e["purpose"] = "POST_LOAN_MONITORING"
+                    p.data = audit_entry.encode(e)
+            return page
+
+    with pytest.raises(CryptoError):
+        rec.read_log(Tampering(a, "ma"), "ma", 0, a.verifier, a.root / "t.txt")
+
+
+def test_a_checkpoint_inconsistent_with_the_kept_one_is_refused(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The kept checkpoint is of a smaller tree the served one does not extend."""
+    a = alliance
+    a.query("mq")
+    a.query("mq")
+    size, note = a.gateway.log.signed_checkpoint()
+    kept = a.root / "kept.txt"
+    fake = checkpoint.Checkpoint("test/log", size - 1, bytes(32), checkpoint.open_checkpoint(note, a.verifier).extensions)
+    kept.write_text(checkpoint.sign_checkpoint(fake, "test/log", a.gateway.log.signing_key))
+    with pytest.raises(CryptoError):
+        rec.read_log(a.source("ma"), "ma", 0, a.verifier, kept)
