@@ -117,6 +117,17 @@ membership_index = Table(
     Column("seq", BigInteger, nullable=False, unique=True),
 )
 
+# v2 (SPEC §6.2): which members each query or precheck entry asked (one row
+# per name in its `members_asked`), written in the entry's own transaction;
+# `gateway_started` entries are indexed under "*" (never a member id). This
+# is what GetQueryProofs serves a member from, and nothing else.
+asked_index = Table(
+    "asked_index",
+    metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+)
+
 # Facts about the log itself, e.g. the sequence number of its v2_started entry.
 log_meta = Table(
     "log_meta",

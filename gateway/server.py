@@ -14,6 +14,7 @@ from alliance import db, paillier, pki, transport
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
+from alliance_gateway.reconcile_rpcs import log_gateway_started
 from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
 
@@ -71,6 +72,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
 
 def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None) -> None:  # type: ignore[no-untyped-def]
     server, port, service = build_server(home_dir, db_url=db_url, listen=listen)
+    log_gateway_started(service.engine, deadline_ms=service.config.deadline_ms, k_min=service.config.k_min)  # SPEC §6.2
     server.start()
     service.start_background()
     log.info("gateway listening on port %d", port)

@@ -27,6 +27,7 @@ from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
+from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.policy_store import PolicyCache
@@ -59,7 +60,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(pb_grpc.GatewayServicer):
+class GatewayService(ReconcileRPCs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -422,6 +423,7 @@ class GatewayService(pb_grpc.GatewayServicer):
                 return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
 
             seq, _ = audit_log.append(conn, build, ctx.received_ms)
+            index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
             conn.execute(
                 insert(schema.inquiries).values(
                     seq=seq,

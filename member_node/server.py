@@ -15,6 +15,7 @@ from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
 from alliance_member.home import MemberHome
+from alliance_member.reconcile import Reconciler
 from alliance_member.service import MemberService, PeerTrust
 
 log = logging.getLogger("alliance.member")
@@ -97,8 +98,18 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     server, port = build_server(home_dir, db_url=db_url, listen=listen)
     server.start()
     log.info("member node listening on port %d", port)
+    reconciler = _start_reconciler(home_dir, db_url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    reconciler.stop()
     server.stop(grace=2).wait()
+
+
+def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:
+    """SPEC §6.2: reconcile every 15 minutes, alerting on an unlogged answer."""
+    engine = db.make_engine(MemberHome(home_dir).db_url(db_url))
+    reconciler = Reconciler(home_dir, engine, db_url=db_url)
+    reconciler.start()
+    return reconciler

@@ -27,6 +27,7 @@ from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_member import store
+from alliance_member.reconcile import journal_answer
 
 log = logging.getLogger("alliance.member")
 
@@ -149,7 +150,8 @@ class MemberService(pb_grpc.MemberNodeServicer):
         with self.engine.begin() as conn:
             self._remember_query_id(conn, body.query_id, now_ms)
             plaintext = self._plaintext(conn, query.subject_token, key.epoch, body)
-        ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
+            ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
+            journal_answer(conn, body.query_id, query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature)
 

@@ -99,6 +99,26 @@ seen_queries = Table(
     Column("seen_at_ms", BigInteger, nullable=False, index=True),
 )
 
+# SPEC §6.2: every answer this member gave, written in the same transaction
+# as its seen_queries row, until `member reconcile` finds it in the log.
+answer_journal = Table(
+    "answer_journal",
+    metadata,
+    Column("query_id", String(64), primary_key=True),
+    Column("request_sha256", LargeBinary(32), nullable=False),  # SHA-256 of the signed request body
+    Column("ciphertext_sha256", LargeBinary(32), nullable=False),
+    Column("answered_at_ms", BigInteger, nullable=False, index=True),
+)
+
+# SPEC §6.2: log sizes reconcile observed and when (this member's clock), so a
+# later run reads the log only from before its oldest unreconciled answer.
+reconcile_marks = Table(
+    "reconcile_marks",
+    metadata,
+    Column("observed_at_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("tree_size", BigInteger, nullable=False),
+)
+
 # Peers' credentials pinned on first sight (SPEC §5).
 pinned_credentials = Table(
     "pinned_credentials",

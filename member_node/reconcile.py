@@ -1,0 +1,395 @@
+"""Member reconciliation (SPEC §1 property 9, §6.2): every answer this member
+gave is in the log, and the member checks it itself.
+
+- ``journal_answer``: the answer path writes one journal row (query id,
+  SHA-256 of the request body, SHA-256 of the ciphertext, time) in the same
+  transaction as its replay row, so no answer leaves without one.
+- ``reconcile``: reads, with ``GetQueryProofs``, the entries of queries that
+  asked this member and the ``gateway_started`` entries, each proven included
+  in a checkpoint accepted by ``accept_checkpoint`` and consistent with the
+  member's kept checkpoint, and matches every journalled answer older than
+  ``min_age_ms``. Reconciled rows are pruned; the rest are reported with the
+  nearest gateway restart before and after, so a person can tell a crash
+  between fan-out and commit from an off-the-record answer.
+- ``Reconciler``: what ``member serve`` runs every 15 minutes; it raises an
+  ``unlogged_answer`` alert for each answer missing from the log.
+
+The matching itself (``entry_reconciles``, ``nearest_restart``) is pure."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Connection, Engine, delete, insert, select
+
+from alliance import audit_entry, checkpoint, merkle, signing
+from alliance._internal.files import write_atomic
+from alliance.errors import AllianceError, CryptoError
+from alliance.v1 import alliance_pb2 as pb
+from alliance_member import alerts, store
+
+log = logging.getLogger("alliance.member.reconcile")
+
+MIN_AGE_MS = 60_000  # answers younger than this may not be committed yet (SPEC §6.2: "older than one minute")
+INTERVAL_S = 15 * 60  # `member serve` runs reconcile this often
+FIRST_RUN_S = 60
+MARK_MARGIN_MS = 60_000  # clock steps between a mark and an answer
+PAGE_ENTRIES = 256
+ALERT_KIND = "unlogged_answer"
+
+_j = store.answer_journal.c
+_marks = store.reconcile_marks.c
+
+
+# ---------------------------------------------------------------------------
+# The journal (the answer path)
+
+
+def journal_answer(conn: Connection, query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> None:
+    """Record an answer; call inside the transaction that remembers the query id."""
+    conn.execute(insert(store.answer_journal).values(
+        query_id=query_id, request_sha256=signing.sha256(request_body), ciphertext_sha256=signing.sha256(ciphertext),
+        answered_at_ms=now_ms))
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    query_id: str
+    request_sha256: bytes
+    ciphertext_sha256: bytes
+    answered_at_ms: int
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: acceptance and the member's kept checkpoint
+
+
+def accept_checkpoint(note: str, verifier: checkpoint.NoteVerifier) -> checkpoint.Checkpoint:
+    """The one place a checkpoint for reconciliation is accepted: signed by the
+    pinned log key. SPEC §6.1's witness quorum is to be required here."""
+    return checkpoint.open_checkpoint(note, verifier)
+
+
+ConsistencyProof = Callable[[int, int], list[bytes]]
+
+
+def keep_consistent(path: Path, cp: checkpoint.Checkpoint, note: str, verifier: checkpoint.NoteVerifier,
+                    consistency_proof: ConsistencyProof) -> None:
+    """Prove ``cp`` consistent with the member's kept checkpoint (the file the
+    querier keeps too) and keep the newer of the two. A fork raises CryptoError."""
+    if path.exists():
+        old = accept_checkpoint(path.read_text(encoding="utf-8"), verifier)
+        if old.size == cp.size:
+            if old.root_hash != cp.root_hash:
+                raise CryptoError("audit log fork: two different checkpoints of the same size")
+            return
+        if old.size > cp.size:
+            if cp.size > 0:
+                merkle.verify_consistency(cp.size, old.size, consistency_proof(cp.size, old.size), cp.root_hash, old.root_hash)
+            return
+        if old.size > 0:
+            merkle.verify_consistency(old.size, cp.size, consistency_proof(old.size, cp.size), old.root_hash, cp.root_hash)
+    write_atomic(path, note.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# Matching (pure)
+
+
+def entry_reconciles(entry: dict[str, Any], row: JournalRow, member_id: str, public_key: Ed25519PublicKey | bytes) -> bool:
+    """Does this log entry account for this journalled answer? Same query id
+    and request digest, this member among `members_asked`, and either its
+    answer (same ciphertext digest, this member's valid signature) or a drop
+    reason for it. An answer listed with another ciphertext never counts."""
+    if entry.get("kind") not in audit_entry.QUERY_KINDS or entry.get("query_id") != row.query_id:
+        return False
+    body_hex = entry.get("request_body")
+    try:
+        if not isinstance(body_hex, str) or signing.sha256(bytes.fromhex(body_hex)) != row.request_sha256:
+            return False
+    except ValueError:
+        return False
+    asked = entry.get("members_asked")
+    if not isinstance(asked, list) or member_id not in asked:
+        return False
+    answers = [a for a in entry.get("answers") or [] if isinstance(a, dict) and a.get("member_id") == member_id]
+    if answers:
+        return any(_answer_is_ours(a, row, public_key) for a in answers)
+    return any(isinstance(d, dict) and d.get("member_id") == member_id and isinstance(d.get("reason"), str)
+               for d in entry.get("dropped") or [])
+
+
+def _answer_is_ours(answer: dict[str, Any], row: JournalRow, public_key: Ed25519PublicKey | bytes) -> bool:
+    if answer.get("ciphertext_sha256") != row.ciphertext_sha256.hex():
+        return False
+    try:
+        signature = bytes.fromhex(answer.get("signature") or "")
+        signing.verify(public_key, signing.MEMBER_ANSWER,
+                       signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256),
+                       signature, what="own answer signature")
+    except (ValueError, CryptoError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Restart:
+    seq: int
+    time_ms: int
+    time: str
+    pid: Any
+    host: Any
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "pid": self.pid, "host": self.host}
+
+
+def nearest_restart(restarts: list[Restart], answered_at_ms: int) -> dict[str, Any]:
+    """The latest gateway_started at or before the answer and the first after it
+    (by time; None when the log read holds none)."""
+    before = [r for r in restarts if r.time_ms <= answered_at_ms]
+    after = [r for r in restarts if r.time_ms > answered_at_ms]
+    return {"before": max(before, key=lambda r: r.time_ms).as_json() if before else None,
+            "after": min(after, key=lambda r: r.time_ms).as_json() if after else None}
+
+
+def _time_ms(text: Any) -> int:
+    try:
+        return int(datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+# ---------------------------------------------------------------------------
+# Reading the log
+
+
+class ProofSource(Protocol):
+    def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries: ...
+    def consistency_proof(self, first: int, second: int) -> list[bytes]: ...
+
+
+class GatewayProofSource:
+    """GetQueryProofs and GetConsistencyProof over a member's GatewayClient."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+        return self.client._call(self.client.stub.GetQueryProofs,
+                                 pb.GetQueryProofsRequest(from_index=from_index, max_entries=max_entries))
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return self.client.consistency_proof(first, second)
+
+
+@dataclass
+class LogView:
+    """What a run read: the entries that asked this member (by query id), the
+    restarts, and the first checkpoint's size and when it was read."""
+
+    by_query_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    restarts: list[Restart] = field(default_factory=list)
+    first_size: int | None = None
+    first_read_ms: int = 0
+    size: int = 0
+
+
+def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoint.NoteVerifier, kept: Path,
+             clock: Callable[[], float] = time.time) -> LogView:
+    """Every entry served from ``start`` on, each proven included in its page's
+    accepted checkpoint, each checkpoint consistent with the kept one. An entry
+    that does not concern this member is an error: the gateway must never serve it."""
+    view = LogView()
+    index = start
+    for page in _pages(source, start):
+        cp = accept_checkpoint(page.checkpoint, verifier)
+        keep_consistent(kept, cp, page.checkpoint, verifier, source.consistency_proof)
+        if view.first_size is None:
+            view.first_size, view.first_read_ms = cp.size, int(clock() * 1000)
+        view.size = max(view.size, cp.size)
+        for proven in page.entries:
+            if not index <= proven.index < cp.size:
+                raise CryptoError(f"GetQueryProofs served entry {proven.index} out of order (expected ≥ {index}, < {cp.size})")
+            data = bytes(proven.data)
+            merkle.verify_inclusion(merkle.leaf_hash(data), proven.index, cp.size, list(proven.inclusion_proof), cp.root_hash)
+            entry = audit_entry.decode(data, index=proven.index)
+            index = proven.index + 1
+            if entry.get("kind") == "gateway_started":
+                view.restarts.append(Restart(proven.index, _time_ms(entry.get("time")), str(entry.get("time")),
+                                             entry.get("pid"), entry.get("host")))
+            elif entry.get("kind") in audit_entry.QUERY_KINDS and member_id in (entry.get("members_asked") or []):
+                view.by_query_id.setdefault(str(entry.get("query_id")), []).append(entry)
+            else:
+                raise CryptoError(f"GetQueryProofs served entry {proven.index} ({entry.get('kind')}), which did not ask {member_id}")
+    return view
+
+
+def _pages(source: ProofSource, start: int) -> Iterator[pb.ProvenEntries]:
+    index = start
+    while True:
+        page = source.query_proofs(index, PAGE_ENTRIES)
+        yield page
+        if not page.entries:
+            return
+        index = page.entries[-1].index + 1
+
+
+# ---------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class Result:
+    checked: int
+    reconciled: int
+    missing: list[dict[str, Any]]
+    tree_size: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "reconciled": self.reconciled, "missing": self.missing,
+                "tree_size": self.tree_size}
+
+
+def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | bytes, source: ProofSource,
+              verifier: checkpoint.NoteVerifier, kept: Path, min_age_ms: int = MIN_AGE_MS, since_ms: int = 0,
+              clock: Callable[[], float] = time.time) -> Result:
+    """Check every journalled answer at least ``min_age_ms`` old (and answered
+    at or after ``since_ms``) against the log; prune the reconciled ones."""
+    now_ms = int(clock() * 1000)
+    with engine.connect() as conn:
+        rows = [JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+                for r in conn.execute(select(store.answer_journal)
+                                      .where(_j.answered_at_ms <= now_ms - min_age_ms, _j.answered_at_ms >= since_ms)
+                                      .order_by(_j.answered_at_ms, _j.query_id))]
+        start, mark_at = _start_index(conn, min((r.answered_at_ms for r in rows), default=now_ms))
+    view = read_log(source, member_id, start, verifier, kept, clock)
+    reconciled, missing = [], []
+    for row in rows:
+        if any(entry_reconciles(e, row, member_id, public_key) for e in view.by_query_id.get(row.query_id, [])):
+            reconciled.append(row.query_id)
+        else:
+            missing.append({"query_id": row.query_id, "answered_at": _utc(row.answered_at_ms),
+                            "nearest_restart": nearest_restart(view.restarts, row.answered_at_ms)})
+    with engine.begin() as conn:
+        if reconciled:
+            for i in range(0, len(reconciled), 500):
+                conn.execute(delete(store.answer_journal).where(_j.query_id.in_(reconciled[i:i + 500])))
+        if view.first_size is not None:
+            conn.execute(delete(store.reconcile_marks).where(_marks.observed_at_ms == view.first_read_ms))
+            conn.execute(insert(store.reconcile_marks).values(observed_at_ms=view.first_read_ms, tree_size=view.first_size))
+        if mark_at is not None:  # marks older than the one this run started from are never needed again
+            conn.execute(delete(store.reconcile_marks).where(_marks.observed_at_ms < mark_at))
+    return Result(checked=len(rows), reconciled=len(reconciled), missing=missing, tree_size=view.size)
+
+
+def _start_index(conn: Connection, oldest_answer_ms: int) -> tuple[int, int | None]:
+    """Where to start reading: the largest log size observed (after reading)
+    before the oldest answer to check, less a margin. Any entry for that answer
+    was committed after the answer, so after the observation: its index is at
+    least that size. Also the oldest journal row still kept counts, so a run
+    with --since never lets a later run skip an older unreconciled answer."""
+    oldest_kept = conn.execute(select(_j.answered_at_ms).order_by(_j.answered_at_ms).limit(1)).scalar()
+    bound = min(oldest_answer_ms, oldest_kept if oldest_kept is not None else oldest_answer_ms) - MARK_MARGIN_MS
+    row = conn.execute(select(_marks.observed_at_ms, _marks.tree_size).where(_marks.observed_at_ms <= bound)
+                       .order_by(_marks.observed_at_ms.desc()).limit(1)).first()
+    return (0, None) if row is None else (int(row.tree_size), int(row.observed_at_ms))
+
+
+# ---------------------------------------------------------------------------
+# From a member home (CLI and `member serve`)
+
+
+def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int = MIN_AGE_MS, since_ms: int = 0,
+                   engine: Engine | None = None, client: Any = None) -> Result:
+    from alliance import db, pki
+    from alliance_member.gateway_client import GatewayClient
+    from alliance_member.home import MemberHome
+
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    if cfg.role != "member":
+        from alliance.errors import UsageError
+        raise UsageError(f"{home_dir} is an {cfg.role} home; only members answer queries")
+    own = pki.verify_credential(home.credential.read_bytes(), pki.load_cert_pem(home.ca_cert))
+    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
+    owns_engine = engine is None
+    if engine is None:
+        engine = db.make_engine(home.db_url(db_url))
+        store.create_schema(engine)
+    owns_client = client is None
+    client = client or GatewayClient(home)
+    try:
+        return reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
+                         source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
+                         min_age_ms=min_age_ms, since_ms=since_ms)
+    finally:
+        if owns_client:
+            client.close()
+        if owns_engine:
+            engine.dispose()
+
+
+class Reconciler:
+    """`member serve`'s background check: every ``interval_s``, reconcile and
+    raise one `unlogged_answer` alert per answer missing from the log."""
+
+    def __init__(self, home_dir: Path, engine: Engine, *, db_url: str | None = None, interval_s: float = INTERVAL_S,
+                 first_run_s: float = FIRST_RUN_S, min_age_ms: int = MIN_AGE_MS) -> None:
+        self.home_dir, self.engine, self.db_url, self.min_age_ms = home_dir, engine, db_url, min_age_ms
+        self.interval_s, self.first_run_s = interval_s, first_run_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._alerted: set[str] = set()
+
+    def run_once(self) -> Result | None:
+        try:
+            result = reconcile_home(self.home_dir, db_url=self.db_url, engine=self.engine, min_age_ms=self.min_age_ms)
+        except CryptoError as exc:
+            alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile could not verify the log: {exc}")
+            return None
+        except AllianceError as exc:
+            log.warning("member reconcile did not run: %s", exc)
+            return None
+        for miss in result.missing:
+            if miss["query_id"] in self._alerted:
+                continue
+            alerts.raise_alert(self.engine, ALERT_KIND,
+                               f"answer to query {miss['query_id']} given at {miss['answered_at']} is not in the audit log",
+                               miss)
+            self._alerted.add(miss["query_id"])
+        log.info("reconcile: %d checked, %d reconciled, %d missing", result.checked, result.reconciled, len(result.missing))
+        return result
+
+    def start(self) -> None:
+        def loop() -> None:
+            wait = self.first_run_s
+            while not self._stop.wait(wait):
+                try:
+                    self.run_once()
+                except Exception:  # noqa: BLE001 - the thread must outlive any one failure
+                    log.exception("member reconcile failed")
+                wait = self.interval_s
+
+        self._thread = threading.Thread(target=loop, name="member-reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,391 @@
+"""SPEC §1 property 9, §6.2: every answer a member gave is in the log, and the
+member checks it itself (`member reconcile`), reading only the entries of
+queries that asked it (GetQueryProofs).
+
+In process: a real GatewayService and four real MemberServices (answers over
+fake stubs), so each case is exact — a normal sequence reconciles; an answer
+given off the record, an entry the operator un-indexed, an entry that names
+another ciphertext are all caught; a late answer reconciles by its drop;
+GetQueryProofs never serves an entry that did not ask the caller. Then with
+real mutual-TLS servers: the operator calls a member's Answer directly with
+the gateway's certificate, and `member serve`'s Reconciler raises the alert."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, insert, select, update
+
+from alliance import audit_entry, checkpoint, db, paillier, signing
+from alliance.errors import CryptoError, Refused
+from alliance.v1 import alliance_pb2 as pb
+from alliance_gateway import audit_log, schema
+from alliance_gateway.home import GatewayConfig
+from alliance_gateway.reconcile_rpcs import log_gateway_started, query_proofs
+from alliance_gateway.registry import Registry
+from alliance_gateway.service import GatewayService
+from alliance_member import reconcile as rec
+from alliance_member import store
+from alliance_member.service import MemberService, PeerTrust
+from tests.alliance_fixtures import MK, LocalCA, signed_query
+
+MEMBERS = ("mq", "ma", "mb", "mc")
+
+
+class Stub:
+    """A member's Answer.future, in process; ``delay_s`` answers late."""
+
+    def __init__(self, service: MemberService) -> None:
+        self.service, self.delay_s = service, 0.0
+        self.Answer = self
+
+    def future(self, request: pb.MemberQueryRequest, timeout: float) -> Future:
+        fut: Future = Future()
+
+        def run() -> None:
+            try:
+                resp = self.service.answer(request)
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                if fut.set_running_or_notify_cancel():
+                    fut.set_result(resp)
+            except Refused as exc:
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return fut
+
+
+class Alliance:
+    def __init__(self, root: Path, db_url: str, ca: LocalCA, members: dict[str, Any]) -> None:
+        self.members = members
+        self.engine = db.make_engine(db_url)
+        schema.create_schema(self.engine)
+        with self.engine.begin() as conn:
+            audit_log.start_v2(conn, deadline_ms=600)
+            for m in members.values():
+                conn.execute(insert(schema.members).values(
+                    member_id=m.member_id, name=m.member_id, role="member", status="active", endpoint=m.member_id,
+                    credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
+                    fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
+                    paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=1000, updated_at_ms=0))
+        self.services: dict[str, MemberService] = {}
+        self.stubs: dict[str, Stub] = {}
+        for mid in MEMBERS:
+            e = db.make_engine(db.sqlite_url(root / f"{mid}.db"))
+            store.create_schema(e)
+            self.services[mid] = MemberService(member_id=mid, engine=e, trust=PeerTrust(e, ca.cert),
+                                               signing_key=members[mid].signing_key, matching_key=lambda: MK,
+                                               mask_pools=paillier.MaskPools(target=2))
+            self.stubs[mid] = Stub(self.services[mid])
+        log_key = Ed25519PrivateKey.generate()
+        self.verifier = checkpoint.parse_verifier_key(checkpoint.verifier_key("test/log", log_key.public_key()))
+        cfg = GatewayConfig(listen="", db_url=db_url, log_origin="test/log", log_key_name="test/log", k_min=2,
+                            deadline_ms=600, registry_refresh_ms=0)
+        self.gateway = GatewayService(engine=self.engine, registry=Registry(self.engine, 0), config=cfg,
+                                      member_stub=lambda ep: self.stubs[ep],
+                                      log_reader=audit_log.LogReader(self.engine, origin="test/log", key_name="test/log",
+                                                                     signing_key=log_key),
+                                      mask_pools=paillier.MaskPools(target=2))
+        self.root = root
+        self.n = 0
+
+    def query(self, querier: str = "mq", *, mode: int = pb.QUERY_MODE_REPORT) -> str:
+        """One query on a fresh subject (no §5.3 pin decides who is asked); returns its query id."""
+        self.n += 1
+        subject = ("RESIDENT_ID", _valid_id(self.n))
+        q = signed_query(self.members[querier], subject=subject, mode=mode)
+        kind = "precheck" if mode == pb.QUERY_MODE_PRECHECK else "query"
+        self.gateway.process(q, querier, "member", kind, self.members[querier].body.tls_cert_sha256)
+        return pb.QueryRequestBody.FromString(q.body).query_id
+
+    def source(self, member_id: str) -> "LocalSource":
+        return LocalSource(self, member_id)
+
+    def reconcile(self, member_id: str, **kw: Any) -> rec.Result:
+        kw.setdefault("min_age_ms", 0)
+        return rec.reconcile(self.services[member_id].engine, member_id=member_id,
+                             public_key=bytes(self.members[member_id].body.ed25519_public_key),
+                             source=self.source(member_id), verifier=self.verifier,
+                             kept=self.root / f"{member_id}-checkpoint.txt", **kw)
+
+    def journal(self, member_id: str) -> list[str]:
+        with self.services[member_id].engine.connect() as conn:
+            return [r.query_id for r in conn.execute(select(store.answer_journal.c.query_id))]
+
+    def log(self) -> list[dict[str, Any]]:
+        size = self.gateway.log.size()
+        return [audit_entry.decode(self.gateway.log.entry(i), index=i) for i in range(size)]
+
+
+def _valid_id(n: int) -> str:
+    """A distinct, valid resident id for subject number n."""
+    import random
+
+    from alliance import synthetic
+
+    return synthetic.generate_resident_id(random.Random(n))
+
+
+class LocalSource:
+    """GetQueryProofs and consistency proofs of the in-process gateway."""
+
+    def __init__(self, alliance: Alliance, member_id: str) -> None:
+        self.a, self.member_id = alliance, member_id
+
+    def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+        return query_proofs(self.a.engine, self.a.gateway.log, self.member_id, from_index, max_entries)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        return self.a.gateway.log.consistency_proof(first, second)
+
+
+@pytest.fixture(scope="module")
+def ca() -> LocalCA:
+    return LocalCA()
+
+
+@pytest.fixture(scope="module")
+def members(ca):  # type: ignore[no-untyped-def]
+    return {mid: ca.enrol(mid) for mid in MEMBERS}
+
+
+@pytest.fixture
+def alliance(tmp_path, db_url, ca, members):  # type: ignore[no-untyped-def]
+    a = Alliance(tmp_path, db_url, ca, members)
+    yield a
+    a.engine.dispose()
+
+
+def test_a_normal_sequence_reconciles_and_is_pruned(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    log_gateway_started(a.engine, deadline_ms=600, k_min=2)
+    ids = [a.query("mq") for _ in range(3)] + [a.query("ma"), a.query("mq", mode=pb.QUERY_MODE_PRECHECK)]
+    for mid in ("ma", "mb", "mc"):
+        expected = len([1 for i, q in enumerate(ids) if not (i == 3 and mid == "ma")])
+        assert len(a.journal(mid)) == expected
+        result = a.reconcile(mid)
+        assert result.as_json()["ok"] is True and result.missing == []
+        assert result.checked == result.reconciled == expected
+        assert a.journal(mid) == []  # reconciled rows are pruned
+        again = a.reconcile(mid)
+        assert again.ok and again.checked == 0
+
+
+def test_answers_younger_than_the_minimum_age_are_not_checked(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    a.query("mq")
+    result = a.reconcile("ma", min_age_ms=rec.MIN_AGE_MS)
+    assert result.ok and result.checked == 0 and len(a.journal("ma")) == 1
+    assert a.reconcile("ma", since_ms=int(time.time() * 1000) + 60_000).checked == 0  # --since after it
+
+
+def test_an_answer_given_off_the_record_is_missing_with_the_nearest_restarts(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The operator asks a member directly (no entry) between two restarts."""
+    a = alliance
+    a.query("mq")
+    before = log_gateway_started(a.engine, deadline_ms=600, k_min=2)
+    time.sleep(0.01)
+    off = signed_query(a.members["mq"], subject=("RESIDENT_ID", _valid_id(900)))
+    a.services["mb"].answer(pb.MemberQueryRequest(query=off, querier_credential=a.members["mq"].credential.SerializeToString()))
+    time.sleep(0.01)
+    after = log_gateway_started(a.engine, deadline_ms=600, k_min=2)
+    a.query("mq")
+    result = a.reconcile("mb")
+    off_id = pb.QueryRequestBody.FromString(off.body).query_id
+    assert not result.ok and result.checked == 3 and result.reconciled == 2
+    assert [m["query_id"] for m in result.missing] == [off_id]
+    near = result.missing[0]["nearest_restart"]
+    assert near["before"]["seq"] == before and near["after"]["seq"] == after
+    assert a.journal("mb") == [off_id]  # a missing answer stays journalled
+    assert a.reconcile("mb").missing[0]["query_id"] == off_id  # and is reported again
+    assert a.reconcile("ma").ok  # the other members are unaffected
+
+
+def test_an_entry_the_operator_stops_serving_is_missing(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    first, second = a.query("mq"), a.query("mq")
+    seq = next(e["seq"] for e in a.log() if e.get("query_id") == second)
+    with a.engine.begin() as conn:
+        conn.execute(delete(schema.asked_index).where(schema.asked_index.c.seq == seq, schema.asked_index.c.member_id == "mc"))
+    result = a.reconcile("mc")
+    assert [m["query_id"] for m in result.missing] == [second] and result.reconciled == 1
+    assert a.reconcile("mb").ok
+
+
+def test_an_entry_naming_another_ciphertext_does_not_reconcile(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The log says ma answered something other than what ma answered."""
+    a = alliance
+    qid = a.query("mq")
+    with a.services["ma"].engine.begin() as conn:
+        conn.execute(update(store.answer_journal).where(store.answer_journal.c.query_id == qid)
+                     .values(ciphertext_sha256=signing.sha256(b"what ma really sent")))
+    result = a.reconcile("ma")
+    assert [m["query_id"] for m in result.missing] == [qid]
+
+
+def test_entry_reconciles_needs_digest_member_and_own_signature(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    qid = a.query("mq")
+    entry = next(e for e in a.log() if e.get("query_id") == qid)
+    with a.services["ma"].engine.connect() as conn:
+        r = conn.execute(select(store.answer_journal)).one()
+    row = rec.JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+    key = bytes(a.members["ma"].body.ed25519_public_key)
+    assert rec.entry_reconciles(entry, row, "ma", key)
+
+    def changed(**kw: Any) -> dict[str, Any]:
+        return {**entry, **kw}
+
+    mine = next(x for x in entry["answers"] if x["member_id"] == "ma")
+    others = [x for x in entry["answers"] if x["member_id"] != "ma"]
+    assert not rec.entry_reconciles(changed(answers=others + [{**mine, "ciphertext_sha256": "00" * 32}]), row, "ma", key)
+    assert not rec.entry_reconciles(changed(answers=others + [{**mine, "signature": "00" * 64}]), row, "ma", key)
+    assert not rec.entry_reconciles(changed(answers=others), row, "ma", key)  # neither answer nor drop
+    assert not rec.entry_reconciles(changed(members_asked=[m for m in entry["members_asked"] if m != "ma"]), row, "ma", key)
+    assert not rec.entry_reconciles(changed(request_body=entry["request_body"][:-2] + "00"), row, "ma", key)
+    assert not rec.entry_reconciles(changed(query_id="f" * 32), row, "ma", key)
+    assert not rec.entry_reconciles(entry, row, "mb", bytes(a.members["mb"].body.ed25519_public_key))
+    # an answer listed with another ciphertext never counts, even beside a drop
+    assert not rec.entry_reconciles(changed(answers=others + [{**mine, "ciphertext_sha256": "00" * 32}],
+                                            dropped=[{"member_id": "ma", "reason": "deadline_exceeded"}]), row, "ma", key)
+    assert rec.entry_reconciles(changed(answers=others, dropped=[{"member_id": "ma", "reason": "deadline_exceeded"}]),
+                                row, "ma", key)
+
+
+def test_a_late_answer_reconciles_by_its_logged_drop(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    a.stubs["mc"].delay_s = 1.0
+    qid = a.query("mq")
+    entry = next(e for e in a.log() if e.get("query_id") == qid)
+    assert entry["dropped"] == [{"member_id": "mc", "reason": "deadline_exceeded"}]
+    time.sleep(0.6)  # mc's answer (journalled before the delay) is long done
+    result = a.reconcile("mc")
+    assert result.ok and result.reconciled == 1
+
+
+def test_get_query_proofs_serves_only_entries_that_asked_the_caller(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    log_gateway_started(a.engine, deadline_ms=600, k_min=2)
+    a.query("mq")
+    a.query("mc")  # asks mq, ma, mb: not mc
+    a.query("ma")
+    log_gateway_started(a.engine, deadline_ms=600, k_min=2)
+    entries = a.log()
+    for mid in MEMBERS:
+        page = query_proofs(a.engine, a.gateway.log, mid, 0, 0)
+        cp = checkpoint.open_checkpoint(page.checkpoint, a.verifier)
+        served = [audit_entry.decode(p.data, index=p.index) for p in page.entries]
+        expected = [e["seq"] for e in entries if e["kind"] == "gateway_started"
+                    or (e["kind"] in ("query", "precheck") and mid in e["members_asked"])]
+        assert [e["seq"] for e in served] == expected
+        for e in served:
+            assert e["kind"] == "gateway_started" or mid in e["members_asked"]
+        for p in page.entries:
+            from alliance import merkle
+            merkle.verify_inclusion(merkle.leaf_hash(p.data), p.index, cp.size, list(p.inclusion_proof), cp.root_hash)
+    mc_served = {e.index for e in query_proofs(a.engine, a.gateway.log, "mc", 0, 0).entries}
+    mc_query = next(e["seq"] for e in entries if e.get("querier_id") == "mc")
+    assert mc_query not in mc_served
+    assert not any(e["kind"] in audit_entry.MEMBERSHIP_KINDS for e in entries if e["seq"] in mc_served)
+
+
+def test_get_query_proofs_pages_by_count_and_bytes(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    for _ in range(5):
+        a.query("mq")
+    all_seqs = [p.index for p in query_proofs(a.engine, a.gateway.log, "ma", 0, 0).entries]
+    assert len(all_seqs) == 5
+    assert [p.index for p in query_proofs(a.engine, a.gateway.log, "ma", 0, 2).entries] == all_seqs[:2]
+    assert [p.index for p in query_proofs(a.engine, a.gateway.log, "ma", all_seqs[2], 2).entries] == all_seqs[2:4]
+    one = query_proofs(a.engine, a.gateway.log, "ma", 0, 0, page_bytes=1)
+    assert [p.index for p in one.entries] == all_seqs[:1]  # at least one entry, whatever the bound
+    # and the reader pages through them all
+    old = rec.PAGE_ENTRIES
+    rec.PAGE_ENTRIES = 2
+    try:
+        assert a.reconcile("ma").reconciled == 5
+    finally:
+        rec.PAGE_ENTRIES = old
+
+
+def test_a_served_entry_that_did_not_ask_the_member_is_refused(alliance) -> None:  # type: ignore[no-untyped-def]
+    """A gateway that serves other members' queries is caught, not trusted."""
+    a = alliance
+    a.query("mc")  # does not ask mc
+
+    class Leaky(LocalSource):
+        def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+            return query_proofs(self.a.engine, self.a.gateway.log, "ma", from_index, max_entries)
+
+    with pytest.raises(CryptoError, match="did not ask mc"):
+        rec.read_log(Leaky(a, "mc"), "mc", 0, a.verifier, a.root / "leaky.txt")
+
+
+def test_a_forked_log_is_refused(alliance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Entries are proven against a checkpoint consistent with the kept one."""
+    a = alliance
+    a.query("mq")
+    kept = a.root / "ma-checkpoint.txt"
+    a.reconcile("ma")
+    assert kept.exists()
+    other_key = Ed25519PrivateKey.generate()
+    # a checkpoint by another key is refused outright
+    with pytest.raises(CryptoError):
+        rec.accept_checkpoint(checkpoint.sign_checkpoint(checkpoint.Checkpoint("test/log", 3, bytes(32)), "test/log", other_key),
+                              a.verifier)
+    # a log-signed checkpoint of the same size with another root is a fork
+    cp = rec.accept_checkpoint(kept.read_text(), a.verifier)
+    forged = checkpoint.sign_checkpoint(checkpoint.Checkpoint("test/log", cp.size, bytes(32), cp.extensions), "test/log",
+                                        a.gateway.log.signing_key)
+    with pytest.raises(CryptoError, match="fork"):
+        rec.keep_consistent(kept, rec.accept_checkpoint(forged, a.verifier), forged, a.verifier, a.gateway.log.consistency_proof)
+
+
+def test_a_later_run_still_reads_entries_logged_before_the_last_mark(alliance) -> None:  # type: ignore[no-untyped-def]
+    """A run that checked nothing (answers too young) still records how far it
+    read; the next run must not start past an answer's entry because of it."""
+    a = alliance
+    qid = a.query("mq")
+    assert a.reconcile("ma", min_age_ms=rec.MIN_AGE_MS).checked == 0
+    with a.services["ma"].engine.connect() as conn:
+        assert conn.execute(select(store.reconcile_marks)).all()  # a mark past the entry exists
+    result = a.reconcile("ma")
+    assert result.ok and result.reconciled == 1, result.missing
+    assert qid not in a.journal("ma")
+
+
+def test_a_tampered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    a.query("mq")
+
+    class Tampering(LocalSource):
+        def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+            page = super().query_proofs(from_index, max_entries)
+            for p in page.entries:
+                e = audit_entry.decode(p.data, index=p.index)
+                if e["kind"] == "query":
+                    e["purpose"] = "POST_LOAN_MONITORING"
+                    p.data = audit_entry.encode(e)
+            return page
+
+    with pytest.raises(CryptoError):
+        rec.read_log(Tampering(a, "ma"), "ma", 0, a.verifier, a.root / "t.txt")
+
+
+def test_a_checkpoint_inconsistent_with_the_kept_one_is_refused(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The kept checkpoint is of a smaller tree the served one does not extend."""
+    a = alliance
+    a.query("mq")
+    a.query("mq")
+    size, note = a.gateway.log.signed_checkpoint()
+    kept = a.root / "kept.txt"
+    fake = checkpoint.Checkpoint("test/log", size - 1, bytes(32), checkpoint.open_checkpoint(note, a.verifier).extensions)
+    kept.write_text(checkpoint.sign_checkpoint(fake, "test/log", a.gateway.log.signing_key))
+    with pytest.raises(CryptoError):
+        rec.read_log(a.source("ma"), "ma", 0, a.verifier, kept)
