@@ -224,12 +224,37 @@ class Admin:
 
     def upgrade_db(self) -> dict[str, Any]:
         """SPEC §6.4: bring a v1 registry and log to v2 (new tables; a
-        `v2_started` entry, after which v2 rules apply). Idempotent."""
-        gateway_cfg = GatewayHome(Path(self.config.gateway_home)).config()
+        `v2_started` entry, after which v2 rules apply) and give a v1 gateway
+        certificate the reserved gateway name v2 clients check (§5.2), for
+        the gateway's existing key. Idempotent."""
+        gateway = GatewayHome(Path(self.config.gateway_home))
+        gateway_cfg = gateway.config()
         with self.engine.begin() as conn:
             before = audit_log.v2_started_seq(conn)
             seq = audit_log.start_v2(conn, deadline_ms=gateway_cfg.deadline_ms)
-        return {"v2_started_seq": seq, "already_v2": before is not None}
+        return {"v2_started_seq": seq, "already_v2": before is not None, "gateway_certificate_reissued": self._renew_gateway_cert(gateway)}
+
+    def _renew_gateway_cert(self, gateway: GatewayHome) -> bool:
+        cert = pki.load_cert_pem(gateway.tls_cert)
+        try:
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            names = []
+        if pki.GATEWAY_TLS_NAME in names:
+            return False
+        hosts = tuple(h for h in names if not pki.is_reserved_host(h))
+        try:
+            hosts += tuple(str(ip) for ip in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                           .get_values_for_type(x509.IPAddress))
+        except x509.ExtensionNotFound:
+            pass
+        tls_key = pki.load_ec_private_pem(gateway.tls_key)
+        now = datetime.now(timezone.utc)
+        renewed = pki.issue_tls_certificate(
+            pki.load_ca_key(self.home.ca_key, self.ca_passphrase), pki.load_cert_pem(self.home.ca_cert), tls_key.public_key(),
+            member_id="gateway", role="gateway", hosts=hosts, not_before=now - timedelta(minutes=5), not_after=now + CREDENTIAL_VALIDITY)
+        pki.write_cert_pem(gateway.tls_cert, renewed)
+        return True
 
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

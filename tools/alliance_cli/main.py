@@ -269,16 +269,19 @@ def admin_db() -> None:
 @admin_db.command("upgrade")
 @HOME
 @DB
-def admin_db_upgrade(home: Path, db_url: str | None) -> None:
+@PASSPHRASE
+def admin_db_upgrade(home: Path, db_url: str | None, passphrase_file: Path | None) -> None:
     """Bring a v1 registry and log to v2 (SPEC §6.4): new tables, and a
     `v2_started` entry after which the v2 rules apply. Safe to run twice.
 
     Example: alliance admin db upgrade --home admin"""
-    result = _admin(home, db_url).upgrade_db()
+    result = _admin(home, db_url, passphrase_file, signs=True).upgrade_db()
     if result["already_v2"]:
         click.echo(f"already v2: the log's v2_started entry is {result['v2_started_seq']}")
     else:
         click.echo(f"upgraded: v2_started logged as entry {result['v2_started_seq']}; v2 rules apply from here on")
+    if result["gateway_certificate_reissued"]:
+        click.echo("the gateway certificate was reissued with the reserved gateway name; restart `alliance gateway serve`")
 
 
 @admin.group("auditor")
