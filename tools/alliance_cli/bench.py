@@ -118,12 +118,26 @@ def _bench_ours(root: Path, n: int, *, queries: int, concurrency: int, echo: Cal
             sequential.append(one(i))
         seq_summary = _latency_summary(sequential, time.perf_counter() - t0)
         echo(f"ours, light load ({LIGHT_LOAD_QPS} queries/s offered): {_fmt(seq_summary)}")
+        answerers = [m.process.pid for mid, m in alliance.members.items() if mid != ids[0]]  # the querier's own node is never asked
+
+        def party_cpu() -> dict[str, float]:
+            return {"querier": time.process_time(), "gateway": _cpu_seconds(alliance.gateway_process.pid),
+                    "member": sum(_cpu_seconds(p) for p in answerers)}
+
         cpu0 = sum(_cpu_seconds(p) for p in pids) + time.process_time()
+        parties0 = party_cpu()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             concurrent = list(pool.map(one, range(queries)))
         wall = time.perf_counter() - t0
         cpu = sum(_cpu_seconds(p) for p in pids) + time.process_time() - cpu0
+        parties1 = party_cpu()
+        # SPEC §8: querier and gateway per query, member per answer given
+        per_party = {"querier": round((parties1["querier"] - parties0["querier"]) / queries * 1000, 2),
+                     "gateway": round((parties1["gateway"] - parties0["gateway"]) / queries * 1000, 2),
+                     "member": round((parties1["member"] - parties0["member"]) / (queries * len(answerers)) * 1000, 2)}
+        echo(f"CPU per party: querier {per_party['querier']} ms/query, gateway {per_party['gateway']} ms/query, "
+             f"member {per_party['member']} ms/answer")
         conc_summary = _latency_summary(concurrent, wall)
         echo(f"ours, {concurrency} concurrent: {_fmt(conc_summary)}; CPU {cpu / queries * 1000:.1f} ms/query (all processes)")
         security = _security_overhead(alliance, n)
@@ -132,7 +146,7 @@ def _bench_ours(root: Path, n: int, *, queries: int, concurrency: int, echo: Cal
              "per new channel (channels are reused, so 0 per query after the first)")
         querier.close()
     return {"sequential": seq_summary, "concurrent": conc_summary, "cpu_ms_per_query": round(cpu / queries * 1000, 2),
-            "security": security}
+            "cpu_ms_per_party": per_party, "security": security}
 
 
 def _security_overhead(alliance: LocalAlliance, n: int) -> dict[str, float]:
