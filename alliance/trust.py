@@ -13,8 +13,8 @@ credential's keys, never the field the CA wrote) is *trusted* when its
   credential was trusted and active *at that entry's position*, exists
   (so every chain leads back to a root: sponsorships by untrusted members,
   mutual ones included, count for nothing);
-- it rotates m's previous credential, which was trusted, and carries that
-  credential's Ed25519 endorsement (pki.rotation_message).
+- it rotates m's previous trusted credential and carries that credential's
+  Ed25519 endorsement (pki.rotation_message).
 
 and m's latest status is active. Only m's current credential is accepted;
 an older one is ``superseded``."""
@@ -133,12 +133,13 @@ def replay(entries: Iterable[dict[str, Any]], roots: Iterable[Root] = (), *, fou
             consistent = bytes(body.member_fingerprint) == fp  # what a rotation endorsement covers
             member = members.setdefault(mid, MemberState(mid))
             state = CredentialState(mid, signing.sha256(raw), fp, body, cred, seq)
-            previous = member.current
+            # The previous *trusted* credential endorses a rotation (an untrusted one in between breaks nothing).
+            previous = next((c for c in reversed(member.credentials) if c.trusted), None)
             if (mid, fp) in root_set:
                 state.trusted, state.how = True, "root"
             elif (mid, fp) in sponsored:
                 state.trusted, state.how = True, "sponsored"
-            elif consistent and previous is not None and previous.trusted and _endorsed(previous, cred, body):
+            elif consistent and previous is not None and _endorsed(previous, cred, body):
                 state.trusted, state.how = True, "rotation"
             member.credentials.append(state)
             by_digest.setdefault(state.digest, state)
