@@ -216,7 +216,8 @@ class GatewayService(MembershipRPCs, pb_grpc.GatewayServicer):
             answers = self._fan_out(ctx, targets, querier, pk)
             t_fan = time.perf_counter()
             if len(answers) < self.config.k_min:
-                raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed")
+                raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed"
+                                   + _refusal_summary(ctx.dropped))
             if kind == "precheck":
                 if len(answers) != len(targets):
                     raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
@@ -499,6 +500,17 @@ def _pin_message(pin: reservations.Pin, missing: list[str]) -> str:
     until = datetime.fromtimestamp(pin.expires_at_ms / 1000, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M %Z")
     return (f"reports on this subject are pinned to {', '.join(pin.members)} and {', '.join(missing)} did not answer; "
             f"keep the earlier report: a new set becomes possible after {until} (24 h after the latest report)")
+
+
+def _refusal_summary(dropped: list[dict[str, Any]]) -> str:
+    """The members' own refusal reasons (e.g. not_sponsored, SPEC §5.1), so
+    a querier that no member trusts is told why."""
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        parts = str(d.get("reason", "")).split(": ")
+        reason = parts[1] if len(parts) > 1 and parts[0] == "permission_denied" else parts[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return "" if not reasons else " (members refused or failed: " + ", ".join(f"{r} ×{n}" for r, n in sorted(reasons.items())) + ")"
 
 
 def _peek_mode(request: pb.SignedQuery) -> int:
