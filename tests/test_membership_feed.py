@@ -242,3 +242,20 @@ def test_a_credential_in_my_name_that_i_did_not_request_raises_an_alert(alliance
     feed.refresh()
     raised = alerts.list_alerts(feed.engine, kinds=("credential_in_my_name",))
     assert len(raised) == 1 and "ma" in raised[0].message
+
+
+def test_an_altered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The gateway turns a revocation into a resumption on the way: same
+    place, same count, only the proof gives it away."""
+    service, members, feed, member, source, _ = alliance
+    status(service, "mq", "member_revoked")
+
+    def alter(page: pb.ProvenEntries) -> pb.ProvenEntries:
+        for e in page.entries:
+            e.data = e.data.replace(b'"kind":"member_revoked"', b'"kind":"member_resumed"')
+        return page
+
+    source.tamper = alter
+    with pytest.raises(feed_mod.FeedError, match="inclusion|root|proof"):
+        feed.refresh()
+    assert feed.view().members["mq"].status == "active"  # the altered entry never became the view

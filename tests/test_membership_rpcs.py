@@ -64,7 +64,7 @@ def test_a_sponsorship_is_logged_with_its_proof(svc) -> None:  # type: ignore[no
     assert f"membership {resp.entry.membership_seq + 1}" in cp.extensions
 
 
-@pytest.mark.parametrize("case", ["other_peer", "bad_signature", "suspended", "auditor", "wrong_fp", "self", "stale", "huge"])
+@pytest.mark.parametrize("case", ["other_peer", "bad_signature", "suspended", "auditor", "wrong_fp", "self", "stale", "huge", "names_another_sponsor"])
 def test_a_sponsorship_not_by_its_active_signer_is_refused_and_not_logged(svc, case) -> None:  # type: ignore[no-untyped-def]
     service, members = svc
     size = service.log.size()
@@ -87,6 +87,11 @@ def test_a_sponsorship_not_by_its_active_signer_is_refused_and_not_logged(svc, c
         request = sponsorship(members["ma"], members["mb"], time_ms=int(time.time() * 1000) - 600_000)
     elif case == "huge":
         request.body = request.body + b"\x00" * 5000
+    elif case == "names_another_sponsor":  # ma signs a sponsorship that claims mc vouched
+        body = pb.SponsorshipBody.FromString(request.body)
+        body.sponsor_id = "mc"
+        request.body = body.SerializeToString()
+        request.signature = signing.sign(members["ma"].signing_key, signing.SPONSORSHIP, request.body)
     with pytest.raises(Aborted):
         service.PostSponsorship(request, peer)
     assert service.log.size() == size
