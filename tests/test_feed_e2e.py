@@ -138,6 +138,34 @@ def test_member_sponsor_admits_it_for_real(alliance, outsider) -> None:  # type:
     assert result.returncode == 0, result.stderr
 
 
+def test_no_key_share_goes_to_a_member_that_is_not_trusted_and_active(alliance, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`matching-key share` sponsors first and sends the key only to a member
+    trusted and active in the sender's proven view of the log."""
+    from sqlalchemy import select
+
+    from alliance import db
+    from alliance_gateway import schema
+    from alliance_gateway.home import GatewayHome
+
+    net, _ = alliance
+    home = tmp_path / "lender-y"
+    keygen = cli("member", "keygen", "--home", str(home), "--id", "lender-y", "--name", "Y", "--endpoint", f"127.0.0.1:{free_port()}",
+                 "--gateway", net.gateway_endpoint)
+    fingerprint = keygen.stdout.split("fingerprint:")[1].strip()
+    assert cli("admin", "member", "add", "--home", str(net.admin_home), "--request", str(home / "join-request.bin"),
+               "--out", str(tmp_path / "y.json")).returncode == 0
+    assert cli("member", "join", "--home", str(home), "--bundle", str(tmp_path / "y.json")).returncode == 0
+    assert cli("admin", "member", "suspend", "--home", str(net.admin_home), "lender-y").returncode == 0
+    share = cli("member", "matching-key", "share", "--home", str(net.members["lender-a"].home), "--to", "lender-y",
+                "--fingerprint", fingerprint)
+    assert share.returncode == 4 and "member_inactive" in share.stderr, share.stderr
+    engine = db.make_engine(GatewayHome(net.gateway_home).config().db_url)
+    with engine.connect() as conn:
+        waiting = conn.execute(select(schema.key_shares.c.id).where(schema.key_shares.c.recipient_id == "lender-y")).all()
+    engine.dispose()
+    assert waiting == []
+
+
 def test_a_revocation_in_the_log_stops_every_member_answering(alliance) -> None:  # type: ignore[no-untyped-def]
     net, _ = alliance
     querier = net.members["lender-d"].home

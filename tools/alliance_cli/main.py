@@ -356,6 +356,22 @@ def matching_key_create(home: Path, epoch: int) -> None:
     mk = onboarding.create_matching_key(home, epoch=epoch)
     click.echo(f"matching key epoch {mk.epoch} created")
     click.echo(f"check value: {mk_lib.format_check_value(mk_lib.check_value(mk.key))}")
+    from alliance_member.home import MemberHome
+
+    if not MemberHome(home).is_joined():
+        click.echo("not logged yet (this home has not joined): after `alliance member join`, "
+                   "run `alliance member matching-key announce`")
+        return
+    entry = onboarding.announce_matching_key(home)
+    click.echo(f"logged as matching_key_created (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
+
+
+@member_matching_key.command("announce")
+@HOME
+def matching_key_announce(home: Path) -> None:
+    """Founding member: log matching_key_created for the installed key (SPEC §6.4, after an upgrade)."""
+    from alliance_member import onboarding
+
     entry = onboarding.announce_matching_key(home)
     click.echo(f"logged as matching_key_created (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
 
