@@ -30,6 +30,7 @@ from alliance_gateway import audit_log, reservations, schema
 from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.home import GatewayConfig
+from alliance_gateway.membership_rpcs import MembershipRPCs
 from alliance_gateway.policy_store import PolicyCache
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
@@ -60,7 +61,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(ReconcileRPCs, pb_grpc.GatewayServicer):
+class GatewayService(MembershipRPCs, ReconcileRPCs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -221,7 +222,8 @@ class GatewayService(ReconcileRPCs, pb_grpc.GatewayServicer):
             answers = self._fan_out(ctx, targets, querier, pk)
             t_fan = time.perf_counter()
             if len(answers) < self.config.k_min:
-                raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed")
+                raise QueryFailure("too_few_answers", f"{len(answers)} of {len(targets)} members answered in time; at least {self.config.k_min} are needed"
+                                   + _refusal_summary(ctx.dropped))
             if kind == "precheck":
                 if len(answers) != len(targets):
                     raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
@@ -533,6 +535,17 @@ def _pin_message(pin: reservations.Pin, missing: list[str]) -> str:
     until = datetime.fromtimestamp(pin.expires_at_ms / 1000, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M %Z")
     return (f"reports on this subject are pinned to {', '.join(pin.members)} and {', '.join(missing)} did not answer; "
             f"keep the earlier report: a new set becomes possible after {until} (24 h after the latest report)")
+
+
+def _refusal_summary(dropped: list[dict[str, Any]]) -> str:
+    """The members' own refusal reasons (e.g. not_sponsored, SPEC §5.1), so
+    a querier that no member trusts is told why."""
+    reasons: dict[str, int] = {}
+    for d in dropped:
+        parts = str(d.get("reason", "")).split(": ")
+        reason = parts[1] if len(parts) > 1 and parts[0] == "permission_denied" else parts[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return "" if not reasons else " (members refused or failed: " + ", ".join(f"{r} ×{n}" for r, n in sorted(reasons.items())) + ")"
 
 
 def _peek_mode(request: pb.SignedQuery) -> int:

@@ -152,3 +152,15 @@ class GatewayClient:
             yield from self.stub.GetEntries(pb.GetEntriesRequest(start=start, end=end), timeout=600)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
+
+    # -- v2 membership feed and statements (SPEC §5.1) -------------------------
+
+    def membership(self, from_membership_seq: int, max_entries: int = 0) -> pb.ProvenEntries:
+        return self._call(self.stub.GetMembership, pb.GetMembershipRequest(from_membership_seq=from_membership_seq,
+                                                                           max_entries=max_entries))
+
+    def post_sponsorship(self, signed: pb.SignedSponsorship) -> pb.LoggedStatementResponse:
+        return self._call(self.stub.PostSponsorship, signed)
+
+    def post_matching_key_created(self, signed: pb.SignedMatchingKeyCreated) -> pb.LoggedStatementResponse:
+        return self._call(self.stub.PostMatchingKeyCreated, signed)

@@ -15,12 +15,14 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
 
-from alliance import matching_key, paillier, pki
+from alliance import audit_entry, checkpoint, matching_key, merkle, paillier, pki, signing, trust
 from alliance._internal.files import write_atomic
 from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member.home import MemberConfig, MemberHome
+from alliance_member import feed as feed_mod
 from alliance_member.gateway_client import GatewayClient
 
 
@@ -179,26 +181,153 @@ def create_matching_key(home_dir: Path, *, epoch: int = 1) -> matching_key.Match
 
 def share_matching_key(home_dir: Path, *, recipient_id: str, recipient_fingerprint: str) -> None:
     """Encrypt this member's matching key to a newcomer whose fingerprint was
-    confirmed out of band, and hand the ciphertext to the gateway to relay."""
+    confirmed out of band, and hand the ciphertext to the gateway to relay.
+    SPEC §5.1: the newcomer becomes one of this member's roots, is sponsored
+    first, and gets the key only once the `member_sponsored` entry is proven
+    in the log and the newcomer is trusted in this member's view of it."""
     home = MemberHome(home_dir)
     cfg = home.config()
     mk = matching_key.load(home.matching_key)
-    with GatewayClient(home) as client:
-        cred = client.member_credential(recipient_id)
-    body = pki.verify_credential(cred, pki.load_cert_pem(home.ca_cert))
-    if body.member_id != recipient_id or body.role != pb.ROLE_MEMBER:
-        raise Refused(f"{recipient_id!r} is not a member", reason="not_a_member")
-    if body.member_fingerprint != pki.parse_fingerprint(recipient_fingerprint):
-        raise Refused(
-            f"{recipient_id}'s credential has fingerprint {pki.format_fingerprint(body.member_fingerprint)}, "
-            "not the one confirmed out of band: not sharing", reason="fingerprint_mismatch",
-        )
+    body, _ = sponsor(home_dir, recipient_id=recipient_id, recipient_fingerprint=recipient_fingerprint, root="share")
+    _require_trusted(home, body, recipient_id)
     share = matching_key.seal_share(
         mk, sender_id=cfg.member_id, sender_ed25519_key=pki.load_ed25519_private_pem(home.signing_key),
         recipient_id=recipient_id, recipient_x25519_public=body.x25519_public_key, now=int(time.time()),
     )
     with GatewayClient(home) as client:
         client.post_key_share(share)
+
+
+def _confirmed_credential(home: MemberHome, member_id: str, fingerprint_text: str) -> tuple[pb.Credential, pb.CredentialBody]:
+    """A member's current credential from the gateway (a courier only): CA
+    signature, role, and the fingerprint recomputed from its keys equal to
+    the one confirmed out of band."""
+    with GatewayClient(home) as client:
+        cred = client.member_credential(member_id)
+    body = pki.verify_credential(cred, pki.load_cert_pem(home.ca_cert))
+    if body.member_id != member_id or body.role != pb.ROLE_MEMBER:
+        raise Refused(f"{member_id!r} is not a member", reason="not_a_member")
+    if trust.fingerprint_of(body) != pki.parse_fingerprint(fingerprint_text):
+        raise Refused(
+            f"{member_id}'s credential has fingerprint {pki.format_fingerprint(trust.fingerprint_of(body))}, "
+            "not the one confirmed out of band", reason="fingerprint_mismatch",
+        )
+    return cred, body
+
+
+def sponsor(home_dir: Path, *, recipient_id: str, recipient_fingerprint: str, root: str | None = None) -> tuple[pb.CredentialBody, dict]:
+    """`alliance member sponsor`: vouch for a member whose fingerprint was
+    confirmed out of band. Signs the sponsorship, has it logged, and checks
+    the returned entry is exactly it, included in a checkpoint signed by the
+    pinned log key and consistent with the feed this member holds.
+    ``root``: also record the member as a root (`share`)."""
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    if recipient_id == cfg.member_id:
+        raise UsageError("a member cannot sponsor itself")
+    cred, body = _confirmed_credential(home, recipient_id, recipient_fingerprint)
+    engine = _engine(home)
+    if root is not None:
+        feed_mod.add_root(engine, recipient_id, trust.fingerprint_of(body), root)
+    signed_body = pb.SponsorshipBody(newcomer_id=recipient_id, newcomer_fingerprint=trust.fingerprint_of(body),
+                                     sponsor_id=cfg.member_id, time_ms=int(time.time() * 1000)).SerializeToString()
+    request = pb.SignedSponsorship(body=signed_body, signature=signing.sign(
+        pki.load_ed25519_private_pem(home.signing_key), signing.SPONSORSHIP, signed_body))
+    with GatewayClient(home) as client:
+        response = client.post_sponsorship(request)
+    entry = _check_logged(home, response, kind="member_sponsored", statement_field="sponsorship", statement=signed_body)
+    _require_in_feed(home, engine, response.entry)
+    return body, entry
+
+
+def _require_in_feed(home: MemberHome, engine, proven: pb.ProvenEntry) -> None:  # type: ignore[no-untyped-def]
+    """Bring this member's feed up to date (consistency with what it kept)
+    and find the logged statement in it."""
+    with GatewayClient(home) as client:
+        open_feed(home, client, engine=engine).refresh()
+    with engine.connect() as conn:
+        row = conn.execute(select(feed_mod.membership_feed.c.data).where(feed_mod.membership_feed.c.seq == proven.index)).first()
+    if row is None or bytes(row.data) != bytes(proven.data):
+        raise CryptoError("the logged statement is not in this member's proven view of the membership feed")
+
+
+def announce_matching_key(home_dir: Path) -> dict:
+    """Founding member: log `matching_key_created` for the installed key
+    (SPEC §6.4; the root of every chain an auditor follows)."""
+    home = MemberHome(home_dir)
+    cfg = home.config()
+    mk = matching_key.load(home.matching_key)
+    own = pki.verify_credential(home.credential.read_bytes(), pki.load_cert_pem(home.ca_cert))
+    signed_body = pb.MatchingKeyCreatedBody(founder_id=cfg.member_id, founder_fingerprint=trust.fingerprint_of(own), epoch=mk.epoch,
+                                            check_value=matching_key.check_value(mk.key), time_ms=int(time.time() * 1000)).SerializeToString()
+    request = pb.SignedMatchingKeyCreated(body=signed_body, signature=signing.sign(
+        pki.load_ed25519_private_pem(home.signing_key), signing.MATCHING_KEY_CREATED, signed_body))
+    with GatewayClient(home) as client:
+        response = client.post_matching_key_created(request)
+    entry = _check_logged(home, response, kind="matching_key_created", statement_field="statement", statement=signed_body)
+    _require_in_feed(home, _engine(home), response.entry)
+    return entry
+
+
+def _check_logged(home: MemberHome, response: pb.LoggedStatementResponse, *, kind: str, statement_field: str, statement: bytes) -> dict:
+    """The statement is in the log: the entry holds exactly it, and its
+    inclusion proof verifies against a checkpoint signed by the pinned log
+    key."""
+    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
+    cp = checkpoint.open_checkpoint(response.checkpoint, verifier)
+    data = bytes(response.entry.data)
+    entry = audit_entry.decode(data, index=response.entry.index)
+    if entry.get("kind") != kind or entry.get(statement_field) != statement.hex():
+        raise CryptoError(f"the gateway's {kind} entry is not the statement this member signed")
+    merkle.verify_inclusion(merkle.leaf_hash(data), response.entry.index, cp.size, list(response.entry.inclusion_proof), cp.root_hash)
+    return entry
+
+
+def _engine(home: MemberHome):  # type: ignore[no-untyped-def]
+    from alliance import db
+    from alliance_member import store
+
+    engine = db.make_engine(home.db_url())
+    store.create_schema(engine)
+    feed_mod.create_schema(engine)
+    return engine
+
+
+def own_fingerprints(home: MemberHome) -> set[bytes]:
+    """Fingerprints of every credential this home requested: current,
+    retired by rotations, and a pending rotation's."""
+    found: set[bytes] = set()
+    for path in [home.join_request, home.pending_rotation.join_request]:
+        if path.exists():
+            found.add(pki.join_request_fingerprint(pki.verify_join_request(path.read_bytes())))
+    retired = home.path / "retired"
+    for path in retired.glob("*/join-request.bin") if retired.exists() else ():
+        found.add(pki.join_request_fingerprint(pki.verify_join_request(path.read_bytes())))
+    return found
+
+
+def open_feed(home: MemberHome, client: GatewayClient | None = None, *, engine=None):  # type: ignore[no-untyped-def]
+    """This member's membership feed, following the gateway of its home, with
+    checkpoints accepted when signed by the log key pinned at join."""
+    engine = engine or _engine(home)
+    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
+    source = (lambda: client) if client is not None else (lambda: GatewayClient(home))
+    return feed_mod.MembershipFeed(engine, source, feed_mod.pinned_log_key(verifier), member_id=home.config().member_id,
+                                   own_fingerprints=lambda: own_fingerprints(home))
+
+
+def _require_trusted(home: MemberHome, body: pb.CredentialBody, member_id: str) -> None:
+    """Key shares go to, and come from, members trusted in this member's own
+    freshly proven view of the log (SPEC §5.1)."""
+    with GatewayClient(home) as client:
+        feed = open_feed(home, client)
+        feed.refresh()
+        cred = client.member_credential(member_id)
+    decision = feed.decide(cred.SerializeToString())
+    if pb.CredentialBody.FromString(cred.body) != body:
+        raise Refused(f"{member_id}'s credential changed meanwhile; try again", reason="credential_changed")
+    if decision != "trusted":
+        raise Refused(f"{member_id} is not trusted in this member's view of the log ({decision})", reason=decision)
 
 
 def install_matching_key(home_dir: Path, *, sender_id: str, sender_fingerprint: str, check_value: str) -> matching_key.MatchingKey:
@@ -208,12 +337,11 @@ def install_matching_key(home_dir: Path, *, sender_id: str, sender_fingerprint: 
     home = MemberHome(home_dir)
     cfg = home.config()
     expected_check = matching_key.parse_check_value(check_value)
+    sender_cred, sender = _confirmed_credential(home, sender_id, sender_fingerprint)
+    feed_mod.add_root(_engine(home), sender_id, trust.fingerprint_of(sender), "install")
+    _require_trusted(home, sender, sender_id)
     with GatewayClient(home) as client:
         shares = client.key_shares()
-        sender_cred = client.member_credential(sender_id)
-    sender = pki.verify_credential(sender_cred, pki.load_cert_pem(home.ca_cert))
-    if sender.member_fingerprint != pki.parse_fingerprint(sender_fingerprint):
-        raise Refused(f"{sender_id}'s credential does not have the fingerprint confirmed out of band", reason="fingerprint_mismatch")
     candidates = [s for s in shares if pb.MatchingKeyShareBody.FromString(s.body).sender_id == sender_id]
     if not candidates:
         raise Refused(f"no matching-key share from {sender_id} is waiting at the gateway", reason="no_share")

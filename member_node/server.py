@@ -14,6 +14,9 @@ from alliance import db, masks, matching_key, paillier, pki, transport
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
+from alliance_member import onboarding
+from alliance_member.feed import FeedRefresher
+from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.reconcile import Reconciler
 from alliance_member.service import MemberService, PeerTrust
@@ -75,10 +78,16 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     store.create_schema(engine)
     key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     mask_pools = masks.MaskPools(target=32, mode=masks.mode_from_env())
+    # SPEC §5.1: trust is gated by this member's own proven view of the membership feed,
+    # refreshed in the background; the first refresh happens before serving.
+    feed = onboarding.open_feed(home, GatewayClient(home), engine=engine)
+    refresher = FeedRefresher(feed)
+    refresher.refresh_once()
+    refresher.start()
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
-        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert)),
+        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert), feed),
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,

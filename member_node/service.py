@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date
+from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
@@ -40,14 +41,22 @@ class PeerTrust:
     first sight; a second credential in a known member's name is accepted
     only when signed by that member's pinned key (SPEC §5)."""
 
-    def __init__(self, engine: Engine, ca_cert: x509.Certificate) -> None:
+    def __init__(self, engine: Engine, ca_cert: x509.Certificate, feed: TrustGate | None = None) -> None:
+        """``feed``: the member's view of the membership feed (SPEC §5.1),
+        which `member serve` always passes; only then is trust gated by the
+        log. Without it (unit tests of the v1 checks) pins alone decide."""
         self.engine = engine
         self.ca_cert = ca_cert
+        self.feed = feed
         self._verified: dict[bytes, pb.CredentialBody] = {}
+        self._generation: object = None
+        self._decisions: dict[bytes, str] = {}
         self._lock = threading.Lock()
 
     def verify(self, credential: bytes, now_s: int) -> pb.CredentialBody:
         digest = signing.sha256(credential)
+        if self.feed is not None:
+            self._gate(credential, digest)
         with self._lock:
             cached = self._verified.get(digest)
         if cached is not None and cached.not_before <= now_s <= cached.not_after:
@@ -82,6 +91,55 @@ class PeerTrust:
                 self._verified = {d: b for d, b in self._verified.items() if b.member_id != body.member_id}
             self._verified[digest] = body
         return body
+
+    def _gate(self, credential: bytes, digest: bytes) -> None:
+        """SPEC §5.1: trusted in this member's own view of the log, or
+        refused (`feed_stale`, `not_in_log`, `not_sponsored`,
+        `member_inactive`, `superseded`), logged locally. Decisions are cached
+        per credential until the feed moves; staleness is checked every time."""
+        assert self.feed is not None
+        if self.feed.stale():
+            decision = "feed_stale"
+        else:
+            generation = self.feed.generation
+            with self._lock:
+                if generation != self._generation:
+                    self._decisions = {}
+                    self._generation = generation
+                decision = self._decisions.get(digest, "")
+            if not decision:
+                decision = self.feed.view().decide(credential)
+                with self._lock:
+                    self._decisions[digest] = decision
+        if decision != "trusted":
+            who = _credential_name(credential)
+            log.warning("refused querier credential %s: %s", who, decision)
+            raise Refused(f"querier credential {who} is not trusted in this member's view of the log ({decision})", reason=decision)
+
+    def decide(self, credential: bytes) -> str:
+        """The gate's decision alone, for key shares (no pinning)."""
+        try:
+            self._gate(credential, signing.sha256(credential))
+        except Refused as exc:
+            return exc.reason
+        return "trusted"
+
+
+class TrustGate(Protocol):
+    """What PeerTrust needs of the membership feed (alliance_member.feed.MembershipFeed)."""
+
+    def stale(self) -> bool: ...
+    @property
+    def generation(self) -> object: ...
+    def view(self) -> Any: ...
+
+
+def _credential_name(credential: bytes) -> str:
+    try:
+        body = pb.CredentialBody.FromString(pb.Credential.FromString(credential).body)
+        return f"{body.member_id} serial {body.serial}"
+    except Exception:  # noqa: BLE001
+        return f"sha256 {signing.sha256(credential).hex()[:16]}"
 
 
 class MemberService(pb_grpc.MemberNodeServicer):

@@ -100,11 +100,14 @@ class LocalAlliance:
         return self
 
     def _hand_over_matching_key(self, fingerprints: dict[str, str]) -> None:
-        """The founding member creates the key; it is shared with each
-        newcomer through the gateway relay, fingerprints and check value
-        confirmed as they would be out of band."""
+        """The founding member creates the key and logs it; it is shared with
+        each newcomer through the gateway relay after the founder's logged
+        sponsorship (SPEC §5.1), fingerprints and check value confirmed as
+        they would be out of band. Every member then trusts every other:
+        newcomers through their root (the founder) and its sponsorships."""
         founder, *others = self.members.values()
         mk = onboarding.create_matching_key(founder.home)
+        onboarding.announce_matching_key(founder.home)  # logged: matching_key_created
         self.check_value = matching_key.format_check_value(matching_key.check_value(mk.key))
         for m in others:
             onboarding.share_matching_key(founder.home, recipient_id=m.member_id, recipient_fingerprint=fingerprints[m.member_id])

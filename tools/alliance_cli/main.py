@@ -404,6 +404,24 @@ def matching_key_create(home: Path, epoch: int) -> None:
     mk = onboarding.create_matching_key(home, epoch=epoch)
     click.echo(f"matching key epoch {mk.epoch} created")
     click.echo(f"check value: {mk_lib.format_check_value(mk_lib.check_value(mk.key))}")
+    from alliance_member.home import MemberHome
+
+    if not MemberHome(home).is_joined():
+        click.echo("not logged yet (this home has not joined): after `alliance member join`, "
+                   "run `alliance member matching-key announce`")
+        return
+    entry = onboarding.announce_matching_key(home)
+    click.echo(f"logged as matching_key_created (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
+
+
+@member_matching_key.command("announce")
+@HOME
+def matching_key_announce(home: Path) -> None:
+    """Founding member: log matching_key_created for the installed key (SPEC §6.4, after an upgrade)."""
+    from alliance_member import onboarding
+
+    entry = onboarding.announce_matching_key(home)
+    click.echo(f"logged as matching_key_created (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
 
 
 @member_matching_key.command("share")
@@ -415,7 +433,25 @@ def matching_key_share(home: Path, recipient_id: str, fingerprint: str) -> None:
     from alliance_member import onboarding
 
     onboarding.share_matching_key(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
-    click.echo(f"matching key shared with {recipient_id}")
+    click.echo(f"sponsored {recipient_id} in the log, then shared the matching key with it")
+
+
+@member.command("sponsor")
+@HOME
+@click.option("--to", "recipient_id", required=True, help="The member to vouch for.")
+@click.option("--fingerprint", required=True, help="Its fingerprint, confirmed out of band.")
+def member_sponsor(home: Path, recipient_id: str, fingerprint: str) -> None:
+    """Vouch for a member whose fingerprint you confirmed out of band (SPEC §5.1).
+
+    The sponsorship is signed with this member's key, logged by the gateway
+    as a member_sponsored entry, and checked to be in the log. Used when
+    upgrading from v1 (sponsor the peers you already pinned) or to vouch for
+    a member you already know.
+    """
+    from alliance_member import onboarding
+
+    _, entry = onboarding.sponsor(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
+    click.echo(f"sponsored {recipient_id} (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
 
 
 @member_matching_key.command("install")
