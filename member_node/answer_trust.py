@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, select
@@ -50,11 +51,13 @@ class AnswerTrust:
     """Trusted answer keys by member id, verified once and cached."""
 
     def __init__(self, engine: Engine, ca_cert, fetch: Callable[[str], pb.Credential],  # type: ignore[no-untyped-def]
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time, feed: Any = None) -> None:
         self.engine = engine
         self.peers = PeerTrust(engine, ca_cert)
         self.fetch = fetch
         self.clock = clock
+        self.feed = feed  # alliance_member.feed.MembershipFeed: §5.1 log-gated trust (None: CA and pins only)
+        self._generation: Any = None
         self._keys: dict[str, TrustedKey] = {}
         self._refused_at: dict[str, float] = {}  # member id -> when its credential was last refused / re-fetched
         self._lock = threading.Lock()
@@ -101,29 +104,57 @@ class AnswerTrust:
             self._keys[member_id] = trusted
         return trusted
 
-    def _admit(self, body: pb.CredentialBody, member_id: str) -> bool:
-        """Extra rules on a CA-verified, pinned credential. §5.1 (log-gated
-        trust) extends this."""
-        return body.member_id == member_id and body.role == pb.ROLE_MEMBER
+    def sync(self) -> None:
+        """Once per report: bring this querier's view of the membership feed
+        up to date when it is stale (SPEC §5.1: a view more than 60 s old
+        decides nothing) and forget every trust decision the view made
+        before it moved."""
+        if self.feed is None:
+            return
+        if self.feed.stale():
+            try:
+                self.feed.refresh()
+            except AllianceError as exc:
+                log.warning("membership feed not refreshed: %s", exc)
+        generation = self.feed.generation
+        with self._lock:
+            if generation != self._generation:
+                self._keys.clear()
+                self._refused_at.clear()
+                self._generation = generation
+
+    def _admit(self, body: pb.CredentialBody, member_id: str, credential: bytes) -> bool:
+        """Rules beyond the CA and the pins: a member credential for that id,
+        trusted in this member's own view of the log (SPEC §5.1: in the log,
+        sponsored by a chain to one of its roots, active)."""
+        if body.member_id != member_id or body.role != pb.ROLE_MEMBER:
+            return False
+        if self.feed is not None:
+            decision = self.feed.decide(credential)
+            if decision != "trusted":
+                log.warning("answers of %s are not counted: %s", member_id, decision)
+                return False
+        return True
 
     # -- credentials ----------------------------------------------------------
 
     def _load(self, member_id: str, now: float, *, pinned_first: bool) -> TrustedKey | None:
-        body = None
+        body, credential = None, b""
         if pinned_first:  # the credential this member already pinned: no RPC (an expired one falls through)
             pinned = self._pinned_credential(member_id)
             if pinned is not None:
                 try:
-                    body = self._verify(pinned, int(now))
+                    body, credential = self._verify(pinned, int(now)), pinned
                 except AllianceError:
                     body = None
         if body is None:
             try:
-                body = self._verify(self.fetch(member_id).SerializeToString(), int(now))
+                credential = self.fetch(member_id).SerializeToString()
+                body = self._verify(credential, int(now))
             except AllianceError as exc:
                 log.warning("answers of %s are not counted: %s", member_id, exc)
                 return None
-        if not self._admit(body, member_id):
+        if not self._admit(body, member_id, credential):
             log.warning("answers of %s are not counted: its credential is for %s (role %s)", member_id, body.member_id, body.role)
             return None
         return TrustedKey(member_id, body.serial, Ed25519PublicKey.from_public_bytes(bytes(body.ed25519_public_key)), body.not_after)

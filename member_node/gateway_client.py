@@ -156,11 +156,11 @@ class GatewayClient:
     # -- v2 membership feed and statements (SPEC §5.1) -------------------------
 
     def membership(self, from_membership_seq: int, max_entries: int = 0) -> pb.ProvenEntries:
-        return self._call(self.stub.GetMembership, pb.GetMembershipRequest(from_membership_seq=from_membership_seq,
+        return self._call("GetMembership", pb.GetMembershipRequest(from_membership_seq=from_membership_seq,
                                                                            max_entries=max_entries))
 
     def post_sponsorship(self, signed: pb.SignedSponsorship) -> pb.LoggedStatementResponse:
-        return self._call(self.stub.PostSponsorship, signed)
+        return self._call("PostSponsorship", signed)
 
     def post_matching_key_created(self, signed: pb.SignedMatchingKeyCreated) -> pb.LoggedStatementResponse:
-        return self._call(self.stub.PostMatchingKeyCreated, signed)
+        return self._call("PostMatchingKeyCreated", signed)

@@ -352,4 +352,8 @@ def install_matching_key(home_dir: Path, *, sender_id: str, sender_fingerprint: 
     if home.matching_key.exists() and matching_key.load(home.matching_key).epoch > mk.epoch:
         raise Refused("the shared key is older than the installed one", reason="old_epoch")
     matching_key.save(home.matching_key, mk, overwrite=True)
+    # The newcomer confirmed the sender's fingerprint out of band too: it vouches for it in the log, so
+    # sponsorship runs both ways along every key hand-over and each member's trust reaches every other
+    # member through the chain of hand-overs (SPEC §5.1), not only the newcomer's own subtree.
+    sponsor(home_dir, recipient_id=sender_id, recipient_fingerprint=sender_fingerprint)
     return mk

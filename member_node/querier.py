@@ -21,6 +21,7 @@ from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store
+from alliance_member import onboarding
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
@@ -117,7 +118,9 @@ class Querier:
         """Whose answer signatures count, and with what key (SPEC §5.4)."""
         with self._trust_lock:
             if self._trust is None:
-                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential)
+                # the member's own view of the membership feed, shared with its node (SPEC §5.1)
+                feed = onboarding.open_feed(self.home, self.client, engine=self.engine())
+                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential, feed=feed)
             return self._trust
 
     # -- requests -----------------------------------------------------------
@@ -186,6 +189,7 @@ class Querier:
         summands (every receipt: the aggregate covers them all)."""
         summed = self._check_answer_count(response)
         _check_entry_answers(response)
+        self.trust.sync()
         query_id = response.query_id
         request_digest = signing.sha256(signed.body)
         valid = 0
