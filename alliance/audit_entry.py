@@ -21,7 +21,8 @@ QUERY_KINDS = ("query", "precheck")
 MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed", "member_revoked", "quota_changed", "v2_started",
                     "member_sponsored", "policy_changed", "matching_key_created")
 OTHER_V2_KINDS = ("refusals_suppressed", "gateway_started")
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS
+DISCLOSURE_KINDS = ("disclosure",)  # SPEC §11: a member's signed monthly figures (not a membership change)
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS + DISCLOSURE_KINDS
 
 
 def encode(entry: dict[str, Any]) -> bytes:

@@ -26,6 +26,7 @@ from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
+from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
@@ -56,7 +57,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(pb_grpc.GatewayServicer):
+class GatewayService(DisclosureRpcs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,

@@ -152,3 +152,7 @@ class GatewayClient:
             yield from self.stub.GetEntries(pb.GetEntriesRequest(start=start, end=end), timeout=600)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
+
+    def post_disclosure(self, signed: pb.SignedDisclosure) -> pb.LoggedStatementResponse:
+        """SPEC §11: log this member's signed monthly figures."""
+        return self._call("PostDisclosure", signed)

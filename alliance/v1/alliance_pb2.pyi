@@ -541,3 +541,11 @@ class GetQueryProofsRequest(_message.Message):
     from_index: int
     max_entries: int
     def __init__(self, from_index: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class SignedDisclosure(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
