@@ -154,7 +154,7 @@ def _trend_chart(chart: str, title: str, trend: list[dict[str, Any]], keys: list
             y = top_pad + plot_h - plot_h * value / top
             pts.append(f"{x:.1f},{y:.1f}")
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colours[i]}" data-path="{path}" data-format="{kind}" '
-                         f'data-value="{value}"><title>{p["month"]}: {escape(fmt(kind, value))}</title></circle>'
+                         f'data-value="{value}"><title>{escape(fmt(kind, value))}</title></circle>'
                          f'<text x="{x:.1f}" y="{y - 6 - 10 * i:.1f}" text-anchor="middle" class="val" data-path="{path}" '
                          f'data-format="{kind}" data-value="{value}">{escape(fmt(kind, value))}</text>')
         if len(pts) > 1:
