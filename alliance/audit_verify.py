@@ -724,6 +724,8 @@ class _Replay:
         kind = e["kind"]
         if kind in audit_entry.QUERY_KINDS:
             return self._query(seq, e)
+        if kind == "disclosure":  # SPEC §11: signed by the member's key of the time (the report checks the rest)
+            return self._disclosure(seq, e)
         when = _time_ms(e.get("time"))
         member_id = _field(e, "member_id", str)
         if kind == "credential_issued":
@@ -793,6 +795,12 @@ class _Replay:
         if now not in allowed_from:
             raise _Bad(f"{kind.replace('_', ' ')} while the member is {now}")
         member.status.append((when, {"member_suspended": "suspended", "member_resumed": "active", "member_revoked": "revoked"}[kind]))
+
+    def _disclosure(self, seq: int, e: dict[str, Any]) -> list[SignatureJob]:
+        member = self._member(_field(e, "member_id", str))
+        body, signature = _hex(e, "body") or b"", _hex(e, "signature") or b""
+        return [(seq, (member.current.ed25519,), signing.DISCLOSURE + body, signature, True,
+                 f"the disclosure signature of {member.member_id} does not verify with its key")]
 
     # -- queries --------------------------------------------------------------
 

@@ -601,3 +601,19 @@ def test_month_parsing() -> None:
         with pytest.raises(InvalidInput):
             disclosure.parse_month(bad)
     assert monthly_report.trend_months("2026-03")[0] == "2025-04"
+
+
+def test_audit_verify_checks_a_disclosure_signature_with_the_members_key(gw) -> None:  # type: ignore[no-untyped-def]
+    from alliance import audit_verify
+
+    good = post(gw, "ma", disclosure.compute(BOOK_A, MONTH))
+    entries = [(seq, audit_entry.decode(data, index=seq)) for seq, data in gw.svc.log.entries(0, gw.svc.log.size())]
+    replay = audit_verify._Replay(gw.ca_cert)  # noqa: SLF001
+    jobs = []
+    for seq, e in entries:
+        if e["kind"] in ("credential_issued", "disclosure"):
+            jobs += replay.entry(seq, e)
+    assert len(jobs) == 1 and audit_verify.check_signature_jobs(jobs) == []
+    forged = dict(entries[good.entry.index][1], signature="00" * 64)
+    assert audit_verify.check_signature_jobs(replay.entry(good.entry.index, forged)) == [
+        (good.entry.index, "the disclosure signature of ma does not verify with its key")]
