@@ -228,7 +228,7 @@ def gw(alliance, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
                 paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=2, updated_at_ms=0))
             audit_log.append(conn, lambda seq, when, m=m: {
                 "v": 2, "kind": "credential_issued", "seq": seq, "time": when, "member_id": m.member_id, "name": m.body.name,
-                "role": "member", "serial": m.body.serial, "endpoint": m.member_id, "fingerprint": m.body.member_fingerprint.hex(),
+                "role": "member", "serial": m.body.serial, "endpoint": m.body.endpoint, "fingerprint": m.body.member_fingerprint.hex(),
                 "credential": m.credential.SerializeToString().hex(), "daily_quota": 2}, int(T_JOIN.timestamp() * 1000))
     services = {}
     from tests.test_gateway_service import FakeStub
