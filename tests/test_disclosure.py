@@ -319,8 +319,10 @@ def test_post_disclosure_refusals_log_nothing(gw, case) -> None:  # type: ignore
     figures = disclosure.compute(BOOK_A, MONTH)
     m = gw.members["ma"]
     month, serial, ctx = MONTH, m.body.serial, Ctx(m)
-    if case == "wrong_member":
-        ctx = Ctx(gw.members["mb"])
+    signer = m
+    if case == "wrong_member":  # mb, with its own key and serial, posting figures in ma's name
+        signer = gw.members["mb"]
+        ctx, serial = Ctx(signer), signer.body.serial
     if case == "month_not_ended":
         month = f"{TODAY.year:04d}-{TODAY.month:02d}"
     if case == "stale_serial":
@@ -330,7 +332,7 @@ def test_post_disclosure_refusals_log_nothing(gw, case) -> None:  # type: ignore
     if case == "suspended":
         with gw.engine.begin() as conn:
             conn.execute(schema.members.update().where(schema.members.c.member_id == "ma").values(status="suspended"))
-    body, sig = disclosure.sign(m.signing_key, disclosure.Statement("ma", month, serial, 1, figures))
+    body, sig = disclosure.sign(signer.signing_key, disclosure.Statement("ma", month, serial, 1, figures))
     if case == "bad_signature":
         sig = sig[:10] + bytes([sig[10] ^ 0x40]) + sig[11:]
     if case == "other_key":
