@@ -103,8 +103,8 @@ def _bar_chart(chart: str, title: str, items: list[tuple[str, list[tuple[str, st
     values = [v for _, bars in items for _, _, v in bars if v is not None]
     top = max(values, default=0) or 1
     span = W - label_w - 110
-    parts = [f'<svg class="chart" data-chart="{chart}" viewBox="0 0 {W} {height}" role="img" aria-label="{escape(title)}" '
-             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
+    parts = [f'<h3>{escape(title)}</h3><svg class="chart" data-chart="{chart}" viewBox="0 0 {W} {height}" role="img" '
+             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
     for i, name in enumerate(series):
         parts.append(f'<rect x="{label_w + i * 170}" y="4" width="10" height="10" fill="{colours[i]}"/>'
                      f'<text x="{label_w + 14 + i * 170}" y="13" class="legend">{escape(name)}</text>')
@@ -129,13 +129,13 @@ def _bar_chart(chart: str, title: str, items: list[tuple[str, list[tuple[str, st
 def _trend_chart(chart: str, title: str, trend: list[dict[str, Any]], keys: list[tuple[str, str]], kind: str) -> str:
     """Lines over up to 12 months; a point per month with data, labelled."""
     colours = ("#1f4e79", "#c55a11")
-    left, right, top_pad, height = 60, 20, 30, 230
+    left, right, top_pad, height = 60, 70, 30, 230
     plot_h = height - top_pad - 50
     values = [p[k] for p in trend for k, _ in keys if p[k] is not None]
     top = max(values, default=0) or 1
     step = (W - left - right) / max(len(trend) - 1, 1)
-    parts = [f'<svg class="chart" data-chart="{chart}" viewBox="0 0 {W} {height}" role="img" aria-label="{escape(title)}" '
-             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
+    parts = [f'<h3>{escape(title)}</h3><svg class="chart" data-chart="{chart}" viewBox="0 0 {W} {height}" role="img" '
+             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>',
              f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{W - right}" y2="{top_pad + plot_h}" class="axis"/>']
     for i, (_, name) in enumerate(keys):
         parts.append(f'<rect x="{left + i * 200}" y="4" width="10" height="10" fill="{colours[i]}"/>'
@@ -195,6 +195,7 @@ svg .label, svg .legend, svg .tick { font: 10px sans-serif; fill: #222; }
 svg .val { font: 9px monospace; fill: #222; } svg .axis { stroke: #888; } svg .empty { font: 11px sans-serif; fill: #777; }
 section { page-break-inside: auto; }
 .charts { page-break-before: always; }
+h3 { font-size: 10.5pt; margin: 10px 0 2px; page-break-after: avoid; }
 footer { margin-top: 14px; border-top: 1px solid #bbb; font-size: 8pt; color: #555; }
 @media print { body { max-width: none; } a { color: inherit; text-decoration: none; } }
 """
