@@ -23,8 +23,9 @@ V1_MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed"
 # Every membership entry (SPEC §5.1 feed: numbered by membership_seq in v2).
 MEMBERSHIP_KINDS = V1_MEMBERSHIP_KINDS + ("v2_started", "member_sponsored", "policy_changed", "matching_key_created")
 OTHER_V2_KINDS = ("refusals_suppressed", "gateway_started")
-V2_KINDS = ("v2_started", "member_sponsored", "policy_changed", "matching_key_created") + OTHER_V2_KINDS  # only in "v": 2 entries
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS
+V2_KINDS = ("v2_started", "member_sponsored", "policy_changed", "matching_key_created", "disclosure") + OTHER_V2_KINDS  # only in "v": 2 entries
+DISCLOSURE_KINDS = ("disclosure",)  # SPEC §11: a member's signed monthly figures (not a membership change)
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS + DISCLOSURE_KINDS
 
 
 def encode(entry: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ JOIN_REQUEST = b"alliance/v1/join-request\x00"
 MATCHING_KEY_SHARE = b"alliance/v1/matching-key-share\x00"
 SPONSORSHIP = b"alliance/v1/sponsorship\x00"
 MATCHING_KEY_CREATED = b"alliance/v1/matching-key-created\x00"
+DISCLOSURE = b"alliance/v1/disclosure\x00"  # SPEC §11 monthly figures (alliance/disclosure.py)
 
 ED25519_SIGNATURE_SIZE = 64
 

@@ -29,6 +29,7 @@ from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
 from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
+from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.membership_rpcs import MembershipRPCs
 from alliance_gateway.policy_store import PolicyCache
@@ -61,7 +62,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(MembershipRPCs, ReconcileRPCs, pb_grpc.GatewayServicer):
+class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,

@@ -164,3 +164,7 @@ class GatewayClient:
 
     def post_matching_key_created(self, signed: pb.SignedMatchingKeyCreated) -> pb.LoggedStatementResponse:
         return self._call("PostMatchingKeyCreated", signed)
+
+    def post_disclosure(self, signed: pb.SignedDisclosure) -> pb.LoggedStatementResponse:
+        """SPEC §11: log this member's signed monthly figures."""
+        return self._call("PostDisclosure", signed)

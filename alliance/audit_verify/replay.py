@@ -12,8 +12,9 @@ from typing import Any
 
 from cryptography import x509
 
-from alliance import audit_entry
-from alliance.audit_verify.fields import Bad, time_ms
+from alliance import audit_entry, signing
+from alliance.audit_verify.fields import Bad, hex_field, time_ms
+from alliance.audit_verify.fields import field as entry_field
 from alliance.audit_verify.ledger import Ledger
 from alliance.audit_verify.membership import Membership
 from alliance.audit_verify.pins import Pins
@@ -60,6 +61,8 @@ class Replay:
         elif kind == SUPPRESSED:
             peer, count = parse_suppressed(e)
             self.suppressed[peer] += count
+        elif kind == "disclosure":  # SPEC §11: signed by the member's key of the time (monthly-report checks the rest)
+            jobs = self._disclosure(seq, e)
         else:
             self.membership.apply(seq, e)
         if v2:
@@ -70,6 +73,12 @@ class Replay:
             self.ledger.deadline_ms = max(self.ledger.deadline_ms, deadline)
             self.timeline.add(seq, when, membership=kind not in NOT_MEMBERSHIP, deadline_ms=deadline)
         return jobs
+
+    def _disclosure(self, seq: int, e: dict[str, Any]) -> list[SignatureJob]:
+        member = self.membership.member(entry_field(e, "member_id", str))
+        body, signature = hex_field(e, "body") or b"", hex_field(e, "signature") or b""
+        return [(seq, (member.current.ed25519,), signing.DISCLOSURE + body, signature, True,
+                 f"the disclosure signature of {member.member_id} does not verify with its key")]
 
     def _check_version(self, e: dict[str, Any]) -> None:
         kind, version = e["kind"], e["v"]

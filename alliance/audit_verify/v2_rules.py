@@ -12,7 +12,7 @@ from alliance.audit_verify.fields import Bad, field, time_ms
 V2_STARTED = "v2_started"
 SUPPRESSED = "refusals_suppressed"
 V2_KINDS = frozenset({V2_STARTED, SUPPRESSED})
-NOT_MEMBERSHIP = frozenset({"query", "precheck", SUPPRESSED})  # every other kind is a membership entry
+NOT_MEMBERSHIP = frozenset({"query", "precheck", SUPPRESSED, "gateway_started", "disclosure"})  # every other kind is a membership entry
 
 QUOTA_RULE = "fanned_out"
 MAX_FRESHNESS_MS = 60_000  # SPEC §5.4: the gateway's window is ±60 s

@@ -557,3 +557,11 @@ class PolicyResponse(_message.Message):
     POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
     policy_json: str
     def __init__(self, policy_json: _Optional[str] = ...) -> None: ...
+
+class SignedDisclosure(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...

@@ -127,6 +127,11 @@ class GatewayStub:
                 request_serializer=alliance_dot_v1_dot_alliance__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=alliance_dot_v1_dot_alliance__pb2.PolicyResponse.FromString,
                 _registered_method=True)
+        self.PostDisclosure = channel.unary_unary(
+                '/alliance.v1.Gateway/PostDisclosure',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -255,6 +260,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostDisclosure(self, request, context):
+        """v2 monthly disclosure (members): log the caller's signed figures; the
+        response carries the entry and its inclusion proof.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +360,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=alliance_dot_v1_dot_alliance__pb2.GetPolicyRequest.FromString,
                     response_serializer=alliance_dot_v1_dot_alliance__pb2.PolicyResponse.SerializeToString,
+            ),
+            'PostDisclosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostDisclosure,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -838,6 +856,33 @@ class Gateway:
             '/alliance.v1.Gateway/GetPolicy',
             alliance_dot_v1_dot_alliance__pb2.GetPolicyRequest.SerializeToString,
             alliance_dot_v1_dot_alliance__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostDisclosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/PostDisclosure',
+            alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
             options,
             channel_credentials,
             insecure,

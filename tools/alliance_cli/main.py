@@ -737,6 +737,7 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
 
 from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,E702
 from alliance_cli.reconcile_cmd import reconcile_command; member.add_command(reconcile_command)  # noqa: E402,E702
+from alliance_cli.disclosure_cmds import audit_monthly_report, member_disclose; member.add_command(member_disclose); audit.add_command(audit_monthly_report)  # noqa: E402,E702,E501
 
 
 def main() -> None:

@@ -1,0 +1,66 @@
+"""`PostDisclosure` (SPEC §11): a member's signed monthly figures, checked and
+logged as a `disclosure` entry (docs/audit-log.md). A mixin of GatewayService.
+
+Checked before anything is logged: the caller is an active member presenting
+its registered certificate; the body (≤ 4096 bytes) is a canonical, well-formed
+statement naming the caller and its current credential serial, for a month
+that has ended (Asia/Shanghai); the figures are consistent; the signature (64
+bytes) verifies with the caller's registered key. A refused submission is not
+logged (it is not a query; nothing about it needs re-deriving). A resubmission
+for the same month is logged like the first; the later entry supersedes."""
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import grpc
+
+from alliance import disclosure, log_rules
+from alliance.errors import CryptoError, InvalidInput
+from alliance.v1 import alliance_pb2 as pb
+from alliance_gateway import audit_log
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class DisclosureRpcs:
+    """Needs of the host class: engine, log, _require_active, _now_ms."""
+
+    def PostDisclosure(self, request: pb.SignedDisclosure, context: grpc.ServicerContext) -> pb.LoggedStatementResponse:
+        member = self._require_active(context, ("member",), "post disclosures")  # type: ignore[attr-defined]
+        if len(request.signature) != log_rules.SIGNATURE_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"malformed disclosure: signature must be {log_rules.SIGNATURE_BYTES} bytes, got {len(request.signature)}")
+        try:
+            statement = disclosure.parse_statement(request.body)
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed disclosure: {exc}")
+            raise  # unreachable: abort raises
+        if statement.member_id != member.member_id:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"a disclosure names member {statement.member_id!r}; {member.member_id} may disclose only its own figures")
+        if statement.credential_serial != member.credential_serial:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"the disclosure names credential serial {statement.credential_serial}, current is {member.credential_serial}")
+        now_ms = self._now_ms()  # type: ignore[attr-defined]
+        _, last = disclosure.parse_month(statement.month)
+        today = datetime.fromtimestamp(now_ms / 1000, tz=SHANGHAI).date()
+        if today <= last:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"month {statement.month} has not ended (today is {today} in Asia/Shanghai); disclose it from {last.isoformat()} + 1 day")
+        try:
+            disclosure.verify(member.ed25519_public_key, request.body, request.signature, what=f"disclosure of {member.member_id}")
+        except CryptoError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        with self.engine.begin() as conn:  # type: ignore[attr-defined]
+            seq, _ = audit_log.append(conn, lambda s, when: {
+                "v": 2, "kind": "disclosure", "seq": s, "time": when, "member_id": member.member_id,
+                "month": statement.month, "credential_serial": statement.credential_serial,
+                "body": request.body.hex(), "signature": request.signature.hex(),
+            }, now_ms=None)  # time taken under the log's lock
+        size, note = self.log.signed_checkpoint(seq + 1)  # type: ignore[attr-defined]
+        return pb.LoggedStatementResponse(
+            entry=pb.ProvenEntry(index=seq, data=self.log.entry(seq), inclusion_proof=self.log.inclusion_proof(seq, size)),  # type: ignore[attr-defined]
+            checkpoint=note,
+        )
+
