@@ -6,6 +6,7 @@ by calling the code under test."""
 from __future__ import annotations
 
 import json
+import time
 import math
 import os
 import re
@@ -354,7 +355,7 @@ def test_post_disclosure_refusals_log_nothing(gw, case) -> None:  # type: ignore
 
 
 def _queries_in_month(gw) -> None:  # type: ignore[no-untyped-def]
-    """ma: 1 LOAN_APPROVAL and 1 POST_LOAN_MONITORING accepted, then quota_exceeded (quota 2);
+    """ma: 1 LOAN_APPROVAL and 1 CREDIT_LIMIT_REVIEW accepted, then quota_exceeded (quota 2);
     mb: 1 precheck accepted; mc: one refused for a bad signature."""
     mid_month = datetime.fromisoformat(MONTH + "-15T12:00:00").replace(tzinfo=SHANGHAI).timestamp()
     gw.svc.clock = lambda: mid_month
@@ -370,7 +371,7 @@ def _queries_in_month(gw) -> None:  # type: ignore[no-untyped-def]
             pass
 
     run(signed_query(m["ma"], timestamp_ms=ts, purpose="LOAN_APPROVAL"), "ma", "query")
-    run(signed_query(m["ma"], timestamp_ms=ts, purpose="POST_LOAN_MONITORING", subject=("RESIDENT_ID", "110105194912310038")),
+    run(signed_query(m["ma"], timestamp_ms=ts, purpose="CREDIT_LIMIT_REVIEW", subject=("RESIDENT_ID", "110105194912310038")),
         "ma", "query")
     run(signed_query(m["ma"], timestamp_ms=ts, subject=("RESIDENT_ID", "110105194912310046")), "ma", "query")
     run(signed_query(m["mb"], timestamp_ms=ts, mode=pb.QUERY_MODE_PRECHECK, subject=("RESIDENT_ID", "110105194912310062")),
@@ -417,7 +418,7 @@ def test_monthly_report_totals_supersede_changes_and_activity(gw) -> None:  # ty
 
     # activity, from the query entries of the month
     act = {a["member_id"]: a for a in r["activity"]}
-    assert act["ma"]["queries_by_purpose"] == {"LOAN_APPROVAL": 1, "CREDIT_LIMIT_REVIEW": 0, "POST_LOAN_MONITORING": 1}
+    assert act["ma"]["queries_by_purpose"] == {"LOAN_APPROVAL": 1, "CREDIT_LIMIT_REVIEW": 1, "POST_LOAN_MONITORING": 0}
     assert act["ma"]["quota_hits"] == 1 and act["ma"]["refusals_by_reason"] == {"quota_exceeded": 1}
     assert act["mb"]["prechecks_accepted"] == 1 and act["mb"]["queries_accepted"] == 0
     assert act["mc"]["refused"] == 1 and act["mc"]["quota_hits"] == 0 and act["md"]["refused"] == 0
@@ -610,10 +611,13 @@ def test_audit_verify_checks_a_disclosure_signature_with_the_members_key(gw) -> 
 
     good = post(gw, "ma", disclosure.compute(BOOK_A, MONTH))
     entries = [(seq, audit_entry.decode(data, index=seq)) for seq, data in gw.svc.log.entries(0, gw.svc.log.size())]
-    replay = audit_verify._Replay(gw.ca_cert)  # noqa: SLF001
+    from alliance.audit_verify.replay import Replay
+    replay = Replay(gw.ca_cert, now_ms=int(time.time() * 1000))
     jobs = []
     for seq, e in entries:
-        if e["kind"] in ("credential_issued", "disclosure"):
+        if e["kind"] == "v2_started":  # this fixture's members are dated by its own clock, before the log began
+            e = {**e, "time": "2026-01-01T00:00:00.000Z"}
+        if e["kind"] in ("v2_started", "credential_issued", "disclosure"):
             jobs += replay.entry(seq, e)
     assert len(jobs) == 1 and audit_verify.check_signature_jobs(jobs) == []
     forged = dict(entries[good.entry.index][1], signature="00" * 64)

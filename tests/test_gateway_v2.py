@@ -328,6 +328,12 @@ def test_inquiries_30d_counts_loan_approval_queries_and_prechecks_only(gateway, 
                                          signing_key=members["mq"].signing_key, matching_key=lambda: MK,
                                          mask_pools=paillier.MaskPools(target=2)).answer)
 
+    from alliance.policy import Policy
+    from alliance_gateway import policy_store
+    with svc.engine.begin() as conn:  # monitoring queries need the policy (SPEC §9)
+        policy_store.store(conn, Policy(monitoring=True), {"monitoring": True})
+    svc.policy._loaded_at = float("-inf")
+
     def inquiries(querier: str, purpose: str = "LOAN_APPROVAL", mode: int = pb.QUERY_MODE_REPORT) -> int:
         kind = "precheck" if mode == pb.QUERY_MODE_PRECHECK else "query"
         return process(svc, members, signed_query(members[querier], purpose=purpose, mode=mode), querier, "member", kind).inquiries_30d
