@@ -272,10 +272,11 @@ def test_a_revoked_sponsor_is_named(v2: V2LogBuilder) -> None:  # noqa: F811
     assert entry == bad and "revoked" in message
 
 
-def test_a_sponsorship_before_v2_started_is_named(b: V2LogBuilder) -> None:  # noqa: F811
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_sponsorship_before_v2_started_is_named(b: V2LogBuilder, version: int) -> None:  # noqa: F811
     for m in MEMBERS:
         b.issue(b.people[m])
-    bad = sponsor(b, "m1", "m2")
+    bad = sponsor(b, "m1", "m2", entry={"v": version})
     entry, message = b.bad_entry()
     assert entry == bad and "before the log's v2_started" in message
 
