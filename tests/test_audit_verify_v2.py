@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
+from sqlalchemy import insert
+
 from alliance import audit_entry, audit_verify, protocol
 from alliance.v1 import alliance_pb2 as pb
+from alliance_gateway import audit_log, schema
 from alliance_gateway.service import _Context
 from tests.alliance_fixtures import EnrolledMember, LocalCA, signed_query
 from tests.test_audit_verify import MEMBERS, LogBuilder, _subject, _unsigned_query, ca, people, standard_log  # noqa: F401
@@ -35,9 +38,15 @@ class V2LogBuilder(LogBuilder):
         self.pins: dict[str, tuple[tuple[str, ...], int]] = {}  # token hex -> (P, expiry)
 
     def start_v2(self, rules: dict[str, Any] | None = None, *, version: int = 2) -> int:
+        """As ``audit_log.start_v2`` does, with chosen rules: the entry, and the
+        log marked version 2 (its checkpoints then carry ``membership <count>``)."""
         self.version = 2
-        return self.append(lambda seq, when: {"v": version, "kind": "v2_started", "seq": seq, "time": when,
-                                              "rules": dict(rules or RULES)})
+        seq = self.append(lambda seq, when: {"v": version, "kind": "v2_started", "seq": seq, "time": when,
+                                             "rules": dict(rules or RULES)})
+        with self.engine.begin() as conn:
+            if audit_log.v2_started_seq(conn) is None:
+                conn.execute(insert(schema.log_meta).values(key=audit_log.V2_STARTED_KEY, value=str(seq)))
+        return seq
 
     def suppressed(self, peer_id: str, count: int, first_ms: int, last_ms: int, role: str = "member") -> int:
         return self.append(lambda seq, when: {"v": 2, "kind": "refusals_suppressed", "seq": seq, "time": when,

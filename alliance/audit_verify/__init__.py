@@ -49,6 +49,7 @@ from alliance.audit_verify.fields import (
     Bad,
     decode_entry,
 )
+from alliance.audit_verify.feed import Feed
 from alliance.audit_verify.reasons import (
     KNOWN_REASONS,
     PARSE_REASONS,
@@ -71,6 +72,7 @@ from alliance.audit_verify.signatures import (
     SignatureJob,
     check_signature_jobs,
 )
+from alliance.audit_verify.v2_rules import V2_STARTED
 from alliance.audit_verify.tree import (
     ProofSource,
     Tree,
@@ -120,6 +122,7 @@ def verify_log(
     replay = Replay(ca_cert, now_ms=int(time.time() * 1000) if now_ms is None else now_ms) if contents else None
     signatures = SignatureChecker(workers, parallel_min_jobs=PARALLEL_MIN_JOBS, jobs_per_chunk=JOBS_PER_CHUNK)
     leaves: list[bytes] = []
+    feed = Feed()
     kinds: Counter[str] = Counter()
     sha256 = hashlib.sha256
     try:
@@ -139,6 +142,12 @@ def verify_log(
                 problems.add(position, DECODE, str(exc).removeprefix(f"entry {position}: "))
                 continue
             kinds[entry["kind"]] += 1
+            try:
+                feed.entry(position, entry)
+            except Bad as exc:
+                if contents:
+                    problems.add(position, CONTENT, str(exc))
+                    continue
             if on_entry is not None:
                 on_entry(position, entry)
             if replay is not None:
@@ -149,6 +158,13 @@ def verify_log(
         if replay is not None:
             for index, complaint in replay.finish(complete=not problems.items and len(leaves) == signed.size):
                 problems.add(index, CONTENT, complaint)
+        line = feed.checkpoint_problem(signed, v2=kinds[V2_STARTED] > 0,
+                                       complete=not problems.items and len(leaves) == signed.size)
+        if line is not None:
+            if line[0] is None:
+                problems.checkpoint = line[1]
+            else:
+                problems.add(line[0], STRUCTURE, line[1])
         if len(leaves) < signed.size:
             problems.add(len(leaves), STRUCTURE, f"the entry is missing: the gateway served only {len(leaves)} entries, "
                                                  f"its signed checkpoint covers {signed.size}")

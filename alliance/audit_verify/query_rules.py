@@ -32,6 +32,7 @@ from alliance.audit_verify.reasons import (
     V1_REASONS,
 )
 from alliance.audit_verify.signatures import SignatureJob
+from alliance.audit_verify.sponsorship import Chains
 from alliance.audit_verify.v2_rules import Rules
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
@@ -54,6 +55,7 @@ class QueryRules:
         self.membership = membership
         self.ledger = ledger
         self.v2: V2 | None = None  # set at the log's v2_started entry
+        self.chains: Chains | None = None  # sponsorship chains (v2 queries must come from a trusted credential)
         self.members = membership.members
         self.by_serial = membership.by_serial
         self.tokens: dict[bytes, list[tuple[int, str]]] = {}
@@ -153,6 +155,8 @@ class QueryRules:
         current = {c.serial for c in during(querier.credentials, q.window_start, q.received_ms)}
         if cred.serial not in current:
             raise Bad(f"the request names credential serial {cred.serial}, but {q.querier_id}'s current serial was {max(current)}")
+        if q.v2 and self.chains is not None:
+            self.chains.require_sponsored(q.querier_id, cred)
         if not cred.not_before - CREDENTIAL_SLACK_S <= q.received_ms // 1000 < cred.not_after + CREDENTIAL_SLACK_S:
             raise Bad(f"querier credential serial {cred.serial} was not valid at {utc_timestamp(q.received_ms)}")
         if q.rules is None and abs(q.received_ms - body.timestamp_ms) > protocol.FRESHNESS_MS:

@@ -20,12 +20,17 @@ from alliance.audit_verify.membership import Membership
 from alliance.audit_verify.pins import Pins
 from alliance.audit_verify.query_rules import V2, QueryRules
 from alliance.audit_verify.signatures import SignatureJob
+from alliance.audit_verify.sponsorship import Chains
 from alliance.audit_verify.timeline import Timeline
 from alliance.audit_verify.v2_rules import (
+    GATEWAY_STARTED,
     NOT_MEMBERSHIP,
+    POLICY_CHANGED,
     SUPPRESSED,
     V2_KINDS,
     V2_STARTED,
+    check_gateway_started,
+    check_policy_changed,
     check_size,
     parse_rules,
     parse_suppressed,
@@ -40,7 +45,9 @@ class Replay:
     def __init__(self, ca_cert: x509.Certificate, *, now_ms: int) -> None:
         self.membership = Membership(ca_cert)
         self.ledger = Ledger()
+        self.chains = Chains(self.membership)
         self.queries = QueryRules(self.membership, self.ledger)
+        self.queries.chains = self.chains
         self.now_ms = now_ms
         self.v2_started_at: int | None = None
         self.timeline: Timeline | None = None
@@ -63,8 +70,18 @@ class Replay:
             self.suppressed[peer] += count
         elif kind == "disclosure":  # SPEC §11: signed by the member's key of the time (monthly-report checks the rest)
             jobs = self._disclosure(seq, e)
+        elif kind == GATEWAY_STARTED:
+            check_gateway_started(e)
+        elif kind == POLICY_CHANGED:
+            check_policy_changed(e)
+        elif kind == "member_sponsored":
+            jobs = self.chains.sponsored(seq, e)
+        elif kind == "matching_key_created":
+            jobs = self.chains.matching_key_created(seq, e)
         else:
             self.membership.apply(seq, e)
+            if kind == "credential_issued":
+                self.chains.credential_issued(self.membership.members[e["member_id"]])
         if v2:
             when = time_ms(e.get("time"))
             self.ledger.newest_ms = max(self.ledger.newest_ms, when)

@@ -53,6 +53,7 @@ class Problems:
 
     def __init__(self) -> None:
         self.items: list[tuple[int, int, str]] = []  # (index, priority, message)
+        self.checkpoint: str | None = None  # a problem of the signed checkpoint itself, blaming no entry
 
     def add(self, index: int, priority: int, message: str) -> None:
         self.items.append((index, priority, message))
@@ -62,7 +63,10 @@ class Problems:
         return min((i for i, _, _ in self.items), default=None)
 
     def raise_first(self) -> None:
+        """The first bad entry's problems; else the checkpoint's (entry None)."""
         if not self.items:
+            if self.checkpoint is not None:
+                raise VerificationFailed(self.checkpoint, entry=None)
             return
         first = self.first_index
         messages = list(dict.fromkeys(m for _, _, m in sorted(x for x in self.items if x[0] == first)))

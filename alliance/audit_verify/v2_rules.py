@@ -7,12 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from alliance import audit_entry
 from alliance.audit_verify.fields import Bad, field, time_ms
 
 V2_STARTED = "v2_started"
 SUPPRESSED = "refusals_suppressed"
-V2_KINDS = frozenset({V2_STARTED, SUPPRESSED})
-NOT_MEMBERSHIP = frozenset({"query", "precheck", SUPPRESSED, "gateway_started", "disclosure"})  # every other kind is a membership entry
+GATEWAY_STARTED = "gateway_started"
+POLICY_CHANGED = "policy_changed"
+V2_KINDS = frozenset(audit_entry.V2_KINDS)  # only in "v": 2 entries
+NOT_MEMBERSHIP = frozenset(audit_entry.KINDS) - frozenset(audit_entry.MEMBERSHIP_KINDS)
+MIN_K = 2  # SPEC §4: no sum over fewer than two members
 
 QUOTA_RULE = "fanned_out"
 MAX_FRESHNESS_MS = 60_000  # SPEC §5.4: the gateway's window is ±60 s
@@ -173,3 +177,25 @@ def parse_suppressed(e: dict[str, Any]) -> tuple[str, int]:
     if last > time_ms(e.get("time")):
         raise Bad("the suppressed requests end after the entry that counts them was written")
     return peer, count
+
+
+def check_gateway_started(e: dict[str, Any]) -> None:
+    """A ``gateway_started`` entry: ``pid`` ≥ 1, a ``host`` name, the
+    process's ``deadline_ms`` (1..60000) and ``k_min`` ≥ 2."""
+    pid = field(e, "pid", int)
+    host = field(e, "host", str)
+    if pid < 1:
+        raise Bad(f"gateway_started pid {pid} is not a process id")
+    if not host or len(host) > 255:
+        raise Bad("gateway_started host must be a name of 1..255 characters")
+    deadline = field(e, "deadline_ms", int)
+    if not 1 <= deadline <= MAX_DEADLINE_MS:
+        raise Bad(f"gateway_started deadline_ms {deadline} is outside 1..{MAX_DEADLINE_MS}")
+    k_min = field(e, "k_min", int)
+    if k_min < MIN_K:
+        raise Bad(f"gateway_started k_min {k_min} is below {MIN_K}")
+
+
+def check_policy_changed(e: dict[str, Any]) -> None:
+    """A ``policy_changed`` entry (its rules come later): ``policy`` is an object."""
+    field(e, "policy", dict)
