@@ -324,7 +324,7 @@ def test_matching_key_epochs_must_increase(c: V2LogBuilder) -> None:
 
 def test_gateway_started_and_policy_changed_entries_verify(c: V2LogBuilder) -> None:
     gateway_started(c)
-    policy_changed(c, {"min_answers": 3})
+    policy_changed(c, {"max_book_age_days": 14, "monitoring": True, "monitoring_quota": 50})
     c.query("m2")
     result = c.verify()
     assert result.kinds["gateway_started"] == 1 and result.kinds["policy_changed"] == 1
@@ -421,3 +421,50 @@ def test_a_v1_checkpoint_needs_no_membership_line_but_a_stated_one_must_match(b:
     b.verify()
     entry, message = b.bad_entry(signed=_with_line(b, "membership 1"))
     assert entry is not None and "not accounted for" in message
+
+
+def test_a_policy_changed_with_an_unknown_or_invalid_setting_is_named(v2: V2LogBuilder) -> None:  # noqa: F811
+    """The policy is the whole documented Policy: refusals re-derived from it must mean something (SPEC §9, §10)."""
+    bad = policy_changed(v2, {"max_book_age_days": 0, "monitoring": True, "monitoring_quota": 5})
+    entry, message = v2.bad_entry()
+    assert entry == bad and "policy" in message
+
+
+# --------------------------------------------------------------------------
+# The monitoring policy (SPEC §9): monitoring queries need it on, and draw on its own quota
+
+def _monitoring_query(b: V2LogBuilder, querier: str = "m1") -> Any:
+    from tests.alliance_fixtures import signed_query
+    from tests.test_audit_verify import _subject
+    return signed_query(b.people[querier], timestamp_ms=b.clock + 1000 - 150, purpose="POST_LOAN_MONITORING",
+                        subject=("RESIDENT_ID", _subject(b.clock + 17)))
+
+
+ON = {"max_book_age_days": 7, "monitoring": True, "monitoring_quota": 1}
+
+
+def test_an_accepted_monitoring_query_needs_the_logged_policy(v2: V2LogBuilder) -> None:  # noqa: F811
+    bad = v2.query("m1", signed=_monitoring_query(v2))
+    entry, message = v2.bad_entry()
+    assert entry == bad and "monitoring" in message
+
+
+def test_monitoring_queries_draw_on_the_monitoring_quota_only(v2: V2LogBuilder) -> None:  # noqa: F811
+    policy_changed(v2, ON)
+    v2.tick(25 * 3600 * 1000)  # a whole (Asia/Shanghai) day later: monitoring_quota 1 is the only one in force that day
+    v2.query("m1", signed=_monitoring_query(v2))
+    v2.query("m1")  # an application: the daily quota, not the monitoring one
+    assert v2.verify().accepted >= 2
+    bad = v2.query("m1", signed=_monitoring_query(v2))  # a second monitoring query: over monitoring_quota 1
+    entry, message = v2.bad_entry()
+    assert entry == bad and "monitoring quota" in message
+
+
+def test_monitoring_disabled_fits_only_while_the_policy_is_off(v2: V2LogBuilder) -> None:  # noqa: F811
+    v2.query("m1", signed=_monitoring_query(v2), asked=[], outcome="refused", reason="monitoring_disabled")
+    assert v2.verify().refusals["monitoring_disabled"] == 1
+    policy_changed(v2, ON)
+    v2.tick(6_000)
+    bad = v2.query("m1", signed=_monitoring_query(v2), asked=[], outcome="refused", reason="monitoring_disabled")
+    entry, message = v2.bad_entry()
+    assert entry == bad and "monitoring_disabled" in message

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from alliance.policy import Policy
 from alliance.audit_verify.fields import (
     SHANGHAI,
     STATE_GRACE_MS,
@@ -29,6 +30,10 @@ class _QuotaRefusal:
     seq: int
     querier_id: str
     received_ms: int
+    pool: str = "daily"
+
+
+DAILY, MONITORING = "daily", "monitoring"  # SPEC §9: monitoring queries have their own daily quota
 
 
 @dataclass
@@ -36,7 +41,9 @@ class Ledger:
     used: dict[str, int] = field(default_factory=dict)  # query id -> first entry accepted or fanned out with it
     originals: Counter[str] = field(default_factory=Counter)  # query id -> entries not refused as replays
     replays: list[tuple[int, str]] = field(default_factory=list)  # (seq, query id) of v2 replayed_query_id refusals
-    fanned: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)  # (querier, day) -> [(received, seq)]
+    fanned: dict[tuple[str, str, int], list[tuple[int, int]]] = field(default_factory=dict)  # (querier, pool, day) -> [(received, seq)]
+    # the alliance policy as logged: [(time, Policy)], the defaults before any policy_changed entry
+    policy: list[tuple[int, Policy]] = field(default_factory=lambda: [(0, Policy())])
     quota_refusals: list[_QuotaRefusal] = field(default_factory=list)
     newest_ms: int = 0
     deadline_ms: int = 0  # the largest deadline the log states
@@ -55,11 +62,19 @@ class Ledger:
             if first != seq and v2:
                 raise Bad(f"query id {query_id!r} was already accepted or sent to members at entry {first}")
 
-    def fanned_out(self, seq: int, querier_id: str, received_ms: int) -> None:
-        self.fanned.setdefault((querier_id, day_start_ms(received_ms)), []).append((received_ms, seq))
+    def fanned_out(self, seq: int, querier_id: str, received_ms: int, pool: str = DAILY) -> None:
+        self.fanned.setdefault((querier_id, pool, day_start_ms(received_ms)), []).append((received_ms, seq))
 
-    def quota_refusal(self, seq: int, querier_id: str, received_ms: int) -> None:
-        self.quota_refusals.append(_QuotaRefusal(seq, querier_id, received_ms))
+    def quota_refusal(self, seq: int, querier_id: str, received_ms: int, pool: str = DAILY) -> None:
+        self.quota_refusals.append(_QuotaRefusal(seq, querier_id, received_ms, pool))
+
+    def policy_during(self, start_ms: int, end_ms: int) -> set[Policy]:
+        return during(self.policy, start_ms, end_ms)
+
+    def _quotas(self, member: Member, pool: str, start_ms: int, end_ms: int) -> set[int | None]:
+        if pool == MONITORING:
+            return {p.monitoring_quota for p in self.policy_during(start_ms, end_ms)}
+        return during(member.quota, start_ms, end_ms)
 
     def finish(self, members: dict[str, Member], *, complete: bool) -> tuple[list[tuple[int, str]], Counter[str]]:
         """(problems as (entry, message), refusals left unverified)."""
@@ -84,11 +99,11 @@ class Ledger:
         """A day on which a querier's fanned-out entries exceed the largest
         quota in force for it that day (the entry past it is named)."""
         problems = []
-        for (querier_id, day), uses in self.fanned.items():
+        for (querier_id, pool, day), uses in self.fanned.items():
             member = members.get(querier_id)
             if member is None:
                 continue  # such an entry was already refused: only members' queries reach members
-            quotas = during(member.quota, day - STATE_GRACE_MS, day_start_ms(day + 26 * 3600 * 1000) - 1)
+            quotas = self._quotas(member, pool, day - STATE_GRACE_MS, day_start_ms(day + 26 * 3600 * 1000) - 1)
             if None in quotas:
                 continue  # a quota the log never stated
             largest = max(quotas)
@@ -96,15 +111,15 @@ class Ledger:
                 seq = sorted(s for _, s in uses)[largest]
                 date = datetime.fromtimestamp(day / 1000, tz=SHANGHAI).date().isoformat()
                 problems.append((seq, f"querier {querier_id} reached the members {len(uses)} times on {date} (Asia/Shanghai), "
-                                      f"over the largest daily quota in force that day ({largest})"))
+                                      f"over the largest {pool} quota in force that day ({largest})"))
         return problems
 
     def _quota_refusal_fits(self, r: _QuotaRefusal, member: Member | None) -> bool | None:
         if member is None:
             return None
-        quotas = during(member.quota, r.received_ms - STATE_GRACE_MS, r.received_ms)
+        quotas = self._quotas(member, r.pool, r.received_ms - STATE_GRACE_MS, r.received_ms)
         known = [q for q in quotas if q is not None]
-        uses = self.fanned.get((r.querier_id, day_start_ms(r.received_ms)), [])
+        uses = self.fanned.get((r.querier_id, r.pool, day_start_ms(r.received_ms)), [])
         reached = sum(1 for received, _ in uses if received <= r.received_ms + QUOTA_LOOKAHEAD_MS)
         if known and reached >= min(known):
             return True

@@ -15,11 +15,12 @@ from alliance import protocol, signing
 from alliance.audit_verify.fields import (
     CREDENTIAL_SLACK_S,
     INQUIRY_WINDOW_MS,
+    STATE_GRACE_MS,
     Bad,
     day_start_ms,
     utc_timestamp,
 )
-from alliance.audit_verify.ledger import Ledger
+from alliance.audit_verify.ledger import DAILY, MONITORING, Ledger
 from alliance.audit_verify.membership import Credential, Member, Membership, during
 from alliance.audit_verify.pins import Pin, Pins
 from alliance.audit_verify.query_entry import Query, check_fan_out, parse_query
@@ -32,6 +33,7 @@ from alliance.audit_verify.reasons import (
     V1_REASONS,
 )
 from alliance.audit_verify.signatures import SignatureJob
+from alliance.policy import MONITORING_PURPOSE
 from alliance.audit_verify.sponsorship import Chains
 from alliance.audit_verify.v2_rules import Rules
 from alliance.errors import Refused
@@ -58,7 +60,7 @@ class QueryRules:
         self.chains: Chains | None = None  # sponsorship chains (v2 queries must come from a trusted credential)
         self.members = membership.members
         self.by_serial = membership.by_serial
-        self.tokens: dict[bytes, list[tuple[int, str]]] = {}
+        self.tokens: dict[bytes, list[tuple[int, str, str | None, bool]]] = {}  # (received, querier, purpose, v2)
         self.accepted = 0
         self.refused = 0
         self.refusals: Counter[str] = Counter()
@@ -83,8 +85,8 @@ class QueryRules:
             jobs.extend(self._answer_jobs(q, body))
         if v2 is not None:
             self._answer_set(q, v2.pins, pin)
-            if q.asked:
-                self.ledger.fanned_out(seq, q.querier_id, q.received_ms)
+            if q.asked and q.reason != "too_few_members":  # the fanned_out rule: it reached the members
+                self.ledger.fanned_out(seq, q.querier_id, q.received_ms, _pool(q))
         self.ledger.query_id(seq, q.copies["query_id"], used=q.outcome == "accepted" or bool(q.asked), reason=q.reason, v2=q.v2)
         self._account(q, body, querier)
         return jobs
@@ -157,6 +159,9 @@ class QueryRules:
             raise Bad(f"the request names credential serial {cred.serial}, but {q.querier_id}'s current serial was {max(current)}")
         if q.v2 and self.chains is not None:
             self.chains.require_sponsored(q.querier_id, cred)
+        if q.v2 and _pool(q) == MONITORING and not any(
+                p.monitoring for p in self.ledger.policy_during(q.received_ms - STATE_GRACE_MS, q.received_ms)):
+            raise Bad("a POST_LOAN_MONITORING query was accepted while the logged policy had monitoring off (SPEC §9)")
         if not cred.not_before - CREDENTIAL_SLACK_S <= q.received_ms // 1000 < cred.not_after + CREDENTIAL_SLACK_S:
             raise Bad(f"querier credential serial {cred.serial} was not valid at {utc_timestamp(q.received_ms)}")
         if q.rules is None and abs(q.received_ms - body.timestamp_ms) > protocol.FRESHNESS_MS:
@@ -196,8 +201,9 @@ class QueryRules:
     def _check_inquiries(self, q: Query, body: pb.QueryRequestBody) -> None:
         """inquiries_30d may not exceed what the log itself supports."""
         since = q.received_ms - INQUIRY_WINDOW_MS
-        others = {who for when, who in self.tokens.get(body.subject_token_sha256, ())
-                  if who != q.querier_id and since <= when < q.received_ms}
+        # v2 (SPEC §4): only applications count; a v1 entry of any purpose may have counted then
+        others = {who for when, who, purpose, v2 in self.tokens.get(body.subject_token_sha256, ())
+                  if who != q.querier_id and since <= when < q.received_ms and (not q.v2 or not v2 or purpose == APPLICATION)}
         if q.inquiries_30d > len(others):
             raise Bad(f"inquiries_30d is {q.inquiries_30d}, but the log shows {len(others)} other querier(s) in 30 days")
 
@@ -260,8 +266,11 @@ class QueryRules:
         if reason == "foreign_key":
             return cred is not None and body.paillier_key_fingerprint != cred.paillier_fingerprint
         if reason == "quota_exceeded" and q.v2:
-            self.ledger.quota_refusal(q.seq, q.querier_id, q.received_ms)  # needs the fanned-out entries around it
+            self.ledger.quota_refusal(q.seq, q.querier_id, q.received_ms, _pool(q))  # needs the fanned-out entries around it
             return True
+        if reason == "monitoring_disabled":
+            return _pool(q) == MONITORING and any(
+                not p.monitoring for p in self.ledger.policy_during(q.received_ms - STATE_GRACE_MS, q.received_ms))
         if reason == "replayed_query_id":
             return not q.asked  # the original, anywhere in the log, is the ledger's check
         if reason == "answer_set_changed":
@@ -308,4 +317,12 @@ class QueryRules:
         assert querier is not None and body is not None  # accepted entries passed _accepted
         day = day_start_ms(q.received_ms)
         querier.accepted_by_day[day] = querier.accepted_by_day.get(day, 0) + 1
-        self.tokens.setdefault(body.subject_token_sha256, []).append((q.received_ms, q.querier_id))
+        self.tokens.setdefault(body.subject_token_sha256, []).append((q.received_ms, q.querier_id, q.copies["purpose"], q.v2))
+
+
+APPLICATION = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts (v2)
+
+
+def _pool(q: Query) -> str:
+    """Which daily quota a v2 entry draws on (SPEC §9)."""
+    return MONITORING if q.v2 and q.copies["purpose"] == MONITORING_PURPOSE else DAILY

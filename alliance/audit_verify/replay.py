@@ -73,7 +73,7 @@ class Replay:
         elif kind == GATEWAY_STARTED:
             check_gateway_started(e)
         elif kind == POLICY_CHANGED:
-            check_policy_changed(e)
+            self.ledger.policy.append((time_ms(e.get("time")), check_policy_changed(e)))
         elif kind == "member_sponsored":
             jobs = self.chains.sponsored(seq, e)
         elif kind == "matching_key_created":

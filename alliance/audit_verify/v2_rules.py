@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from alliance import audit_entry
+from alliance.errors import UsageError
+from alliance.policy import Policy
 from alliance.audit_verify.fields import Bad, field, time_ms
 
 V2_STARTED = "v2_started"
@@ -196,6 +198,9 @@ def check_gateway_started(e: dict[str, Any]) -> None:
         raise Bad(f"gateway_started k_min {k_min} is below {MIN_K}")
 
 
-def check_policy_changed(e: dict[str, Any]) -> None:
-    """A ``policy_changed`` entry (its rules come later): ``policy`` is an object."""
-    field(e, "policy", dict)
+def check_policy_changed(e: dict[str, Any]) -> Policy:
+    """A ``policy_changed`` entry states the whole valid policy after it (SPEC §9, §10)."""
+    try:
+        return Policy.from_json(field(e, "policy", dict))
+    except (UsageError, TypeError) as exc:
+        raise Bad(f"policy {e.get('policy')!r} is not a valid alliance policy: {exc}") from None
