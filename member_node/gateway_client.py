@@ -29,7 +29,7 @@ def error_from_rpc(exc: grpc.RpcError) -> AllianceError:
     reason = trailing.get("alliance-reason", code.name.lower())
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         if "alliance-reason" in trailing:  # the gateway answered: too few members, answer set changed, ...
-            return Unreachable(details)
+            return Unreachable(details, reason=reason)
         return Unreachable(f"the alliance gateway cannot be reached: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(details)

@@ -13,6 +13,7 @@ from alliance import db, matching_key, paillier, pki, transport
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
+from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.home import MemberHome
 from alliance_member.service import MemberService, PeerTrust
 
@@ -41,7 +42,10 @@ class MatchingKeySource:
             return self._key
 
 
-def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None,
+                 background: list | None = None) -> tuple[grpc.Server, int]:
+    """The member node's server. ``background`` receives the workers to
+    close on shutdown (application alerts, webhook; SPEC §9)."""
     home = MemberHome(home_dir)
     cfg = home.config()
     if cfg.role != "member":
@@ -50,6 +54,13 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
     engine = db.make_engine(home.db_url(db_url))
     store.create_schema(engine)
+    workers: list = [] if background is None else background
+    if webhook is not None:
+        from alliance_member.webhook import Webhook
+
+        workers.append(Webhook(webhook).listen())  # before the alerts worker, so it closes after it
+    application_alerts = ApplicationAlerts(engine)
+    workers.insert(0, application_alerts)
     key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     service = MemberService(
         member_id=cfg.member_id,
@@ -58,6 +69,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=paillier.MaskPools(target=32),
+        after_answer=application_alerts.submit,
     )
     # SPEC §5.2: only the gateway role may call a member node, on any RPC.
     server = transport.make_server(max_workers=16, allowed_roles=("gateway",))
@@ -68,8 +80,9 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port
 
 
-def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> None:
-    server, port = build_server(home_dir, db_url=db_url, listen=listen)
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None) -> None:
+    background: list = []
+    server, port = build_server(home_dir, db_url=db_url, listen=listen, webhook=webhook, background=background)
     server.start()
     log.info("member node listening on port %d", port)
     stop = threading.Event()
@@ -77,3 +90,5 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait()
+    for worker in background:  # alerts first (they may feed the webhook), then the webhook
+        worker.close()

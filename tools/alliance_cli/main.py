@@ -394,11 +394,22 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
 @HOME
 @DB
 @click.option("--listen", default=None)
-def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
-    """Run the member node."""
+@click.option("--webhook", default=None, metavar="URL",
+              help="POST each alert (e.g. applied_elsewhere) as JSON to URL, from a background worker with retries; "
+                   "never delays an answer.")
+def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: str | None) -> None:
+    """Run the member node.
+
+    After each answer is sent, a LOAN_APPROVAL query or precheck about one of
+    your ACTIVE borrowers raises an applied_elsewhere alert (`member alerts`);
+    the querier is never named."""
     from alliance_member.server import serve
 
-    serve(home, db_url=db_url, listen=listen)
+    if webhook is not None:
+        from alliance_member.webhook import check_url
+
+        check_url(webhook)
+    serve(home, db_url=db_url, listen=listen, webhook=webhook)
 
 
 @member.command("import")
@@ -656,6 +667,7 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
 
 
 from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,E702
+from alliance_cli import monitor_cmds; monitor_cmds.register(member)  # noqa: E402,E702
 
 
 def main() -> None:
