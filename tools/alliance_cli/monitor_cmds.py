@@ -170,6 +170,8 @@ def register(member: click.Group) -> None:
                         at = alert.as_json()["raised_at"].replace("T", " ")
                         click.echo(f"{at}  #{alert.id}  {alert.kind}: {alert.message}")
                 if not follow:
+                    if not last_id and not as_json:
+                        click.echo("no alerts" + (f" since {since}" if since else ""), err=True)
                     break
                 sys.stdout.flush()
                 time.sleep(interval)
