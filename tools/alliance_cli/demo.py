@@ -154,8 +154,7 @@ def _monitoring(alliance: LocalAlliance, as_of, echo: Callable[[str], None]) -> 
         else:
             time.sleep(0.2)
     if shown is not None:
-        echo(f"
-{shown[0]} alert (`alliance member alerts`): {shown[1].message} — the lender asked is not named")
+        echo(f"\n{shown[0]} alert (`alliance member alerts`): {shown[1].message} — the lender asked is not named")
     consent = Consent("DEMO-MONITORING-0001", hashlib.sha256(b"post-loan monitoring authorisation (demo)").digest())
     querier = Querier(alliance.members[querier_id].home)
     try:
