@@ -35,9 +35,15 @@ class Refused(AllianceError):
 
 
 class Unreachable(AllianceError):
-    """The alliance could not be reached, or too few members answered."""
+    """The alliance could not be reached, or too few members answered.
+    ``reason`` is the gateway's refusal reason when it answered (e.g.
+    ``answer_set_changed``, SPEC §5.3), else ``unreachable``."""
 
     exit_code = 5
+
+    def __init__(self, message: str, reason: str = "unreachable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CryptoError(AllianceError):

@@ -3,6 +3,7 @@ channel built from the home's certificate, and gRPC failures turned into the
 typed errors (and so the exit statuses) of SPEC §7."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ def error_from_rpc(exc: grpc.RpcError) -> AllianceError:
     reason = trailing.get("alliance-reason", code.name.lower())
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         if "alliance-reason" in trailing:  # the gateway answered: too few members, answer set changed, ...
-            return Unreachable(details)
+            return Unreachable(details, reason=reason)
         return Unreachable(f"the alliance gateway cannot be reached: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidInput(details)
@@ -164,6 +165,10 @@ class GatewayClient:
 
     def post_matching_key_created(self, signed: pb.SignedMatchingKeyCreated) -> pb.LoggedStatementResponse:
         return self._call("PostMatchingKeyCreated", signed)
+
+    def policy(self) -> dict:
+        """The alliance policy in force (SPEC §9, §10): max_book_age_days, monitoring, monitoring_quota."""
+        return json.loads(self._call("GetPolicy", pb.GetPolicyRequest()).policy_json)
 
     def post_disclosure(self, signed: pb.SignedDisclosure) -> pb.LoggedStatementResponse:
         """SPEC §11: log this member's signed monthly figures."""

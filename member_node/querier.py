@@ -127,6 +127,10 @@ class Querier:
 
     def _signed(self, subject: Subject, purpose: str, consent: Consent, as_of: date, mode: int, enc_x: bytes = b"") -> tuple[pb.SignedQuery, bytes]:
         token = identity.subject_token(self.matching_key.key, subject.id_type, subject.canonical_id)
+        return self._signed_token(token, purpose, consent, as_of, mode, enc_x), token
+
+    def _signed_token(self, token: bytes, purpose: str, consent: Consent, as_of: date, mode: int, enc_x: bytes = b"") -> pb.SignedQuery:
+        """A request is built from the subject token alone (the raw id never leaves this method's caller)."""
         signed = protocol.build_signed_query(
             protocol.QueryParams(
                 querier_id=self.config.member_id,
@@ -147,11 +151,23 @@ class Querier:
         with self._checkpoint_lock:
             kept = self._kept_checkpoint()
         signed.known_tree_size = kept.size if kept is not None else 0  # so the receipt carries our consistency proof
-        return signed, token
+        return signed
 
     def query(self, subject: Subject, *, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
         signed, _ = self._signed(subject, purpose, consent, as_of or today_shanghai(), pb.QUERY_MODE_REPORT)
         return self.read_report(signed, self.client.query(signed))
+
+    def query_token(self, token: bytes, *, purpose: str, consent: Consent, as_of: date | None = None) -> tuple[dict[str, Any], list[str]]:
+        """A report on a subject known only by its token under the current
+        matching key (the member's own borrowers: its book keeps tokens and
+        masked ids, never raw ids), with the ids of the members whose figures
+        the report sums (its answering set, SPEC §5.3, §9)."""
+        if len(token) != 32:
+            raise InvalidInput("a subject token is 32 bytes")
+        signed = self._signed_token(token, purpose, consent, as_of or today_shanghai(), pb.QUERY_MODE_REPORT)
+        response = self.client.query(signed)
+        result = self.read_report(signed, response)
+        return result, sorted(r.member_id for r in response.answers)
 
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         audit = self.check_receipt(signed, response)
@@ -385,7 +401,7 @@ def _error_from_query_error(err: pb.QueryError) -> AllianceError:
     from alliance.errors import Refused, Unreachable
 
     if err.exit_code == 5:
-        return Unreachable(err.message)
+        return Unreachable(err.message, reason=err.reason)
     if err.exit_code == 3:
         return InvalidInput(err.message)
     return Refused(err.message, reason=err.reason)

@@ -17,6 +17,7 @@ from alliance_member import store
 from alliance_member import onboarding
 from alliance_member.feed import FeedRefresher
 from alliance_member.gateway_client import GatewayClient
+from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.home import MemberHome
 from alliance_member.reconcile import Reconciler
 from alliance_member.service import MemberService, PeerTrust
@@ -67,7 +68,10 @@ def warm_known_querier_keys(engine: Engine, mask_pools: masks.MaskPools, own_id:
     return warmed
 
 
-def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None,
+                 background: list | None = None) -> tuple[grpc.Server, int]:
+    """The member node's server. ``background`` receives the workers to
+    close on shutdown (application alerts, webhook; SPEC §9)."""
     home = MemberHome(home_dir)
     cfg = home.config()
     if cfg.role != "member":
@@ -76,6 +80,13 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
     engine = db.make_engine(home.db_url(db_url))
     store.create_schema(engine)
+    workers: list = [] if background is None else background
+    if webhook is not None:
+        from alliance_member.webhook import Webhook
+
+        workers.append(Webhook(webhook).listen())  # before the alerts worker, so it closes after it
+    application_alerts = ApplicationAlerts(engine)
+    workers.insert(0, application_alerts)
     key_pem, cert_pem, ca_pem = pki.read_private_file(home.tls_key), home.tls_cert.read_bytes(), home.ca_cert.read_bytes()
     mask_pools = masks.MaskPools(target=32, mode=masks.mode_from_env())
     # SPEC §5.1: trust is gated by this member's own proven view of the membership feed,
@@ -91,6 +102,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,
+        after_answer=application_alerts.submit,
     )
     log.info("warming mask pools for %d known querier keys (%s masks)",
              warm_known_querier_keys(engine, mask_pools, cfg.member_id), mask_pools.mode)
@@ -103,8 +115,9 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port
 
 
-def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> None:
-    server, port = build_server(home_dir, db_url=db_url, listen=listen)
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None) -> None:
+    background: list = []
+    server, port = build_server(home_dir, db_url=db_url, listen=listen, webhook=webhook, background=background)
     server.start()
     log.info("member node listening on port %d", port)
     reconciler = _start_reconciler(home_dir, db_url)
@@ -114,6 +127,8 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     stop.wait()
     reconciler.stop()
     server.stop(grace=2).wait()
+    for worker in background:  # alerts first (they may feed the webhook), then the webhook
+        worker.close()
 
 
 def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:

@@ -29,6 +29,7 @@ from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_member import store
 from alliance_member.reconcile import journal_answer
+from alliance_member.application_alerts import AnswerNotice
 
 log = logging.getLogger("alliance.member")
 
@@ -153,6 +154,7 @@ class MemberService(pb_grpc.MemberNodeServicer):
         matching_key: Callable[[], MatchingKey | None],
         mask_pools: paillier.MaskPools,
         clock: Callable[[], float] = time.time,
+        after_answer: Callable[[AnswerNotice], None] | None = None,
     ) -> None:
         self.member_id = member_id
         self.engine = engine
@@ -161,6 +163,7 @@ class MemberService(pb_grpc.MemberNodeServicer):
         self.matching_key = matching_key
         self.mask_pools = mask_pools
         self.clock = clock
+        self.after_answer = after_answer  # SPEC §9 application alerts: called only once the answer is sent
         self._last_prune_ms = 0
 
     def Answer(self, request: pb.MemberQueryRequest, context: grpc.ServicerContext) -> pb.MemberQueryResponse:
@@ -169,8 +172,14 @@ class MemberService(pb_grpc.MemberNodeServicer):
             peer_id, role, _ = peer_identity(context)
             if role != "gateway":
                 raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
-            response = self.answer(request)
+            response, notice = self.answer_with_notice(request)
             log.debug("answered in %.1f ms", 1000 * (time.perf_counter() - started))
+            if self.after_answer is not None:
+                hand_over = self.after_answer
+                # Runs when the RPC has terminated, i.e. after the answer was sent;
+                # the callee only enqueues (SPEC §9: answer timing never depends on it).
+                if not context.add_callback(lambda: hand_over(notice)):
+                    hand_over(notice)  # already terminated: the answer is out
             return response
         except Refused as exc:
             code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
@@ -183,6 +192,11 @@ class MemberService(pb_grpc.MemberNodeServicer):
             raise  # unreachable
 
     def answer(self, request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
+        return self.answer_with_notice(request)[0]
+
+    def answer_with_notice(self, request: pb.MemberQueryRequest) -> tuple[pb.MemberQueryResponse, AnswerNotice]:
+        """The answer, and what the application alerts (SPEC §9) may look at
+        once it has been sent: token, epoch, purpose, mode, time; never the querier."""
         now_ms = int(self.clock() * 1000)
         _check_bounds(request)
         key = self.matching_key()
@@ -211,7 +225,8 @@ class MemberService(pb_grpc.MemberNodeServicer):
             ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
             journal_answer(conn, body.query_id, query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
-        return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature)
+        notice = AnswerNotice(bytes(query.subject_token), key.epoch, body.purpose, body.mode, now_ms)
+        return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature), notice
 
     def _plaintext(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> int:
         """Unknown subjects give all-zero figures: the same single ciphertext."""

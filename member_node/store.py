@@ -143,6 +143,23 @@ alerts = Table(
     Column("details", String(8192), nullable=False),  # canonical JSON
 )
 
+# Post-loan monitoring (SPEC §9): the last report per subject, with the set
+# of members whose figures it sums; a new report is compared with it only when
+# that set is identical. Keyed by token and epoch (a new epoch is a new token).
+monitor_reports = Table(
+    "monitor_reports",
+    metadata,
+    Column("subject_token", LargeBinary(32), primary_key=True),
+    Column("key_epoch", Integer, primary_key=True),
+    Column("masked_id", String(32), nullable=False),
+    Column("id_type", String(16), nullable=False),
+    Column("query_id", String(64), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("answer_set", String(4096), nullable=False),  # canonical JSON list of member ids
+    Column("report", String(4096), nullable=False),  # canonical JSON of the §4 fields
+    Column("reported_at_ms", BigInteger, nullable=False),
+)
+
 BOOK_TABLES = {"loans": loans, "flags": flags, "scores": scores}
 
 

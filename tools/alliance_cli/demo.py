@@ -66,6 +66,7 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
             echo(f"state written to {state_file}")
         if dataset is not None:
             _example_queries(alliance, dataset, as_of, echo)
+            _monitoring(alliance, as_of, echo)
             _audit(alliance, echo)
         if keep_running:
             echo("alliance running; SIGTERM or Ctrl-C stops it")
@@ -125,6 +126,54 @@ def _example_queries(alliance: LocalAlliance, dataset: "synthetic.Dataset", as_o
                  + ("yes" if result["within_cap"] else "no"))
     finally:
         querier.close()
+
+
+def _monitoring(alliance: LocalAlliance, as_of, echo: Callable[[str], None]) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §9 in brief: the application alerts the queries above raised at
+    the other members, and one monitoring run of the querier's borrowers."""
+    import time
+
+    from alliance import db
+    from alliance_member import alerts, monitoring
+
+    querier_id = alliance.member_ids[0]
+    deadline = time.monotonic() + 5
+    shown = None
+    while shown is None and time.monotonic() < deadline:
+        for mid in alliance.member_ids[1:]:
+            from alliance_member.home import MemberHome
+
+            engine = db.make_engine(MemberHome(alliance.members[mid].home).db_url(alliance.members[mid].db_url))
+            try:
+                got = alerts.list_alerts(engine, kinds=("applied_elsewhere",))
+            finally:
+                engine.dispose()
+            if got:
+                shown = (mid, got[-1])
+                break
+        else:
+            time.sleep(0.2)
+    if shown is not None:
+        echo(f"\n{shown[0]} alert (`alliance member alerts`): {shown[1].message} — the lender asked is not named")
+    consent = Consent("DEMO-MONITORING-0001", hashlib.sha256(b"post-loan monitoring authorisation (demo)").digest())
+    from alliance_gateway.admin import Admin
+
+    Admin(alliance.admin_home).policy_set("monitoring", "on")  # SPEC §9: off unless the alliance enables it (logged)
+    echo("\noperator: `alliance admin policy set monitoring on` (logged as policy_changed)")
+    time.sleep(1.2)  # the gateway re-reads the policy within a second
+    querier = Querier(alliance.members[querier_id].home)
+    try:
+        monitoring.monitoring_enabled(querier.client)
+        outcomes = monitoring.run_once(querier, consent=consent, as_of=as_of)
+    except AllianceError as exc:
+        echo(f"monitoring run: {exc}")
+        return
+    finally:
+        querier.close()
+    counts = monitoring.summary(outcomes)
+    echo(f"{querier_id} monitoring run (`alliance member monitor`): {counts['subjects']} active borrower(s) re-screened "
+         f"(POST_LOAN_MONITORING), {counts['baseline']} first report(s) kept, {counts['alerts']} alert(s); "
+         "every asked member learns which of its borrowers are also yours")
 
 
 def _audit(alliance: LocalAlliance, echo: Callable[[str], None]) -> None:

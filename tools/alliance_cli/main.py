@@ -471,11 +471,22 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
 @HOME
 @DB
 @click.option("--listen", default=None)
-def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
-    """Run the member node."""
+@click.option("--webhook", default=None, metavar="URL",
+              help="POST each alert (e.g. applied_elsewhere) as JSON to URL, from a background worker with retries; "
+                   "never delays an answer.")
+def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: str | None) -> None:
+    """Run the member node.
+
+    After each answer is sent, a LOAN_APPROVAL query or precheck about one of
+    your ACTIVE borrowers raises an applied_elsewhere alert (`member alerts`);
+    the querier is never named."""
     from alliance_member.server import serve
 
-    serve(home, db_url=db_url, listen=listen)
+    if webhook is not None:
+        from alliance_member.webhook import check_url
+
+        check_url(webhook)
+    serve(home, db_url=db_url, listen=listen, webhook=webhook)
 
 
 @member.command("import")
@@ -738,6 +749,7 @@ def bench_command(members: str, queries: int, concurrency: int, naive_queries: i
 from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,E702
 from alliance_cli.reconcile_cmd import reconcile_command; member.add_command(reconcile_command)  # noqa: E402,E702
 from alliance_cli.disclosure_cmds import audit_monthly_report, member_disclose; member.add_command(member_disclose); audit.add_command(audit_monthly_report)  # noqa: E402,E702,E501
+from alliance_cli import monitor_cmds; monitor_cmds.register(member)  # noqa: E402,E702
 
 
 def main() -> None:
