@@ -11,6 +11,7 @@ import grpc
 from sqlalchemy import Engine, select
 
 from alliance import db, masks, matching_key, paillier, pki, transport
+from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
@@ -18,6 +19,7 @@ from alliance_member import onboarding
 from alliance_member.feed import FeedRefresher
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
+from alliance_member.metrics import MemberMetrics
 from alliance_member.reconcile import Reconciler
 from alliance_member.service import MemberService, PeerTrust
 
@@ -67,7 +69,8 @@ def warm_known_querier_keys(engine: Engine, mask_pools: masks.MaskPools, own_id:
     return warmed
 
 
-def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int]:
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None,
+                 metrics: MemberMetrics | None = None) -> tuple[grpc.Server, int]:
     home = MemberHome(home_dir)
     cfg = home.config()
     if cfg.role != "member":
@@ -91,7 +94,10 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,
+        metrics=metrics,
     )
+    if metrics is not None:
+        metrics.bind(engine=engine, mask_pools=mask_pools, feed_age=feed.age_s)
     log.info("warming mask pools for %d known querier keys (%s masks)",
              warm_known_querier_keys(engine, mask_pools, cfg.member_id), mask_pools.mode)
     # SPEC §5.2: only the gateway role may call a member node, on any RPC.
@@ -103,8 +109,13 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port
 
 
-def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> None:
-    server, port = build_server(home_dir, db_url=db_url, listen=listen)
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None,
+          metrics_listen: str | None = None) -> None:
+    if metrics_listen:
+        alliance_metrics.parse_listen(metrics_listen)  # a bad address fails before anything starts
+    metrics = MemberMetrics() if metrics_listen else None
+    server, port = build_server(home_dir, db_url=db_url, listen=listen, metrics=metrics)
+    endpoint = alliance_metrics.serve_metrics(metrics.registry, metrics_listen) if metrics is not None and metrics_listen else None
     server.start()
     log.info("member node listening on port %d", port)
     reconciler = _start_reconciler(home_dir, db_url)
@@ -114,6 +125,8 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     stop.wait()
     reconciler.stop()
     server.stop(grace=2).wait()
+    if endpoint is not None:
+        endpoint.close()
 
 
 def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:

@@ -28,6 +28,7 @@ from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_member import store
+from alliance_member import metrics as member_metrics
 from alliance_member.reconcile import journal_answer
 
 log = logging.getLogger("alliance.member")
@@ -153,8 +154,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
         matching_key: Callable[[], MatchingKey | None],
         mask_pools: paillier.MaskPools,
         clock: Callable[[], float] = time.time,
+        metrics: member_metrics.MemberMetrics | None = None,
     ) -> None:
         self.member_id = member_id
+        self.metrics = metrics or member_metrics.NULL  # SPEC §12
         self.engine = engine
         self.trust = trust
         self.signing_key = signing_key
@@ -171,14 +174,17 @@ class MemberService(pb_grpc.MemberNodeServicer):
                 raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
             response = self.answer(request)
             log.debug("answered in %.1f ms", 1000 * (time.perf_counter() - started))
+            self.metrics.answered(time.perf_counter() - started)
             return response
         except Refused as exc:
+            self.metrics.refused(exc.reason, time.perf_counter() - started)
             code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
             log.warning("refused a query: %s (%s)", exc, exc.reason)
             context.abort(code, f"{exc.reason}: {exc}")
             raise  # unreachable
         except Exception:  # a bug must cost one answer, never the server, and must be seen
             log.exception("internal error answering a query")
+            self.metrics.failed(time.perf_counter() - started)
             context.abort(grpc.StatusCode.INTERNAL, "internal error in the member node (see its log)")
             raise  # unreachable
 
