@@ -77,7 +77,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, pb_grpc.GatewayServicer):
         metrics: gateway_metrics.GatewayMetrics | None = None,
     ) -> None:
         self.engine = engine
-        self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
         self.registry = registry
         self.log = log_reader
         self.config = config
@@ -94,6 +93,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, pb_grpc.GatewayServicer):
                 raise UsageError("this gateway database holds a v1 audit log: run `alliance admin db upgrade` first (SPEC §6.4)")
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
 
     # -- RPCs -------------------------------------------------------------
 

@@ -22,6 +22,9 @@ from alliance_cli.params import parse_day
 
 HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
+METRICS_LISTEN = click.option(
+    "--metrics-listen", default=None, metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP: bind it to a private address). Off by default.")
 PASSPHRASE = click.option(
     "--passphrase-file", "passphrase_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="File holding the CA key's passphrase (default: $ALLIANCE_CA_PASSPHRASE; neither: the CA key is not encrypted).",
@@ -313,11 +316,13 @@ def gateway() -> None:
 @HOME
 @DB
 @click.option("--listen", default=None, help="Override the configured listen address.")
-def gateway_serve(home: Path, db_url: str | None, listen: str | None) -> None:
+@METRICS_LISTEN
+def gateway_serve(home: Path, db_url: str | None, listen: str | None, metrics_listen: str | None) -> None:
     """Run the gateway (needs the gateway home only, never the CA key)."""
     from alliance_gateway.server import serve
 
-    serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True))
+    serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True),
+          metrics_listen=metrics_listen)
 
 
 # ---------------------------------------------------------------- member
@@ -471,11 +476,12 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
 @HOME
 @DB
 @click.option("--listen", default=None)
-def member_serve(home: Path, db_url: str | None, listen: str | None) -> None:
+@METRICS_LISTEN
+def member_serve(home: Path, db_url: str | None, listen: str | None, metrics_listen: str | None) -> None:
     """Run the member node."""
     from alliance_member.server import serve
 
-    serve(home, db_url=db_url, listen=listen)
+    serve(home, db_url=db_url, listen=listen, metrics_listen=metrics_listen)
 
 
 @member.command("import")
