@@ -626,8 +626,11 @@ def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str
 @click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai).")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one JSON report per line here (default: stdout).")
+@click.option("--resume", is_flag=True,
+              help="Skip subjects already in --output (same input line and masked id) and append the rest.")
 def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str, consent_id: str,
-                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None) -> None:
+                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None,
+                  resume: bool) -> None:
     """Screen a CSV of subjects: one report per subject, streamed.
 
     Each output line is a JSON object with the input "line", the masked
@@ -652,16 +655,28 @@ def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str
             raise UsageError(f"--output {output_file} is the input file")
     rows = screen_rows(input_file)  # header checked here, before anything is sent
     masked: dict[int, str] = {}
+    already: dict[int, str] = {}
+    failed_before = 0
+    if resume:
+        from alliance_member import screen_resume
+
+        if output_file is None:
+            raise UsageError("--resume needs --output (the file an earlier run was writing)")
+        already, failed_before = screen_resume.read_output(output_file)
+        if already:
+            screen_resume.check_output_matches(already, screen_rows(input_file), output_file)
 
     def subjects():  # type: ignore[no-untyped-def]
         for row in rows:
+            if row.line in already:
+                continue  # --resume: screened by an earlier run
             masked[row.line] = row.masked_id
             yield row.line, row.subject
 
     querier = Querier(home, db_url=db_url)
     done = failures = 0
     where = str(output_file) if output_file else "stdout"
-    out = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
+    out = output_file.open("a" if resume else "w", encoding="utf-8") if output_file else sys.stdout
     try:
         with output.screen_progress(input_file) as advance:
             for line, result in querier.screen(subjects(), purpose=purpose, consent=consent, as_of=day):
@@ -681,8 +696,9 @@ def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str
         querier.close()
         if output_file:
             out.close()
-    click.echo(f"{done - failures} screened, {failures} failed, output in {where}", err=True)
-    if failures:
+    skipped = f", {len(already)} already in the output ({failed_before} of them failed)" if resume else ""
+    click.echo(f"{done - failures} screened, {failures} failed{skipped}, output in {where}", err=True)
+    if failures or failed_before:  # the batch's status covers every subject in the output
         sys.exit(3)
 
 
