@@ -648,6 +648,13 @@ class MaskPools:
     def table_bytes(self) -> int:
         return 0 if self.budget is None else self.budget.used_bytes
 
+    def levels(self) -> dict[str, int]:
+        """Counts only, for metrics (SPEC §12): never a key, mask or table."""
+        with self._lock:
+            pools = [p for p in self._pools.values() if not p.closed]
+        return {"pools": len(pools), "masks_available": sum(p.size for p in pools),
+                "misses": sum(p.misses for p in pools), "table_bytes": self.table_bytes}
+
     def __len__(self) -> int:
         return len(self._pools)
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import grpc
 from sqlalchemy import Engine
 
-from alliance import db, paillier, pki, transport
+from alliance import db, metrics as alliance_metrics, paillier, pki, transport
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
+from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.reconcile_rpcs import log_gateway_started
 from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
@@ -46,7 +47,8 @@ def open_database(home: GatewayHome, db_url: str | None = None) -> Engine:
     return engine
 
 
-def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None) -> tuple[grpc.Server, int, GatewayService]:
+def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None,
+                 metrics: GatewayMetrics | None = None) -> tuple[grpc.Server, int, GatewayService]:
     home = GatewayHome(home_dir)
     cfg = home.config()
     engine = open_database(home, db_url)
@@ -62,6 +64,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         config=cfg,
         member_stub=channels.stub,
         mask_pools=paillier.MaskPools(target=8),
+        metrics=metrics,
     )
     server = transport.make_server(max_workers=32)
     alliance_pb2_grpc.add_GatewayServicer_to_server(service, server)
@@ -70,8 +73,13 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port, service
 
 
-def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None) -> None:  # type: ignore[no-untyped-def]
-    server, port, service = build_server(home_dir, db_url=db_url, listen=listen)
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None,  # type: ignore[no-untyped-def]
+          metrics_listen: str | None = None) -> None:
+    if metrics_listen:
+        alliance_metrics.parse_listen(metrics_listen)  # a bad address fails before anything starts
+    metrics = GatewayMetrics() if metrics_listen else None
+    server, port, service = build_server(home_dir, db_url=db_url, listen=listen, metrics=metrics)
+    endpoint = alliance_metrics.serve_metrics(metrics.registry, metrics_listen) if metrics is not None and metrics_listen else None
     log_gateway_started(service.engine, deadline_ms=service.config.deadline_ms, k_min=service.config.k_min)  # SPEC §6.2
     server.start()
     service.start_background()
@@ -84,3 +92,5 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     stop.wait()
     server.stop(grace=2).wait()
     service.stop_background()
+    if endpoint is not None:
+        endpoint.close()

@@ -27,6 +27,7 @@ from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
+from alliance_gateway import metrics as gateway_metrics
 from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.disclosure_rpcs import DisclosureRpcs
@@ -74,6 +75,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
         mask_pools: paillier.MaskPools,
         clock: Callable[[], float] = time.time,
         limiter: RefusalLimiter | None = None,
+        metrics: gateway_metrics.GatewayMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -92,6 +94,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
                 raise UsageError("this gateway database holds a v1 audit log: run `alliance admin db upgrade` first (SPEC §6.4)")
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
+        self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
 
     # -- RPCs -------------------------------------------------------------
 
@@ -104,8 +107,8 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
         peer_id, peer_role, cert_sha256 = self._peer(context)
         for request in request_iterator:
-            self._check_rate(context, peer_id, peer_role)
             kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
+            self._check_rate(context, peer_id, peer_role, kind)
             try:
                 yield self.process(request, peer_id, peer_role, kind, cert_sha256)
             except QueryFailure as failure:
@@ -187,7 +190,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
     def _unary(self, request: pb.SignedQuery, context: grpc.ServicerContext, kind: str) -> pb.GatewayQueryResponse:
         started = time.perf_counter()
         peer_id, peer_role, cert_sha256 = self._peer(context)
-        self._check_rate(context, peer_id, peer_role)
+        self._check_rate(context, peer_id, peer_role, kind)
         try:
             response = self.process(request, peer_id, peer_role, kind, cert_sha256)
             log.debug("handler total %.1f ms", 1000 * (time.perf_counter() - started))
@@ -239,12 +242,15 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
             if not failure.logged:
                 self._commit(ctx, None, outcome="refused", failure=failure)
             self.limiter.refused(peer_id)
+            self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped, failure.reason)
             raise
         except CryptoError as exc:  # e.g. a garbled Enc(x) in a precheck
             failure = QueryFailure("malformed_request", str(exc))
             self._commit(ctx, None, outcome="refused", failure=failure)
             self.limiter.refused(peer_id)
+            self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped, failure.reason)
             raise failure from None
+        self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped)
         receipt = self._receipt(seq, query.known_tree_size)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("query %s: admit %.1f ms, fan-out %.1f ms, aggregate %.1f ms, commit %.1f ms, receipt %.1f ms",
@@ -446,8 +452,9 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
 
     # -- refusal rate limit ---------------------------------------------------
 
-    def _check_rate(self, context: grpc.ServicerContext, peer_id: str, peer_role: str) -> None:
+    def _check_rate(self, context: grpc.ServicerContext, peer_id: str, peer_role: str, kind: str = "query") -> None:
         if not self.limiter.admit(peer_id, peer_role):
+            self.metrics.rate_limited(kind)
             context.set_trailing_metadata((("alliance-reason", "rate_limited"), ("alliance-exit-code", "4")))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"rate_limited: more than {log_rules.REFUSALS_PER_S} refused requests per second from {peer_id}; "

@@ -11,6 +11,7 @@ import grpc
 from sqlalchemy import Engine, select
 
 from alliance import db, masks, matching_key, paillier, pki, transport
+from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import store
@@ -19,6 +20,7 @@ from alliance_member.feed import FeedRefresher
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.home import MemberHome
+from alliance_member.metrics import MemberMetrics
 from alliance_member.reconcile import Reconciler
 from alliance_member.service import MemberService, PeerTrust
 
@@ -69,9 +71,10 @@ def warm_known_querier_keys(engine: Engine, mask_pools: masks.MaskPools, own_id:
 
 
 def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None,
-                 background: list | None = None) -> tuple[grpc.Server, int]:
+                 background: list | None = None, metrics: MemberMetrics | None = None) -> tuple[grpc.Server, int]:
     """The member node's server. ``background`` receives the workers to
-    close on shutdown (application alerts, webhook; SPEC §9)."""
+    close on shutdown (application alerts, webhook; SPEC §9); ``metrics``
+    the Prometheus metrics to feed (SPEC §12)."""
     home = MemberHome(home_dir)
     cfg = home.config()
     if cfg.role != "member":
@@ -103,7 +106,10 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,
         after_answer=application_alerts.submit,
+        metrics=metrics,
     )
+    if metrics is not None:
+        metrics.bind(engine=engine, mask_pools=mask_pools, feed_age=feed.age_s)
     log.info("warming mask pools for %d known querier keys (%s masks)",
              warm_known_querier_keys(engine, mask_pools, cfg.member_id), mask_pools.mode)
     # SPEC §5.2: only the gateway role may call a member node, on any RPC.
@@ -115,9 +121,14 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port
 
 
-def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None) -> None:
+def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, webhook: str | None = None,
+          metrics_listen: str | None = None) -> None:
+    if metrics_listen:
+        alliance_metrics.parse_listen(metrics_listen)  # a bad address fails before anything starts
+    metrics = MemberMetrics() if metrics_listen else None
     background: list = []
-    server, port = build_server(home_dir, db_url=db_url, listen=listen, webhook=webhook, background=background)
+    server, port = build_server(home_dir, db_url=db_url, listen=listen, webhook=webhook, background=background, metrics=metrics)
+    endpoint = alliance_metrics.serve_metrics(metrics.registry, metrics_listen) if metrics is not None and metrics_listen else None
     server.start()
     log.info("member node listening on port %d", port)
     reconciler = _start_reconciler(home_dir, db_url)
@@ -129,6 +140,8 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     server.stop(grace=2).wait()
     for worker in background:  # alerts first (they may feed the webhook), then the webhook
         worker.close()
+    if endpoint is not None:
+        endpoint.close()
 
 
 def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:

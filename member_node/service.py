@@ -28,6 +28,7 @@ from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_member import store
+from alliance_member import metrics as member_metrics
 from alliance_member.reconcile import journal_answer
 from alliance_member.application_alerts import AnswerNotice
 
@@ -155,8 +156,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
         mask_pools: paillier.MaskPools,
         clock: Callable[[], float] = time.time,
         after_answer: Callable[[AnswerNotice], None] | None = None,
+        metrics: member_metrics.MemberMetrics | None = None,
     ) -> None:
         self.member_id = member_id
+        self.metrics = metrics or member_metrics.NULL  # SPEC §12
         self.engine = engine
         self.trust = trust
         self.signing_key = signing_key
@@ -180,14 +183,17 @@ class MemberService(pb_grpc.MemberNodeServicer):
                 # the callee only enqueues (SPEC §9: answer timing never depends on it).
                 if not context.add_callback(lambda: hand_over(notice)):
                     hand_over(notice)  # already terminated: the answer is out
+            self.metrics.answered(time.perf_counter() - started)
             return response
         except Refused as exc:
+            self.metrics.refused(exc.reason, time.perf_counter() - started)
             code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
             log.warning("refused a query: %s (%s)", exc, exc.reason)
             context.abort(code, f"{exc.reason}: {exc}")
             raise  # unreachable
         except Exception:  # a bug must cost one answer, never the server, and must be seen
             log.exception("internal error answering a query")
+            self.metrics.failed(time.perf_counter() - started)
             context.abort(grpc.StatusCode.INTERNAL, "internal error in the member node (see its log)")
             raise  # unreachable
 

@@ -22,6 +22,9 @@ from alliance_cli.params import parse_day
 
 HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
+METRICS_LISTEN = click.option(
+    "--metrics-listen", default=None, metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (plain HTTP: bind it to a private address). Off by default.")
 PASSPHRASE = click.option(
     "--passphrase-file", "passphrase_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="File holding the CA key's passphrase (default: $ALLIANCE_CA_PASSPHRASE; neither: the CA key is not encrypted).",
@@ -313,11 +316,13 @@ def gateway() -> None:
 @HOME
 @DB
 @click.option("--listen", default=None, help="Override the configured listen address.")
-def gateway_serve(home: Path, db_url: str | None, listen: str | None) -> None:
+@METRICS_LISTEN
+def gateway_serve(home: Path, db_url: str | None, listen: str | None, metrics_listen: str | None) -> None:
     """Run the gateway (needs the gateway home only, never the CA key)."""
     from alliance_gateway.server import serve
 
-    serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True))
+    serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True),
+          metrics_listen=metrics_listen)
 
 
 # ---------------------------------------------------------------- member
@@ -474,7 +479,8 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
 @click.option("--webhook", default=None, metavar="URL",
               help="POST each alert (e.g. applied_elsewhere) as JSON to URL, from a background worker with retries; "
                    "never delays an answer.")
-def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: str | None) -> None:
+@METRICS_LISTEN
+def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: str | None, metrics_listen: str | None) -> None:
     """Run the member node.
 
     After each answer is sent, a LOAN_APPROVAL query or precheck about one of
@@ -486,7 +492,7 @@ def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: st
         from alliance_member.webhook import check_url
 
         check_url(webhook)
-    serve(home, db_url=db_url, listen=listen, webhook=webhook)
+    serve(home, db_url=db_url, listen=listen, webhook=webhook, metrics_listen=metrics_listen)
 
 
 @member.command("import")
@@ -631,8 +637,11 @@ def member_precheck(home: Path, db_url: str | None, id_type: str, id_number: str
 @click.option("--as-of", default=None, help="YYYY-MM-DD (default: today in Asia/Shanghai).")
 @click.option("--output", "output_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one JSON report per line here (default: stdout).")
+@click.option("--resume", is_flag=True,
+              help="Skip subjects already in --output (same input line and masked id) and append the rest.")
 def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str, consent_id: str,
-                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None) -> None:
+                  consent_file: Path | None, consent_sha256: str | None, as_of: str | None, output_file: Path | None,
+                  resume: bool) -> None:
     """Screen a CSV of subjects: one report per subject, streamed.
 
     Each output line is a JSON object with the input "line", the masked
@@ -657,16 +666,28 @@ def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str
             raise UsageError(f"--output {output_file} is the input file")
     rows = screen_rows(input_file)  # header checked here, before anything is sent
     masked: dict[int, str] = {}
+    already: dict[int, str] = {}
+    failed_before = 0
+    if resume:
+        from alliance_member import screen_resume
+
+        if output_file is None:
+            raise UsageError("--resume needs --output (the file an earlier run was writing)")
+        already, failed_before = screen_resume.read_output(output_file)
+        if already:
+            screen_resume.check_output_matches(already, screen_rows(input_file), output_file)
 
     def subjects():  # type: ignore[no-untyped-def]
         for row in rows:
+            if row.line in already:
+                continue  # --resume: screened by an earlier run
             masked[row.line] = row.masked_id
             yield row.line, row.subject
 
     querier = Querier(home, db_url=db_url)
     done = failures = 0
     where = str(output_file) if output_file else "stdout"
-    out = output_file.open("w", encoding="utf-8") if output_file else sys.stdout
+    out = output_file.open("a" if resume else "w", encoding="utf-8") if output_file else sys.stdout
     try:
         with output.screen_progress(input_file) as advance:
             for line, result in querier.screen(subjects(), purpose=purpose, consent=consent, as_of=day):
@@ -686,8 +707,9 @@ def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str
         querier.close()
         if output_file:
             out.close()
-    click.echo(f"{done - failures} screened, {failures} failed, output in {where}", err=True)
-    if failures:
+    skipped = f", {len(already)} already in the output ({failed_before} of them failed)" if resume else ""
+    click.echo(f"{done - failures} screened, {failures} failed{skipped}, output in {where}", err=True)
+    if failures or failed_before:  # the batch's status covers every subject in the output
         sys.exit(3)
 
 
