@@ -40,6 +40,15 @@ def _raise_quotas(svc) -> None:  # type: ignore[no-untyped-def]
         conn.execute(schema.members.update().values(daily_quota=1000))
 
 
+def _answering_querier(stubs, members, ca, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """mq also runs a member node, so other queriers' reports can ask it."""
+    mengine = db.make_engine(db.sqlite_url(tmp_path / "mq.db"))
+    store.create_schema(mengine)
+    stubs["mq"] = FakeStub(MemberService(member_id="mq", engine=mengine, trust=PeerTrust(mengine, ca.cert),
+                                         signing_key=members["mq"].signing_key, matching_key=lambda: MK,
+                                         mask_pools=paillier.MaskPools(target=2)).answer)
+
+
 def _count_calls(stubs) -> list[str]:  # type: ignore[no-untyped-def]
     calls: list[str] = []
     for mid, stub in stubs.items():
@@ -177,11 +186,7 @@ def test_a_slow_member_cannot_be_subtracted_out(gateway) -> None:  # type: ignor
 def test_another_querier_gets_the_pin_less_itself(gateway, ca, tmp_path) -> None:  # type: ignore[no-untyped-def]
     svc, stubs, members = gateway
     _raise_quotas(svc)
-    mengine = db.make_engine(db.sqlite_url(tmp_path / "mq.db"))
-    store.create_schema(mengine)
-    stubs["mq"] = FakeStub(MemberService(member_id="mq", engine=mengine, trust=PeerTrust(mengine, ca.cert),
-                                         signing_key=members["mq"].signing_key, matching_key=lambda: MK,
-                                         mask_pools=paillier.MaskPools(target=2)).answer)
+    _answering_querier(stubs, members, ca, tmp_path)
     process(svc, members, signed_query(members["mq"]), "mq", "member", "query")  # P = {ma, mb, mc, mq}
     resp = process(svc, members, signed_query(members["ma"]), "ma", "member", "query")
     assert sorted(resp.asked_member_ids) == ["mb", "mc", "mq"]
@@ -322,11 +327,7 @@ def test_the_gateway_refuses_k_min_below_2_and_a_v1_log(gateway, db_url) -> None
 def test_inquiries_30d_counts_loan_approval_queries_and_prechecks_only(gateway, ca, tmp_path) -> None:  # type: ignore[no-untyped-def]
     svc, stubs, members = gateway
     _raise_quotas(svc)
-    mengine = db.make_engine(db.sqlite_url(tmp_path / "mq.db"))
-    store.create_schema(mengine)
-    stubs["mq"] = FakeStub(MemberService(member_id="mq", engine=mengine, trust=PeerTrust(mengine, ca.cert),
-                                         signing_key=members["mq"].signing_key, matching_key=lambda: MK,
-                                         mask_pools=paillier.MaskPools(target=2)).answer)
+    _answering_querier(stubs, members, ca, tmp_path)
 
     from alliance.policy import Policy
     from alliance_gateway import policy_store
