@@ -30,6 +30,7 @@ from alliance_gateway.home import GatewayConfig
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
 from alliance_gateway.registry import MemberRecord, Registry
+from alliance_gateway.witness_rpcs import WitnessRpcs
 
 log = logging.getLogger("alliance.gateway")
 
@@ -56,7 +57,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(pb_grpc.GatewayServicer):
+class GatewayService(WitnessRpcs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -451,11 +452,13 @@ class GatewayService(pb_grpc.GatewayServicer):
 
         self._flusher = threading.Thread(target=run, name="refusals-suppressed", daemon=True)
         self._flusher.start()
+        self.start_witness_cutter()
 
     def stop_background(self) -> None:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
+        self.stop_witness_cutter()
 
     def _receipt(self, seq: int) -> pb.AuditReceipt:
         size, note = self.log.signed_checkpoint(seq + 1)

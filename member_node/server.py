@@ -12,7 +12,7 @@ import grpc
 from alliance import db, matching_key, paillier, pki, transport
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
-from alliance_member import store
+from alliance_member import store, witness
 from alliance_member.home import MemberHome
 from alliance_member.service import MemberService, PeerTrust
 
@@ -75,5 +75,7 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    home = MemberHome(home_dir)
+    witness.start(home, db.make_engine(home.db_url(db_url)), stop)  # SPEC §6.1: cosign the log's checkpoints
     stop.wait()
     server.stop(grace=2).wait()
