@@ -400,6 +400,12 @@ def test_uncovered_receipt_checkpoints(g1, members, log_key, tmp_path) -> None:
     other = g2.witnessed_checkpoints().checkpoint
     bad = querier_mod.uncovered_receipt_checkpoints(home, other, now, consistency_proof=g2.log.consistency_proof)
     assert bad and "not consistent" in bad[0]["why"]
+    g3 = fork_of(tmp_path, members, log_key, "g3")
+    grow(g3, "same-size", 2)  # as large as the newest receipt's checkpoint, another root
+    same_size = g3.witnessed_checkpoints().checkpoint
+    assert tlog.open_checkpoint(same_size, verifier).size == tlog.open_checkpoint(newer, verifier).size
+    bad = querier_mod.uncovered_receipt_checkpoints(home, same_size, now + 400, consistency_proof=g3.log.consistency_proof)
+    assert bad and "not consistent" in bad[0]["why"]
 
 
 # --------------------------------------------------------------------------
