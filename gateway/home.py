@@ -28,6 +28,7 @@ class GatewayConfig:
     deadline_ms: int = 2000
     default_daily_quota: int = 10_000
     registry_refresh_ms: int = 1000
+    witness_interval_s: float = 10.0  # SPEC §6.1: how often a witness checkpoint is cut
 
 
 @dataclass

@@ -148,6 +148,27 @@ applications = Table(
     Index("ix_applications_token_time", "token_sha256", "received_at_ms"),
 )
 
+# v2 (SPEC §6.1): witness checkpoints the gateway cut (one per tree size: the
+# log-signed note, deterministic for a size), and the members' cosignature
+# lines on them (the newest per member and checkpoint).
+witness_checkpoints = Table(
+    "witness_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+    Column("cut_at_ms", BigInteger, nullable=False),
+)
+
+cosignatures = Table(
+    "cosignatures",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("member_id", String(64), primary_key=True),
+    Column("line", Text, nullable=False),
+    Column("time_s", BigInteger, nullable=False),
+    Index("ix_cosignatures_member", "member_id", "size"),
+)
+
 # Single row: the log's size. Appenders update it first, which serialises
 # appends across processes on SQLite and PostgreSQL alike.
 log_head = Table(

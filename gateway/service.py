@@ -37,6 +37,7 @@ from alliance_gateway.policy_store import PolicyCache
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
 from alliance_gateway.registry import MemberRecord, Registry
+from alliance_gateway.witness_rpcs import WitnessRpcs
 
 log = logging.getLogger("alliance.gateway")
 
@@ -63,7 +64,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.GatewayServicer):
+class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -483,11 +484,13 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, pb_grpc.Gate
 
         self._flusher = threading.Thread(target=run, name="refusals-suppressed", daemon=True)
         self._flusher.start()
+        self.start_witness_cutter()
 
     def stop_background(self) -> None:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
+        self.stop_witness_cutter()
 
     def _receipt(self, seq: int, known_size: int = 0) -> pb.AuditReceipt:
         """Checkpoint, inclusion proof and entry; with the querier's known

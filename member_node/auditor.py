@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import statistics
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,12 +27,13 @@ from zoneinfo import ZoneInfo
 
 from cryptography import x509
 
-from alliance import audit_entry, audit_verify, merkle, pki, protocol
+from alliance import audit_entry, audit_verify, cosignature, merkle, pki, protocol
 from alliance import checkpoint as tlog
 from alliance._internal.files import write_atomic
 from alliance.checkpoint import Checkpoint
 from alliance.errors import CryptoError, InvalidInput, UsageError, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
+from alliance_member import witness_audit
 from alliance_member.home import MemberHome
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -206,12 +208,26 @@ def _current_checkpoint(state: AuditorState, source: LogSource) -> tuple[Checkpo
     return cp, note, kept
 
 
-def verify(home: MemberHome | Path | str, *, client: LogSource | None = None, workers: int | None = None) -> dict[str, Any]:
+def verify(home: MemberHome | Path | str, *, client: LogSource | None = None, workers: int | None = None,
+           witness_wait_s: float = 0.0, now_s: int | None = None) -> dict[str, Any]:
     """Everything of SPEC §6: the entries rebuild the signed tree, the signed
     checkpoint is consistent with every kept one, and every entry's contents
-    check out. Raises VerificationFailed naming the first bad entry."""
+    check out; for a v2 log also §6.1: the log is witnessed (see
+    :func:`_require_witnesses`). Raises VerificationFailed naming the first
+    bad entry (InsufficientWitnesses, entry None, when nothing new is
+    witnessed)."""
     state = AuditorState(home)
+    membership: list[tuple[int, dict[str, Any]]] = []
+    v2 = []
+
+    def collect(seq: int, entry: dict[str, Any]) -> None:
+        if entry["kind"] == "v2_started":
+            v2.append(seq)
+        if entry["kind"] in audit_entry.MEMBERSHIP_KINDS:
+            membership.append((seq, entry))
+
     with _source(state.home, client) as source:
+        witnessed = _witnessed_notes(source, witness_wait_s)
         note = source.checkpoint()
         cp = state.open(note)
         kept = state.kept()
@@ -219,13 +235,88 @@ def verify(home: MemberHome | Path | str, *, client: LogSource | None = None, wo
             result = audit_verify.verify_log(
                 ((e.index, e.data) for e in source.entries(0, cp.size)), cp, state.ca_cert,
                 kept=_relevant(kept, cp.size), consistency_proof=source.consistency_proof,
-                trusted_leaves=state.trusted_leaves(kept), workers=workers,
+                trusted_leaves=state.trusted_leaves(kept), workers=workers, on_entry=collect,
             )
         except VerificationFailed as exc:
             raise _fail(state, cp, note, exc) from None
-    state.keep(cp, note)
-    state.save_verified(cp, result.tree)
-    return {**result.to_json(), "kept_checkpoints": len(state.kept()), "checkpoint": note}
+        state.keep(cp, note)
+        state.save_verified(cp, result.tree)
+        witness_doc: dict[str, Any] = {}
+        if v2:
+            witness_doc = _require_witnesses(state, source, witnessed, cp, result.tree, membership,
+                                             int(time.time()) if now_s is None else now_s)
+    return {**result.to_json(), **witness_doc, "kept_checkpoints": len(state.kept()), "checkpoint": note}
+
+
+WITNESSED_NOTE = "witnessed.note"
+
+
+def _witnessed_notes(source: Any, wait_s: float) -> list[str] | None:
+    """Every cosigned checkpoint the gateway shows (the newest cut, and each
+    witness's newest). With ``wait_s``, first wait (polling) until the newest
+    cut covers the log's current size and carries as many cosignatures as any
+    checkpoint does, so a verify right after a query need not fail."""
+    if not hasattr(source, "witnessed_checkpoints"):
+        return None
+    deadline = time.monotonic() + wait_s
+    target = tlog.Checkpoint.parse(_text_of(source.checkpoint())).size if wait_s > 0 else 0
+    while True:
+        newest, per_witness = source.witnessed_checkpoints()
+        if not newest:
+            notes: list[str] = []
+        else:
+            notes = [newest, *per_witness]
+            lines = [len(cosignature.signature_lines(n)) for n in notes]
+            if tlog.Checkpoint.parse(_text_of(newest)).size >= target and lines[0] >= max(lines) and lines[0] > 1:
+                return notes
+        if time.monotonic() >= deadline:
+            return notes
+        time.sleep(0.5)
+
+
+def _text_of(note: str) -> str:
+    return note[:note.rfind("\n\n") + 1]
+
+
+def _require_witnesses(state: AuditorState, source: Any, notes: list[str] | None, cp: Checkpoint,
+                       tree: audit_verify.Tree, membership: list[tuple[int, dict[str, Any]]], now_s: int) -> dict[str, Any]:
+    """SPEC §6.1 for the auditor. Every cosigned checkpoint shown must be
+    consistent with the verified tree (otherwise someone was shown another
+    log); the log counts as verified up to the newest checkpoint cosigned by
+    a quorum ⌊m/2⌋ + 1 of the m sponsored members active in the last
+    witnessed checkpoint this auditor kept. Bootstrap: on the first run
+    (nothing kept) the m members are those active in the candidate
+    checkpoint's own view (trust on first use, reported as
+    "witness_bootstrap": true), as the first kept checkpoint already is."""
+    path = state.dir / WITNESSED_NOTE
+    kept_note = path.read_text(encoding="utf-8") if path.exists() else None
+    kept_w = state.open(kept_note) if kept_note else None
+    if kept_w is not None and (kept_w.size > tree.size or tree.root(kept_w.size) != kept_w.root_hash):
+        raise witness_audit.SplitView(f"split_view: the kept witnessed checkpoint of size {kept_w.size} is not a prefix of the log")
+    judged = witness_audit.judge(
+        notes or [], state.verifier, tree_root=tree.root, tree_size=tree.size, consistency_proof=source.consistency_proof,
+        membership=lambda size: witness_audit.sponsored_active(membership, size),
+        kept_size=kept_w.size if kept_w else None, now_s=now_s)
+    if judged.witnessed is not None and (kept_w is None or judged.witnessed.size > kept_w.size):
+        witnessed, witnessed_note = judged.witnessed, judged.witnessed_note
+        assert witnessed_note is not None
+        state.keep(witnessed, witnessed_note)
+        write_atomic(path, witnessed_note.encode("utf-8"))
+    elif kept_w is not None and cp.size <= kept_w.size:
+        witnessed = kept_w  # nothing new since the last witnessed checkpoint
+    else:
+        have = f"newest kept witnessed size {kept_w.size}" if kept_w else "no witnessed checkpoint kept yet"
+        raise witness_audit.InsufficientWitnesses(
+            f"no checkpoint newer than the {have} is cosigned by {judged.quorum} of the {len(judged.eligible)} "
+            f"sponsored active members ({', '.join(judged.eligible) or 'none'}); the log has {cp.size} entries")
+    later = list(range(witnessed.size, cp.size))
+    return {
+        "witnessed_size": witnessed.size,
+        "not_yet_witnessed": {"count": len(later), "entries": later[:1000]},
+        "witness_quorum": judged.quorum, "eligible_witnesses": judged.eligible,
+        "witness_bootstrap": kept_w is None,
+        "witnesses": judged.witnesses, "lagging_witnesses": judged.lagging,
+    }
 
 
 def prove(home: MemberHome | Path | str, seq: int, *, client: LogSource | None = None) -> dict[str, Any]:

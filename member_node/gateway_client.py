@@ -173,3 +173,18 @@ class GatewayClient:
     def post_disclosure(self, signed: pb.SignedDisclosure) -> pb.LoggedStatementResponse:
         """SPEC §11: log this member's signed monthly figures."""
         return self._call("PostDisclosure", signed)
+
+    # -- witnessing (SPEC §6.1) ------------------------------------------------
+
+    def witness_checkpoint(self, old_size: int) -> tuple[str, list[bytes]]:
+        r = self._call("GetWitnessCheckpoint", pb.GetWitnessCheckpointRequest(old_size=old_size))
+        return r.checkpoint, list(r.consistency_proof)
+
+    def post_cosignature(self, note: str, line: str) -> None:
+        self._call("PostCosignature", pb.PostCosignatureRequest(checkpoint=note, cosignature_line=line))
+
+    def witnessed_checkpoints(self) -> tuple[str, list[str]]:
+        """The newest witness checkpoint with every cosignature line, and
+        each witness's newest cosigned checkpoint (with its lines)."""
+        r = self._call("GetWitnessedCheckpoint", pb.GetWitnessedCheckpointRequest())
+        return r.checkpoint, list(r.newest_per_witness)

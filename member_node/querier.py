@@ -20,8 +20,7 @@ from alliance import checkpoint, db, identity, matching_key, merkle, paillier, p
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
-from alliance_member import store
-from alliance_member import onboarding
+from alliance_member import onboarding, store, witness
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
@@ -318,6 +317,7 @@ class Querier:
         merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
         carried = (receipt.consistency_from, list(receipt.consistency_proof)) if receipt.consistency_from else None
         self.prove_consistent(cp, receipt.checkpoint, carried=carried)
+        keep_receipt_checkpoint(self.home, cp, receipt.checkpoint)
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
     def prove_consistent(self, cp: checkpoint.Checkpoint, note: str, *,
@@ -374,7 +374,103 @@ class Querier:
         if not force and now - self._persisted_at < PERSIST_INTERVAL_S:
             return
         write_atomic(self.home.checkpoint, self._kept[1].encode("utf-8"))
+        witness.register_used(self.home, self._kept[1], "querier")  # the witness never cosigns against it (SPEC §6.1)
         self._persisted_size, self._persisted_at = self._kept[0].size, now
+
+
+# --------------------------------------------------------------------------
+# Receipt checkpoints (SPEC §6.1): every checkpoint a receipt was proven
+# against is kept, so `member reconcile` can insist that each is covered by a
+# consistent witnessed checkpoint.
+
+RECEIPT_CHECKPOINTS = "receipt-checkpoints.jsonl"
+RECEIPT_GRACE_S = 300
+_receipts_lock = threading.Lock()
+
+
+def keep_receipt_checkpoint(home: MemberHome, cp: checkpoint.Checkpoint, note: str, *, now_ms: int | None = None) -> None:
+    """Append one line per receipt (size, root, when, the note). Receipts
+    are all proven consistent with the querier's kept checkpoint, so each is
+    a prefix of every later, larger one."""
+    line = json.dumps({"size": cp.size, "root": cp.root_hash.hex(), "at_ms": now_ms if now_ms is not None else int(time.time() * 1000),
+                       "note": note}, sort_keys=True)
+    with _receipts_lock, (home.path / RECEIPT_CHECKPOINTS).open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def receipt_checkpoints(home: MemberHome | Path) -> list[dict[str, Any]]:
+    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
+    path = home.path / RECEIPT_CHECKPOINTS
+    if not path.exists():
+        return []
+    kept = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            kept.append(json.loads(raw))
+        except ValueError:
+            continue  # a line cut short by a crash
+    return kept
+
+
+def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
+                                  consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
+                                  grace_s: int = RECEIPT_GRACE_S) -> list[dict[str, Any]]:
+    """Receipt checkpoints kept more than ``grace_s`` (5 minutes) before
+    ``now`` (Unix seconds) that ``witnessed_note`` does not cover (SPEC §6.1;
+    `member reconcile` exits 1 when this is not empty).
+
+    Covered means: the witnessed checkpoint verifies under the pinned log key,
+    is at least as large, and the receipt's checkpoint is a prefix of it (same
+    root at the same size, else ``consistency_proof(m, n)`` from the
+    gateway). With ``witnesses`` ({member id: [Ed25519 keys]} of the
+    sponsored active members), the note must also carry a quorum of their
+    cosignatures, not counting this member's own. Each item: size, root
+    (hex), at_ms and why."""
+    from alliance import cosignature as cosig
+    from alliance_member import witness_audit
+
+    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
+    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
+    due = [r for r in receipt_checkpoints(home) if r.get("at_ms", 0) <= (now - grace_s) * 1000]
+    if not due:
+        return []
+    why_all = None
+    w: checkpoint.Checkpoint | None = None
+    if witnessed_note is None:
+        why_all = "no witnessed checkpoint"
+    else:
+        try:
+            w = checkpoint.open_checkpoint(witnessed_note, verifier)
+        except CryptoError as exc:
+            why_all = f"the witnessed checkpoint does not verify: {exc}"
+        if w is not None and witnesses is not None:
+            signers = witness_audit.cosigners(witnessed_note, w, witnesses, int(now))
+            if not cosig.has_quorum(signers, set(witnesses), exclude=home.config().member_id):
+                why_all, w = f"the checkpoint of size {w.size} has no quorum of witnesses", None
+    covered_upto: int | None = None
+    if w is not None:
+        below = [r for r in due if r["size"] <= w.size]
+        if below:
+            top = max(below, key=lambda r: r["size"])
+            try:
+                if top["size"] == w.size:
+                    if bytes.fromhex(top["root"]) != w.root_hash:
+                        raise CryptoError(f"another root at size {w.size}")
+                elif top["size"] > 0:
+                    if consistency_proof is None:
+                        raise CryptoError("no consistency proof source given")
+                    merkle.verify_consistency(top["size"], w.size, list(consistency_proof(top["size"], w.size)),
+                                              bytes.fromhex(top["root"]), w.root_hash)
+                covered_upto = top["size"]
+            except (CryptoError, ValueError) as exc:
+                why_all = f"not consistent with the witnessed checkpoint of size {w.size}: {exc}"
+    out = []
+    for r in due:
+        if covered_upto is not None and r["size"] <= covered_upto:
+            continue
+        why = why_all or (f"size {r['size']} is beyond the witnessed size {w.size}" if w is not None else "not witnessed")
+        out.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
+    return out
 
 
 def _check_entry_answers(response: pb.GatewayQueryResponse) -> None:

@@ -14,11 +14,10 @@ from alliance import db, masks, matching_key, paillier, pki, transport
 from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
-from alliance_member import store
-from alliance_member import onboarding
+from alliance_member import onboarding, store, witness
+from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.feed import FeedRefresher
 from alliance_member.gateway_client import GatewayClient
-from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.home import MemberHome
 from alliance_member.metrics import MemberMetrics
 from alliance_member.reconcile import Reconciler
@@ -135,6 +134,8 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    home = MemberHome(home_dir)
+    witness.start(home, db.make_engine(home.db_url(db_url)), stop)  # SPEC §6.1: cosign the log's checkpoints
     stop.wait()
     reconciler.stop()
     server.stop(grace=2).wait()

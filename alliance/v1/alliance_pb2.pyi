@@ -535,10 +535,12 @@ class GetWitnessedCheckpointRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetWitnessedCheckpointResponse(_message.Message):
-    __slots__ = ("checkpoint",)
+    __slots__ = ("checkpoint", "newest_per_witness")
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_PER_WITNESS_FIELD_NUMBER: _ClassVar[int]
     checkpoint: str
-    def __init__(self, checkpoint: _Optional[str] = ...) -> None: ...
+    newest_per_witness: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checkpoint: _Optional[str] = ..., newest_per_witness: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetQueryProofsRequest(_message.Message):
     __slots__ = ("from_index", "max_entries")

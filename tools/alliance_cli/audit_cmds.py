@@ -52,18 +52,22 @@ def audit_checkpoint(home: Path, db_url: str | None, as_json: bool) -> None:
 @DB
 @JSON
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes for signature checks (default: all cores).")
-def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int | None) -> None:
+@click.option("--witness-wait", "witness_wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the newest checkpoint to gather its witnesses' cosignatures (SPEC §6.1).")
+def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int | None, witness_wait: float) -> None:
     """Rebuild the tree from every entry, check it against the signed and kept
     checkpoints, and check every entry's signatures and reasons (SPEC §6).
     Exit 0 when all is well, 1 naming the first bad entry, 5 when unreachable."""
     from alliance_member import auditor
 
     try:
-        result = auditor.verify(home, workers=workers)
+        result = auditor.verify(home, workers=workers, witness_wait_s=witness_wait)
     except VerificationFailed as exc:
         if not as_json:
             raise
-        output.echo_json({"ok": False, "first_bad_entry": exc.entry, "reason": str(exc)})
+        reason = getattr(exc, "reason", None)
+        output.echo_json({"ok": False, "first_bad_entry": exc.entry, "reason": reason or str(exc),
+                          **({"detail": str(exc)} if reason else {})})
         click.echo(f"alliance: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     if as_json:
@@ -74,6 +78,13 @@ def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int
     click.echo(f"audit log OK: {result['entries']} entries, checkpoint size {result['tree_size']} root {result['root_hash']}")
     click.echo(f"  {result['accepted']} accepted and {result['refused']} refused queries (refusals: {refusals}); "
                f"{result['signatures_checked']} signatures checked in {result['seconds']:.1f} s")
+    if "witnessed_size" in result:
+        pending = result["not_yet_witnessed"]["count"]
+        click.echo(f"  witnessed up to size {result['witnessed_size']} (quorum {result['witness_quorum']} of "
+                   f"{len(result['eligible_witnesses'])}); {pending} later entr{'y' if pending == 1 else 'ies'} not yet witnessed")
+        for mid, w in result["witnesses"].items():
+            click.echo(f"  witness {mid}: newest cosigned size {w['newest_cosigned_size']}"
+                       + (" (more than 5 minutes behind)" if mid in result["lagging_witnesses"] else ""))
     if result["unverified_refusals"]:
         click.echo("  refusal reasons the log cannot show, accepted as stated: "
                    + ", ".join(f"{k} {v}" for k, v in result["unverified_refusals"].items()))

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from alliance import matching_key, pki, transport
 from alliance.errors import Unreachable
 from alliance_gateway import admin as admin_ops
+from alliance_gateway.home import GatewayHome
 from alliance_member import onboarding
 
 HOST = "127.0.0.1"
@@ -50,6 +51,7 @@ class LocalAlliance:
     default_quota: int = 100_000
     with_auditor: bool = True
     log_dir: Path | None = None
+    witness_interval_s: float = 1.0  # SPEC §6.1 cut interval (10 s in production); members poll as often
 
     def __post_init__(self) -> None:
         self.admin_home = self.root / "admin"
@@ -72,6 +74,10 @@ class LocalAlliance:
                 gateway_endpoint=self.gateway_endpoint, hosts=("localhost", HOST), db_url=self.gateway_db_url, local=True,
                 default_quota=self.default_quota, deadline_ms=self.deadline_ms,
             )
+            ghome = GatewayHome(self.gateway_home)
+            cfg = ghome.config()
+            cfg.witness_interval_s = self.witness_interval_s
+            ghome.write_config(cfg)
             self.gateway_process = self._spawn("gateway", ["gateway", "serve", "--home", str(self.gateway_home)])
             self.wait_serving(self.gateway_endpoint, gateway=True)
             registry = admin_ops.Admin(self.admin_home)
@@ -119,7 +125,7 @@ class LocalAlliance:
         log_dir = self.log_dir or self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_file = (log_dir / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALLIANCE_WITNESS_POLL_S": str(self.witness_interval_s)}
         return subprocess.Popen(
             [sys.executable, "-m", "alliance_cli.main", "-v", *args], stdout=log_file, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
