@@ -406,6 +406,11 @@ def test_querier_counts_receipts_not_the_gateways_claim() -> None:
         _check_count(_fake_response(["mb"], asked=["mb", "mc"], members_answered=2))
     with pytest.raises(AllianceError):
         _check_count(_fake_response(["mb", "mb"], asked=["mb", "mc"]))
+    # Above k, too: the claim must equal the receipts, and each member counts once.
+    with pytest.raises(AllianceError):
+        _check_count(_fake_response(["mb", "mc"], asked=["mb", "mc", "md"], members_answered=3))
+    with pytest.raises(AllianceError):
+        _check_count(_fake_response(["mb", "mc", "mc"], asked=["mb", "mc", "md"]))
 
 
 def test_querier_refuses_receipts_from_members_not_asked() -> None:
