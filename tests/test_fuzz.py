@@ -570,7 +570,8 @@ def resigned_queries(draw: st.DrawFn, a: Alliance) -> pb.SignedQuery:
     body = pb.QueryRequestBody.FromString(signed.body)
     now_ms = int(time.time() * 1000)
     edits = {
-        "query_id": st.one_of(st.text(max_size=40), st.just(secrets.token_hex(16).upper()), st.just(secrets.token_hex(16))),
+        # Values that depend on the clock or randomness are drawn as choices and made after, so replays draw alike.
+        "query_id": st.one_of(st.text(max_size=40), st.sampled_from(["FRESH_UPPER", "FRESH", "FIXED"])),
         "querier_id": st.one_of(st.sampled_from(["ma", "aud", "", "mq "]), st.text(max_size=10)),
         "credential_serial": st.integers(0, 2**64 - 1),
         "subject_token_sha256": st.binary(max_size=40),
@@ -581,12 +582,17 @@ def resigned_queries(draw: st.DrawFn, a: Alliance) -> pb.SignedQuery:
         "as_of": st.one_of(st.dates().map(date.isoformat), st.text(max_size=12), st.sampled_from(["20260630", "2026-06-30T00"])),
         "mode": st.integers(-2**31, 2**31 - 1),
         "paillier_key_fingerprint": st.one_of(st.binary(max_size=40), st.just(a.members["ma"].public_key.fingerprint())),
-        "timestamp_ms": st.one_of(st.integers(now_ms - 400_000, now_ms + 400_000), st.integers(-2**63, 2**63 - 1)),
+        "timestamp_ms": st.one_of(st.integers(-400_000, 400_000).map(lambda d: ("NOW+", d)), st.integers(-2**63, 2**63 - 1)),
         "precheck_ciphertext": st.one_of(st.binary(max_size=600), st.binary(min_size=512, max_size=512),
                                          st.just(b"\xff" * 512), st.just(bytes(512))),
     }
     for name in draw(st.lists(st.sampled_from(sorted(edits)), max_size=3, unique=True)):
-        setattr(body, name, draw(edits[name]))
+        value = draw(edits[name])
+        if isinstance(value, tuple):  # ("NOW+", offset)
+            value = now_ms + value[1]
+        elif value in ("FRESH_UPPER", "FRESH", "FIXED") and name == "query_id":
+            value = {"FRESH_UPPER": secrets.token_hex(16).upper(), "FRESH": secrets.token_hex(16), "FIXED": "ab" * 16}[value]
+        setattr(body, name, value)
     note(str(body))
     body_bytes = body.SerializeToString()
     token = draw(st.one_of(st.just(signed.subject_token), st.binary(max_size=40)))
