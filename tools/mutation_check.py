@@ -3,7 +3,7 @@
 by one (and a few other plausible slips), run the report-rule tests against each
 mutant, and show that at least one test fails for every one.
 
-    .venv/bin/python tools/mutation_check.py [-k NAME]
+    .venv/bin/python tools/mutation_check.py [-k NAME] [--fuzz]
 
 Each mutant is applied to the source file in place and restored in a `finally`
 (the original bytes are put back even on Ctrl-C); the script refuses to start
@@ -28,6 +28,7 @@ class Mutant:
     path: str
     old: str
     new: str
+    tests: tuple[str, ...] = tuple(TESTS)
 
 
 MUTANTS = [
@@ -68,6 +69,32 @@ MUTANTS = [
            "if False:"),
 ]
 
+# Crash and half-write mutants, caught by the fuzz tests (tests/test_fuzz.py;
+# FUZZ_EXAMPLES sets the examples per target). `--fuzz` selects these.
+FUZZ = "tests/test_fuzz.py"
+FUZZ_MUTANTS = [
+    Mutant("uds1: impossible date escapes as ValueError", "alliance/uds1.py",
+           "            try:\n                return date.fromisoformat(text)\n            except ValueError:\n"
+           "                raise _Bad(f\"{text} is not a real date\") from None",
+           "            return date.fromisoformat(text)", (FUZZ + "::test_fuzz_uds1_rows",)),
+    Mutant("import: invalid rows committed anyway", "member_node/importer.py",
+           "            if result.rows_rejected and not skip_invalid:\n                raise _Rollback()",
+           "            pass", (FUZZ + "::test_fuzz_import_is_all_or_nothing",)),
+    Mutant("identity: check character not checked", "alliance/identity.py", "    if given != expected:", "    if False:",
+           (FUZZ + "::test_fuzz_identity_single_substitution_is_always_refused",)),
+    Mutant("protocol: as_of range unchecked (member overflows)", "alliance/protocol.py",
+           "    if not AS_OF_EARLIEST <= as_of <= AS_OF_LATEST:", "    if False:",
+           (FUZZ + "::test_fuzz_member_resigned_queries",)),
+    Mutant("protocol: bad query id raises ValueError", "alliance/protocol.py",
+           "        raise Refused(\"query_id must be 32 lowercase hex characters\", reason=\"malformed_request\")",
+           "        raise ValueError(\"query_id\")", (FUZZ + "::test_fuzz_member_rpc_bytes",)),
+    Mutant("gateway: inclusion proof errors escape", "gateway/service.py",
+           "            return pb.Proof(hashes=self.log.inclusion_proof(request.index, request.tree_size))\n"
+           "        except Exception as exc:",
+           "            return pb.Proof(hashes=self.log.inclusion_proof(request.index, request.tree_size))\n"
+           "        except ZeroDivisionError as exc:", (FUZZ + "::test_fuzz_gateway_rpc_bytes",)),
+]
+
 
 def _clean(path: Path) -> bool:
     out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
@@ -83,8 +110,8 @@ def run_mutant(m: Mutant, python: str) -> tuple[bool, str, float]:
     started = time.monotonic()
     try:
         path.write_text(text.replace(m.old, m.new), encoding="utf-8")
-        out = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:logging", *m.tests],
+                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     finally:
         path.write_bytes(original)
     failed = [line.split(" ")[1] for line in out.stdout.splitlines() if line.startswith("FAILED ")]
@@ -95,14 +122,15 @@ def run_mutant(m: Mutant, python: str) -> tuple[bool, str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", help="only mutants whose name contains this")
+    ap.add_argument("--fuzz", action="store_true", help="the crash/half-write mutants against the fuzz tests")
     args = ap.parse_args()
-    mutants = [m for m in MUTANTS if not args.k or args.k in m.name]
+    mutants = [m for m in (FUZZ_MUTANTS if args.fuzz else MUTANTS) if not args.k or args.k in m.name]
     dirty = sorted({m.path for m in mutants if not _clean(ROOT / m.path)})
     if dirty:
         print(f"refusing: uncommitted changes in {', '.join(dirty)}", file=sys.stderr)
         return 2
-    base = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS], cwd=ROOT,
-                          capture_output=True, text=True)
+    base = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging",
+                           *dict.fromkeys(t for m in mutants for t in m.tests)], cwd=ROOT, capture_output=True, text=True)
     if base.returncode != 0:
         print("the unmutated code fails the tests; fix that first\n" + base.stdout[-2000:], file=sys.stderr)
         return 2
