@@ -238,6 +238,20 @@ nasty_values = st.one_of(
 )
 
 
+def _near_valid(field: str) -> st.SearchStrategy[str]:
+    """Values shaped like the field's own but out of range or impossible."""
+    if field.endswith("_on"):
+        return st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", fullmatch=True)
+    if field in ("principal", "balance", "overdue_amount", "annual_rate"):
+        return st.from_regex(r"-?[0-9]{0,16}(\.[0-9]{0,6})?", fullmatch=True)
+    if field in ("term_months", "overdue_days", "score"):
+        return st.from_regex(r"[0-9]{0,22}", fullmatch=True)
+    if field == "id_number":
+        return st.one_of(resident_ids(), usccs(), legacy_resident_ids(), st.from_regex(r"[0-9]{17}[0-9X]", fullmatch=True))
+    return st.sampled_from(sorted({v for f in ("status", "flag_type", "id_type", "subject_type") for v in ("ACTIVE", "CLEARED",
+                                   "SETTLED", "WRITTEN_OFF", "FRAUD", "MALICIOUS_DEFAULT", "RESIDENT_ID", "USCC", "PERSON", "ORG")}))
+
+
 @st.composite
 def mutated_rows(draw: st.DrawFn, kind: str) -> dict[str, Any]:
     row: dict[str, Any] = dict(draw(valid_rows(kind)))
@@ -245,7 +259,7 @@ def mutated_rows(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         op = draw(st.sampled_from(["value", "drop", "extra", "json_type"]))
         name = draw(st.sampled_from(sorted(row) or ["x"]))
         if op == "value":
-            row[name] = draw(nasty_values)
+            row[name] = draw(st.one_of(nasty_values, _near_valid(name)))
         elif op == "drop":
             row.pop(name, None)
         elif op == "extra":
@@ -641,7 +655,9 @@ def resigned_queries(draw: st.DrawFn, a: Alliance) -> pb.SignedQuery:
         "purpose": st.integers(-2**31, 2**31 - 1),
         "consent_id": st.text(max_size=140),
         "consent_sha256": st.binary(max_size=40),
-        "as_of": st.one_of(st.dates().map(date.isoformat), st.text(max_size=12), st.sampled_from(["20260630", "2026-06-30T00"])),
+        "as_of": st.one_of(st.dates().map(date.isoformat), st.text(max_size=12),
+                           st.sampled_from(["20260630", "2026-06-30T00", "0001-01-01", "0001-02-15", "9999-12-31",
+                                            "1989-12-31", "1990-01-01", "2199-12-31", "2200-01-01"])),
         "mode": st.integers(-2**31, 2**31 - 1),
         "paillier_key_fingerprint": st.one_of(st.binary(max_size=40), st.just(a.members["ma"].public_key.fingerprint())),
         "timestamp_ms": st.one_of(st.integers(-400_000, 400_000).map(lambda d: ("NOW+", d)), st.integers(-2**63, 2**63 - 1)),

@@ -84,10 +84,10 @@ FUZZ_MUTANTS = [
            (FUZZ + "::test_fuzz_identity_single_substitution_is_always_refused",)),
     Mutant("protocol: as_of range unchecked (member overflows)", "alliance/protocol.py",
            "    if not AS_OF_EARLIEST <= as_of <= AS_OF_LATEST:", "    if False:",
-           (FUZZ + "::test_fuzz_member_resigned_queries",)),
+           (FUZZ + "::test_fuzz_member_resigned_queries", FUZZ + "::test_fuzz_gateway_resigned_queries")),
     Mutant("protocol: bad query id raises ValueError", "alliance/protocol.py",
            "        raise Refused(\"query_id must be 32 lowercase hex characters\", reason=\"malformed_request\")",
-           "        raise ValueError(\"query_id\")", (FUZZ + "::test_fuzz_member_rpc_bytes",)),
+           "        raise ValueError(\"query_id\")", (FUZZ + "::test_fuzz_member_rpc_bytes", FUZZ + "::test_fuzz_member_resigned_queries")),
     Mutant("gateway: inclusion proof errors escape", "gateway/service.py",
            "            return pb.Proof(hashes=self.log.inclusion_proof(request.index, request.tree_size))\n"
            "        except Exception as exc:",
