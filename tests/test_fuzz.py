@@ -655,9 +655,9 @@ def resigned_queries(draw: st.DrawFn, a: Alliance) -> pb.SignedQuery:
         "purpose": st.integers(-2**31, 2**31 - 1),
         "consent_id": st.text(max_size=140),
         "consent_sha256": st.binary(max_size=40),
-        "as_of": st.one_of(st.dates().map(date.isoformat), st.text(max_size=12),
-                           st.sampled_from(["20260630", "2026-06-30T00", "0001-01-01", "0001-02-15", "9999-12-31",
-                                            "1989-12-31", "1990-01-01", "2199-12-31", "2200-01-01"])),
+        "as_of": st.one_of(st.sampled_from(["0001-01-01", "0001-02-15", "0001-03-30", "9999-12-31", "1989-12-31",
+                                            "1990-01-01", "2199-12-31", "2200-01-01", "20260630", "2026-06-30T00"]),
+                           st.dates().map(date.isoformat), st.text(max_size=12)),
         "mode": st.integers(-2**31, 2**31 - 1),
         "paillier_key_fingerprint": st.one_of(st.binary(max_size=40), st.just(a.members["ma"].public_key.fingerprint())),
         "timestamp_ms": st.one_of(st.integers(-400_000, 400_000).map(lambda d: ("NOW+", d)), st.integers(-2**63, 2**63 - 1)),
@@ -733,7 +733,8 @@ def test_fuzz_member_resigned_queries(member_alliance: Alliance) -> None:
     other = [a.members["ma"].credential.SerializeToString(), a.auditor.credential.SerializeToString()]
 
     @FUZZ
-    @given(query=resigned_queries(a), credential=st.one_of(st.just(cred), st.sampled_from(other), mutated([cred], max_ops=2)))
+    @given(query=resigned_queries(a),
+           credential=st.one_of(st.just(cred), st.just(cred), st.sampled_from(other), mutated([cred], max_ops=2)))
     def run(query: pb.SignedQuery, credential: bytes) -> None:
         request = pb.MemberQueryRequest(query=query, querier_credential=credential)
         outcomes[call_rpc(svc, method, [request.SerializeToString()], a.context("gateway"))] += 1
