@@ -168,6 +168,15 @@ def _check_shrink(conn: Connection, table: Table, run_id: int, book_before: int,
         )
 
 
+def _writable(text: str) -> bool:
+    """Whether the reject file (UTF-8, surrogateescape) can hold ``text``."""
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Rollback(Exception):
     """Raised inside the transaction to undo an all-or-nothing import."""
 
@@ -296,16 +305,23 @@ class _RejectWriter:
             # place only when the import succeeds (SPEC §2: atomically).
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
             self._tmp = Path(tmp)
-            self._fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+            # surrogateescape: a value holding bytes that are not UTF-8 (read
+            # with surrogateescape) is written back as the very bytes it was.
+            self._fh = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
             if self.is_csv:
                 self._csv = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
                 self._csv.writeheader()
         row = dict(raw or {})
         row["reject_reason"] = "; ".join(str(e) for e in errors)
         if self.is_csv:
+            if not all(_writable(str(v)) for v in row.values()):
+                row = {k: str(v).encode("utf-8", "backslashreplace").decode("utf-8") for k, v in row.items()}
             self._csv.writerow(row)
         else:
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            line = json.dumps(row, ensure_ascii=False)
+            if not _writable(line):  # a lone surrogate from a JSON \ud800 escape: keep it escaped
+                line = json.dumps(row)
+            self._fh.write(line + "\n")
 
     def commit(self) -> None:
         if self._fh is None or self._tmp is None:

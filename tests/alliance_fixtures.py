@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from alliance import identity, matching_key, paillier, pki, protocol
@@ -22,6 +23,7 @@ class EnrolledMember:
     private_key: paillier.PaillierPrivateKey
     credential: pb.Credential
     body: pb.CredentialBody
+    tls_cert_pem: bytes = b""  # what gRPC's auth_context() would show for this peer
 
     @property
     def signing_key(self) -> Ed25519PrivateKey:
@@ -45,7 +47,8 @@ class LocalCA:
         self.serial += 1
         cred = pki.issue_credential(ca_key=self.key, join_body=body, tls_cert=tls, serial=self.serial,
                                     not_before=int(NOW.timestamp()) - 300, not_after=int(NOW.timestamp()) + 86400 * 30)
-        return EnrolledMember(member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert))
+        return EnrolledMember(member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert),
+                              tls.public_bytes(serialization.Encoding.PEM))
 
     def rotate(self, old: EnrolledMember) -> EnrolledMember:
         """New keys for ``old``'s member id, endorsed by its current key (SPEC §5)."""
@@ -61,7 +64,8 @@ class LocalCA:
         cred = pki.issue_credential(ca_key=self.key, join_body=body, tls_cert=tls, serial=self.serial,
                                     not_before=int(NOW.timestamp()) - 300, not_after=int(NOW.timestamp()) + 86400 * 30,
                                     predecessor_signature=request.predecessor_signature)
-        return EnrolledMember(old.member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert))
+        return EnrolledMember(old.member_id, keys, pub, priv, cred, pki.verify_credential(cred, self.cert),
+                              tls.public_bytes(serialization.Encoding.PEM))
 
 
 MK = matching_key.MatchingKey(epoch=1, key=bytes(range(100, 132)))

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 
 from alliance import synthetic
 from alliance.errors import Unreachable
+from alliance.v1 import alliance_pb2 as pb
 from alliance_cli.localnet import LocalAlliance
 from alliance_member.querier import Consent, Querier, Subject
 from tests import independent
@@ -199,10 +200,64 @@ def test_gateway_holds_no_secrets(alliance) -> None:
     assert len(blobs) > 5
 
 
-def _spellings(b: bytes) -> list[bytes]:
-    import base64
+def test_gateway_logs_and_logged_requests_hold_no_secrets(alliance, querier) -> None:
+    """Issue 12: beyond stored files, the gateway's process log (LocalAlliance
+    writes logs/gateway.log) and every audit-log entry, with its hex
+    `request_body` decoded to the QueryRequestBody it carries, hold no raw ID
+    (as written, lower case, 15-digit, hex, base64) and no secret key (raw,
+    hex, base64, URL-safe base64, decimal)."""
+    net, dataset = alliance
+    from cryptography.hazmat.primitives import serialization
 
-    return [b, b.hex().encode(), b.hex().upper().encode(), base64.b64encode(b), base64.urlsafe_b64encode(b).rstrip(b"=")]
+    from alliance import audit_entry, matching_key, paillier, pki
+    from alliance_gateway.home import GatewayHome
+    from tests import secret_scan
+
+    # A precheck and a report first, so both kinds of request body are in the log.
+    s = dataset.subjects[7]
+    querier.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    querier.precheck(Subject(s.id_type, s.canonical_id), amount_yuan="1000.00", purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+
+    mk = matching_key.load(net.members[QUERIER].home / "matching-key.json")
+    found: dict[str, list[bytes]] = {"matching key": secret_scan.byte_spellings(mk.key)}
+    raw = serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    for m in MEMBERS:
+        sk = paillier.PaillierPrivateKey.from_json_bytes((net.members[m].home / "paillier.key").read_bytes())
+        for name in ("p", "q"):
+            found[f"{m} Paillier {name}"] = secret_scan.int_spellings(getattr(sk, name))
+        keys = pki.MemberKeys.load(net.members[m].home)
+        found[f"{m} Ed25519 key"] = secret_scan.byte_spellings(keys.ed25519_key.private_bytes(*raw))
+        found[f"{m} X25519 key"] = secret_scan.byte_spellings(keys.x25519_key.private_bytes(*raw))
+        found[f"{m} TLS key"] = secret_scan.int_spellings(keys.tls_key.private_numbers().private_value)
+    found["a raw ID number"] = [sp for subj in dataset.subjects for sp in secret_scan.id_spellings(subj.canonical_id)]
+
+    log_dir = net.log_dir or net.root / "logs"
+    gateway_logs = sorted(log_dir.glob("gateway*.log"))
+    assert gateway_logs and all(p.stat().st_size > 0 for p in gateway_logs), f"no gateway log in {log_dir}"
+    blobs = [(str(p), p.read_bytes()) for p in gateway_logs]
+
+    url = GatewayHome(net.gateway_home).config().db_url
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    bodies = 0
+    with engine.connect() as conn:
+        for seq, data in conn.execute(text("SELECT seq, data FROM log_entries ORDER BY seq")):
+            data = bytes(data)
+            entry = audit_entry.decode(data, index=seq)
+            if entry.get("request_body"):
+                body = pb.QueryRequestBody.FromString(bytes.fromhex(entry["request_body"]))
+                assert len(body.query_id) == 32  # the hex really decodes to a request
+                bodies += 1
+            blobs.append((f"log entry {seq}", data))
+    engine.dispose()
+    assert bodies >= 2, "too few logged request bodies to mean anything"
+    hits = secret_scan.find_secrets(blobs, found)
+    assert hits == [], f"secrets in the gateway's logs: {hits[:5]}"
+
+
+def _spellings(b: bytes) -> list[bytes]:
+    from tests import secret_scan
+
+    return secret_scan.byte_spellings(b)
 
 
 def _dump_database(net: LocalAlliance) -> bytes:
