@@ -144,3 +144,54 @@ def test_checkpoints_are_cosigned_by_a_witness_quorum(alliance) -> None:  # type
         feed = open_feed(home, client)
         with pytest.raises(Exception):
             feed.policy(plain)
+
+
+# -- property 8: the operator mints members and makes them look founded/sponsored --
+
+def _mint(net, tmp_path_factory, member_id: str):  # type: ignore[no-untyped-def]
+    """What the operator can do alone: keygen, `admin member add`, join, and
+    copy a matching key it obtained somehow (worst case)."""
+    from alliance import matching_key
+    from alliance_cli.localnet import free_port
+
+    home = tmp_path_factory.mktemp(member_id) / member_id
+    keygen = cli("member", "keygen", "--home", str(home), "--id", member_id, "--name", member_id, "--endpoint",
+                 f"127.0.0.1:{free_port()}", "--gateway", net.gateway_endpoint)
+    assert keygen.returncode == 0, keygen.stderr
+    bundle = home.parent / "bundle.json"
+    add = cli("admin", "member", "add", "--home", str(net.admin_home), "--request", str(home / "join-request.bin"), "--out", str(bundle))
+    assert add.returncode == 0, add.stderr
+    assert cli("member", "join", "--home", str(home), "--bundle", str(bundle)).returncode == 0
+    matching_key.save(MemberHome(home).matching_key, matching_key.load(MemberHome(net.members["lender-a"].home).matching_key))
+    return MemberHome(home)
+
+
+def test_operator_minted_members_gain_nothing_from_mutual_sponsorship_or_a_fake_founder_statement(
+        alliance, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    """Attack (operator): mint two members with `admin member add` alone, have
+    them sponsor each other and one of them log itself as founder of a new
+    matching-key epoch (all accepted and logged by the gateway: they are
+    active, correctly signed statements). Holds: members still refuse them
+    `not_sponsored` (mutual sponsorships among untrusted members and a
+    founder statement by an untrusted member count for nothing), and
+    `audit verify` still passes (no accepted query from an unsponsored querier)."""
+    net, dataset = alliance
+    x, y = _mint(net, tmp_path_factory, "evil-x"), _mint(net, tmp_path_factory, "evil-y")
+    now = int(time.time() * 1000)
+    with GatewayClient(x) as cx, GatewayClient(y) as cy:
+        fx = trust.fingerprint_of(pb.CredentialBody.FromString(cx.member_credential("evil-x").body))
+        fy = trust.fingerprint_of(pb.CredentialBody.FromString(cx.member_credential("evil-y").body))
+        for client, home, me, other, fp in ((cx, x, "evil-x", "evil-y", fy), (cy, y, "evil-y", "evil-x", fx)):
+            body = pb.SponsorshipBody(newcomer_id=other, newcomer_fingerprint=fp, sponsor_id=me, time_ms=now).SerializeToString()
+            client.post_sponsorship(pb.SignedSponsorship(body=body, signature=signing.sign(_signing_key(home), signing.SPONSORSHIP, body)))
+        statement = pb.MatchingKeyCreatedBody(founder_id="evil-x", founder_fingerprint=fx, epoch=99, check_value=b"\x00" * 8,
+                                              time_ms=now).SerializeToString()
+        cx.post_matching_key_created(pb.SignedMatchingKeyCreated(
+            body=statement, signature=signing.sign(_signing_key(x), signing.MATCHING_KEY_CREATED, statement)))
+    time.sleep(3)  # members refresh their feed at least every 5 s
+    s = dataset.subjects[0]
+    result = cli("member", "query", "--home", str(x.path), "--id-type", s.id_type, "--id", s.canonical_id, "--purpose",
+                 "LOAN_APPROVAL", "--consent-id", "C-1", "--consent-sha256", "ab" * 32, "--as-of", AS_OF.isoformat(), "--json")
+    assert result.returncode in (4, 5) and "not_sponsored" in result.stderr, (result.returncode, result.stderr)
+    out = cli("audit", "verify", "--home", str(net.auditor_home), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"] is True, out.stdout + out.stderr
