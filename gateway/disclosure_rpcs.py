@@ -52,6 +52,7 @@ class DisclosureRpcs:
             disclosure.verify(member.ed25519_public_key, request.body, request.signature, what=f"disclosure of {member.member_id}")
         except CryptoError as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        self._take_statement_slot(context, member.member_id)  # type: ignore[attr-defined]
         with self.engine.begin() as conn:  # type: ignore[attr-defined]
             seq, _ = audit_log.append(conn, lambda s, when: {
                 "v": 2, "kind": "disclosure", "seq": s, "time": when, "member_id": member.member_id,

@@ -17,7 +17,7 @@ from sqlalchemy import and_, insert, select
 from alliance import audit_entry, log_rules, pki, signing
 from alliance.errors import CryptoError, InvalidInput
 from alliance.v1 import alliance_pb2 as pb
-from alliance_gateway import audit_log, schema
+from alliance_gateway import audit_log, reservations, schema
 
 MAX_STATEMENT_BYTES = 1024          # a SponsorshipBody / MatchingKeyCreatedBody is ~100 bytes
 STATEMENT_FRESHNESS_MS = log_rules.MEMBER_FRESHNESS_MS  # a statement is logged within ±5 min of signing
@@ -65,6 +65,7 @@ class MembershipRPCs:
                     "member_id": body.newcomer_id, "fingerprint": body.newcomer_fingerprint.hex(),
                     "sponsorship": request.body.hex(), "signature": request.signature.hex()}
 
+        self._take_statement_slot(context, sponsor.member_id)
         with self.engine.begin() as conn:
             _require_v2(conn, context)
             seq, _ = audit_log.append(conn, build, None)  # membership time taken under the lock
@@ -88,6 +89,7 @@ class MembershipRPCs:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "fingerprint_mismatch: the statement names another fingerprint "
                                                                "than the founder's registered credential")
         self._check_time(context, body.time_ms)
+        self._take_statement_slot(context, founder.member_id)
 
         def build(seq: int, when: str) -> dict[str, Any]:
             return {"v": 2, "kind": "matching_key_created", "seq": seq, "time": when, "member_id": founder.member_id,
@@ -141,6 +143,13 @@ class MembershipRPCs:
             entry=pb.ProvenEntry(index=seq, data=data, inclusion_proof=self.log.inclusion_proof(seq, size), membership_seq=mseq),
             checkpoint=note,
         )
+
+    def _take_statement_slot(self, context: grpc.ServicerContext, member_id: str) -> None:
+        """Property 12: no member floods the log with valid statements."""
+        if not reservations.reserve_statement_slot(self.engine, member_id, self._now_ms()):  # type: ignore[attr-defined]
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"statement_quota_exceeded: {member_id} has had {reservations.STATEMENTS_PER_DAY} statements "
+                          "logged today; try again tomorrow")
 
     def _check_time(self, context: grpc.ServicerContext, time_ms: int) -> None:
         now = self._now_ms()  # type: ignore[attr-defined]

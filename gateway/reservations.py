@@ -50,6 +50,19 @@ def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_
     return None
 
 
+# SPEC §5.4 / property 12: signed statements (sponsorships, matching-key
+# statements, disclosures) are logged on a member's word alone, so each member
+# may have at most this many logged per day; beyond, they are refused unlogged.
+STATEMENTS_PER_DAY = 64
+STATEMENT_POOL = "statements"
+
+
+def reserve_statement_slot(engine: Engine, member_id: str, now_ms: int) -> bool:
+    """Take one of the member's daily statement slots (UTC days); False when used up."""
+    day_start_ms = now_ms - now_ms % (24 * 3600 * 1000)
+    return reserve_quota_slot(engine, member_id, day_start_ms, STATEMENTS_PER_DAY, STATEMENT_POOL) is not None
+
+
 def quota_used(engine: Engine, member_id: str, day_start_ms: int, pool: str = "daily") -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(_q.used).where(
