@@ -187,7 +187,7 @@ class GatewayProofSource:
         self.client = client
 
     def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
-        return self.client._call(self.client.stub.GetQueryProofs,
+        return self.client._call("GetQueryProofs",
                                  pb.GetQueryProofsRequest(from_index=from_index, max_entries=max_entries))
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:

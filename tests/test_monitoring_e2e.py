@@ -70,6 +70,8 @@ def test_application_alert_over_grpc_and_not_for_monitoring(alliance) -> None:  
     net, _ = alliance
     active_at_b = _tokens(net, "lender-b", "ACTIVE")
     token, masked = sorted(active_at_b.items())[0]
+    assert _cli("admin", "policy", "set", "--home", str(net.admin_home), "monitoring", "on").returncode == 0
+    time.sleep(1.5)  # the gateway re-reads the policy within a second (SPEC §9: monitoring is off unless enabled)
     q = Querier(net.members["lender-a"].home)
     try:
         q.query_token(token, purpose="POST_LOAN_MONITORING", consent=CONSENT, as_of=AS_OF)
@@ -92,6 +94,8 @@ def test_member_monitor_baseline_then_unchanged(alliance, tmp_path) -> None:  # 
     own = _tokens(net, "lender-c", "ACTIVE")
     args = ("member", "monitor", "--home", home, "--consent-id", "PLM-1",
             "--consent-sha256", CONSENT.sha256.hex(), "--json")
+    assert _cli("admin", "policy", "set", "--home", str(net.admin_home), "monitoring", "off").returncode == 0
+    time.sleep(1.5)
     refused = _cli(*args)
     assert refused.returncode == 4 and "monitoring is off" in refused.stderr
     applied_before = [a for m in ("lender-a", "lender-b") for a in _alerts(net, m) if a["kind"] == "applied_elsewhere"]

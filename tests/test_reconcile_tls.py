@@ -27,8 +27,16 @@ def servers(net: Net):  # type: ignore[no-untyped-def]
     from alliance_gateway.server import build_server as build_gateway
     from alliance_member.server import build_server as build_member
 
+    from alliance import db, pki
+    from alliance_member import feed
+
     gateway, _, service = build_gateway(net.gateway, listen=net.gateway_endpoint)
     gateway.start()
+    # lender-b confirmed lender-a's fingerprint out of band (as at `matching-key install`): its root, so it answers
+    # lender-a (SPEC §5.1) -- and so an answer the operator obtains with lender-a's request is a real one.
+    engine = db.make_engine(MemberHome(net.homes["lender-b"]).db_url())
+    feed.add_root(engine, "lender-a", pki.parse_fingerprint(net.fingerprints["lender-a"]), "install")
+    engine.dispose()
     member, port = build_member(net.homes["lender-b"], listen=f"{HOST}:0")
     member.start()
     yield service, f"{HOST}:{port}"

@@ -66,12 +66,20 @@ def test_a_v1_log_upgrades_and_still_verifies(v1: Path) -> None:
     from alliance_cli.localnet import free_port
 
     port = free_port()
+    cfg_path = v1 / "gateway" / "gateway.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "witness_interval_s": 1.0}))  # witness checkpoints every second for the test
     gateway = subprocess.Popen([sys.executable, "-m", "alliance_cli.main", "gateway", "serve", "--home", str(v1 / "gateway"),
                                 "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # v2 member nodes on the v1 homes: they witness (cosign) the upgraded log, which auditors then require (SPEC §6.1)
+    env = {**os.environ, "ALLIANCE_GATEWAY": f"127.0.0.1:{port}", "ALLIANCE_WITNESS_POLL_S": "0.5"}
+    members = [subprocess.Popen([sys.executable, "-m", "alliance_cli.main", "member", "serve", "--home", str(v1 / "members" / m),
+                                 "--listen", f"127.0.0.1:{free_port()}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+               for m in ("lender-a", "lender-b", "lender-c")]
     try:
         env_gateway = f"127.0.0.1:{port}"
         for _ in range(100):
-            verify = cli("--gateway", env_gateway, "audit", "verify", "--home", str(v1 / "auditor"), "--json")
+            verify = cli("--gateway", env_gateway, "audit", "verify", "--home", str(v1 / "auditor"), "--json", "--witness-wait", "40")
             if verify.returncode != 5:
                 break
             import time
@@ -79,8 +87,12 @@ def test_a_v1_log_upgrades_and_still_verifies(v1: Path) -> None:
         assert verify.returncode == 0, verify.stdout + verify.stderr
         result = json.loads(verify.stdout)
         assert result["ok"] is True and result["tree_size"] >= len(before) + 2  # v2_started, gateway_started
+        cosigned = {m for m, w in result["witnesses"].items() if w.get("newest_cosigned_size")}
+        assert len(cosigned) >= 2, result["witnesses"]  # a quorum of the three members witnessed the upgraded log
     finally:
-        gateway.terminate()
-        gateway.wait(10)
+        for process in (*members, gateway):
+            process.terminate()
+        for process in (*members, gateway):
+            process.wait(10)
     kinds = [e["kind"] for e in _entries(v1)]
     assert "gateway_started" in kinds[len(before):]
