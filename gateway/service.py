@@ -87,6 +87,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         self.clock = clock
         self.limiter = limiter or RefusalLimiter()
         self.policy = PolicyCache(engine, config.registry_refresh_ms)
+        self.reserve_engine = reservations.reservation_engine(engine)
         self.rules = log_rules.query_rules(config.deadline_ms)
         if config.k_min < 2:
             raise UsageError(f"k_min is {config.k_min}; it must be at least 2 (a sum over one member discloses it)")
@@ -212,14 +213,14 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         try:
             check_bounds(ctx)
             querier, body = self._admit(ctx, peer_role, peer_cert_sha256)
-            if not reservations.reserve_query_id(self.engine, body.query_id, querier.member_id, ctx.received_ms):
+            if not reservations.reserve_query_id(self.reserve_engine, body.query_id, querier.member_id, ctx.received_ms):
                 raise QueryFailure("replayed_query_id", f"query id {body.query_id} was already used; a replay is never sent to the members")
             pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
             # A garbled Enc(x) is refused before any member spends work on it.
             enc_x = paillier.decode_ciphertext(pk, body.precheck_ciphertext) if kind == "precheck" else None
             pool, quota = self._quota_pool(body, querier)
             targets = self._targets(ctx, querier, body)
-            if reservations.reserve_quota_slot(self.engine, querier.member_id, shanghai_day_start_ms(ctx.received_ms),
+            if reservations.reserve_quota_slot(self.reserve_engine, querier.member_id, shanghai_day_start_ms(ctx.received_ms),
                                                quota, pool) is None:
                 raise QueryFailure("quota_exceeded", f"{'monitoring' if pool == 'monitoring' else 'daily'} quota of {quota} queries used up")
             ctx.asked = [m.member_id for m in targets]
