@@ -234,3 +234,69 @@ def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) 
     assert not failures, "\n".join(failures)
     for k in ("k1", "k2", "k3"):
         assert not (world["root"] / k).exists(), f"failed keygen left {k} behind"
+
+
+# ------------------------------------------------------------------ help
+
+def command_tree():  # type: ignore[no-untyped-def]
+    """Every command reachable from `alliance`, found by walking the click group tree (no hand list)."""
+    import click
+
+    from alliance_cli.main import cli as root
+
+    def walk(cmd, path):  # type: ignore[no-untyped-def]
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            for name, sub in sorted(cmd.commands.items()):
+                if not sub.hidden:
+                    yield from walk(sub, [*path, name])
+
+    return list(walk(root, []))
+
+
+def test_the_walk_finds_every_command_group_and_leaf() -> None:
+    paths = {" ".join(p) for p, _ in command_tree()}
+    for expected in ("admin init", "admin member set-quota", "admin db upgrade", "admin auditor add", "gateway serve",
+                     "member matching-key install", "member sponsor", "member reconcile", "audit report", "demo", "bench"):
+        assert expected in paths
+
+
+def test_every_command_help_has_an_example_and_every_option_a_description() -> None:
+    """`alliance … --help` for every command: an Example that runs this very
+    command, a description for every option, required options marked."""
+    import click
+    from click.testing import CliRunner
+
+    from alliance_cli.main import cli as root
+
+    runner = CliRunner()
+    failures = []
+    for path, cmd in command_tree():
+        name = " ".join(["alliance", *path])
+        result = runner.invoke(root, [*path, "--help"], prog_name="alliance", terminal_width=80)
+        text = result.output
+        problems = []
+        if result.exit_code != 0 or not text.startswith(f"Usage: {name}"):
+            problems.append(f"--help exit {result.exit_code}: {text[:200]!r}")
+        if not (cmd.help or "").strip():
+            problems.append("no description")
+        if not isinstance(cmd, click.Group):
+            example = text.partition("Example")[2]
+            if not example:
+                problems.append("no Example")
+            elif f"{name} " not in example:
+                problems.append(f"the Example does not run `{name}`")
+        ctx = click.Context(cmd, info_name=name)
+        for param in cmd.params:
+            if not isinstance(param, click.Option) or param.hidden or param.name == "help":
+                continue
+            record = param.get_help_record(ctx)
+            if not (param.help or "").strip():
+                problems.append(f"{param.opts[0]} has no description")
+            elif param.opts[0] not in text:
+                problems.append(f"{param.opts[0]} missing from --help")
+            if param.required and (record is None or "required" not in record[1]):
+                problems.append(f"{param.opts[0]} is required but not marked")
+        if problems:
+            failures.append(f"{name}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
