@@ -300,3 +300,41 @@ def test_every_command_help_has_an_example_and_every_option_a_description() -> N
         if problems:
             failures.append(f"{name}: {'; '.join(problems)}")
     assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ audit report: the purpose of every query
+
+def test_audit_report_reads_the_purpose_of_a_request_refused_before_parsing(capsys: pytest.CaptureFixture[str]) -> None:
+    """A query refused before the gateway parsed it (wrong role, unknown,
+    suspended member) is logged with purpose null but its request body: the
+    report shows the purpose the body states, or "unreadable request"."""
+
+    from alliance.v1 import alliance_pb2 as pb
+    from alliance_cli import audit_cmds
+    from alliance_member import auditor
+
+    t0 = 1_782_000_000_000  # 2026-06-21 in Asia/Shanghai
+    day = auditor.shanghai_date(t0)
+    body = pb.QueryRequestBody(query_id="ab" * 16, purpose=pb.PURPOSE_CREDIT_LIMIT_REVIEW).SerializeToString().hex()
+    no_purpose = pb.QueryRequestBody(query_id="cd" * 16).SerializeToString().hex()
+
+    def entry(i: int, **over: object) -> dict:
+        return {"querier_id": "lender-a", "received_at_ms": t0 + i, "purpose": None, "outcome": "refused",
+                "reason": "member_suspended", "request_body": None, **over}
+
+    entries = [entry(0, purpose="LOAN_APPROVAL", outcome="accepted", reason=None),
+               entry(1, request_body=body), entry(2, request_body=body),
+               entry(3, request_body="00ff" * 8),          # not a QueryRequestBody
+               entry(4, request_body="zz"),                # not even hex
+               entry(5, request_body=no_purpose),          # parses, names no purpose
+               entry(6)]                                   # too large to log: no body at all
+    [row] = auditor.report_rows(entries, day, day)
+    assert row["by_purpose"] == {"CREDIT_LIMIT_REVIEW": 2, "LOAN_APPROVAL": 1, "unreadable request": 4}
+    assert "UNPARSED" not in repr(row)
+    assert auditor.csv_row(row)["purpose_CREDIT_LIMIT_REVIEW"] == 2 and auditor.csv_row(row)["purpose_other"] == 4
+    # what `alliance audit report` prints
+    capsys.readouterr()
+    audit_cmds._report_table([row], day.isoformat(), day.isoformat())
+    text = capsys.readouterr().out
+    assert "by purpose  CREDIT_LIMIT_REVIEW 2, LOAN_APPROVAL 1, unreadable request 4" in text, text
+    assert all(len(line) <= 80 for line in text.splitlines())
