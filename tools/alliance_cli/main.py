@@ -77,6 +77,19 @@ def _check_host_port(flag: str, value: str) -> None:
         raise UsageError(f"{flag} must be host:port with a port 1-65535, not {value!r}")
 
 
+def _check_peer(flag: str, member_id: str, fingerprint: str) -> None:
+    """A peer's id and fingerprint are checked before anything is sent: a
+    typo is a clear error (2 for the id, 3 for the fingerprint), not a
+    network failure or a refusal from afar."""
+    from alliance import pki
+
+    try:
+        pki.check_member_id(member_id)
+    except AllianceError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    pki.parse_fingerprint(fingerprint)
+
+
 def _date(value: str | None) -> date | None:
     return None if value is None else parse_day(value, "--as-of")
 
@@ -233,7 +246,7 @@ _status_command("revoke", "revoked", "Revoke a member for good (asks first; --ye
                 "\b\nExample:\n  alliance admin member revoke --home admin lender-b --yes", confirm=True)
 
 
-@admin_member.command("set-quota")
+@admin_member.command("set-quota", context_settings={"ignore_unknown_options": True})
 @HOME
 @DB
 @click.argument("member_id")
@@ -272,7 +285,7 @@ def admin_policy_show(home: Path, db_url: str | None, as_json: bool) -> None:
         output.key_values({k: ("on" if v is True else "off" if v is False else v) for k, v in policy.items()})
 
 
-@admin_policy.command("set")
+@admin_policy.command("set", context_settings={"ignore_unknown_options": True})
 @HOME
 @DB
 @click.argument("key", type=click.Choice(["max_book_age_days", "monitoring", "monitoring_quota"]))
@@ -504,6 +517,7 @@ def matching_key_share(home: Path, recipient_id: str, fingerprint: str) -> None:
     """
     from alliance_member import onboarding
 
+    _check_peer("--to", recipient_id, fingerprint)
     onboarding.share_matching_key(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
     click.echo(f"sponsored {recipient_id} in the log, then shared the matching key with it")
 
@@ -526,6 +540,7 @@ def member_sponsor(home: Path, recipient_id: str, fingerprint: str) -> None:
     """
     from alliance_member import onboarding
 
+    _check_peer("--to", recipient_id, fingerprint)
     _, entry = onboarding.sponsor(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
     click.echo(f"sponsored {recipient_id} (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
 
@@ -545,6 +560,7 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
     """
     from alliance_member import onboarding
 
+    _check_peer("--from", sender_id, fingerprint)
     mk = onboarding.install_matching_key(home, sender_id=sender_id, sender_fingerprint=fingerprint, check_value=check_value)
     click.echo(f"matching key epoch {mk.epoch} installed")
 
