@@ -151,6 +151,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli("admin", "member", "add", "--home", str(admin), "--request", str(joined / "join-request.bin"),
                "--out", str(root / "b.bundle")).returncode == 0
     assert cli("member", "join", "--home", str(joined), "--bundle", str(root / "b.bundle")).returncode == 0
+    gone = root / "c"  # a revoked member
+    assert cli("member", "keygen", "--home", str(gone), "--id", "lender-c", "--name", "Lender C",
+               "--endpoint", "127.0.0.1:7003").returncode == 0
+    assert cli("admin", "member", "add", "--home", str(admin), "--request", str(gone / "join-request.bin"),
+               "--out", str(root / "c.bundle")).returncode == 0
+    assert cli("admin", "member", "revoke", "--home", str(admin), "lender-c", "--yes").returncode == 0
     # its database exists, as after any earlier use (a first reconcile creates member.db before it reaches the gateway)
     assert cli(*DEAD_GATEWAY, "member", "reconcile", "--home", str(joined)).returncode == 5
     assert cli("member", "keygen", "--home", str(aud), "--id", "auditor-1", "--name", "Auditor", "--role", "auditor").returncode == 0
@@ -267,6 +273,9 @@ def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, 
                                                        "--fingerprint", FPR, "--check-value", "4b9d:3189:ca05:6c1f"], 5, "cannot be reached", False),
         ("rotate-keys before joining", ["member", "rotate-keys", "--home", h], 2, "has not joined", False),
         ("rotate-keys in a missing home", ["member", "rotate-keys", "--home", nohome], 2, "", False),
+        ("resume an active member", ["admin", "member", "resume", "--home", a, "lender-a"], 2, "already active", False),
+        ("revoke a revoked member", ["admin", "member", "revoke", "--home", a, "lender-c", "--yes"], 2, "already revoked", False),
+        ("suspend a revoked member", ["admin", "member", "suspend", "--home", a, "lender-c"], 4, "revocation is final", False),
         ("set-quota of an unknown member", ["admin", "member", "set-quota", "--home", a, "nobody", "5"], 3, "nobody", False),
         ("set-quota -5", ["admin", "member", "set-quota", "--home", a, "lender-a", "-5"], 2, "-5 is not in the range", False),
         ("set-quota abc", ["admin", "member", "set-quota", "--home", a, "lender-a", "abc"], 2, "abc", False),
