@@ -99,8 +99,43 @@ def make_server(max_workers: int = 16, *, allowed_roles: Sequence[str] | None = 
                        interceptors=interceptors)
 
 
+def check_listen_address(address: str, what: str) -> None:
+    """Fail with one clear line before gRPC tries ``address``: it must be
+    host:port (port 0-65535, 0 for any free port), the host must resolve,
+    and no resolved address may be in use. gRPC alone would log its own
+    error line, wrap an out-of-range port around, and serve on ::1 alone
+    when 127.0.0.1 is taken for "localhost"."""
+    import errno
+    import socket
+
+    host, sep, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise UsageError(f"{what} cannot listen on {address!r}: give host:port with a port 0-65535")
+    port = int(port_text)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"{what} cannot listen on {address}: host {host!r} does not resolve ({exc})") from None
+    if port == 0:
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        probe = socket.socket(family, kind, proto)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"{what} cannot listen on {address}: port {port} is in use on {sockaddr[0]} "
+                                 "(another process, or a replica configured with the same port?)") from None
+            # anything else (no IPv6 here, not a local address…) is gRPC's to judge
+        finally:
+            probe.close()
+
+
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials, what: str) -> int:
     """Listen on ``address`` or fail with a message that says why."""
+    check_listen_address(address, what)
     try:
         port = server.add_secure_port(address, credentials)
     except RuntimeError:

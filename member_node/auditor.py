@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from cryptography import x509
+from google.protobuf.message import DecodeError
 
 from alliance import audit_entry, audit_verify, cosignature, merkle, pki, protocol
 from alliance import checkpoint as tlog
@@ -443,11 +444,36 @@ def report(home: MemberHome | Path | str, date_from: date, date_to: date, member
 
     def collect(_seq: int, entry: dict[str, Any]) -> None:
         if entry["kind"] in audit_entry.QUERY_KINDS:
-            queries.append({k: entry.get(k) for k in ("querier_id", "received_at_ms", "purpose", "outcome", "reason")})
+            queries.append({**{k: entry.get(k) for k in ("querier_id", "received_at_ms", "outcome", "reason")},
+                            "purpose": query_purpose(entry)})
 
     with _source(state.home, client) as source:
         _verified_entries(state, source, collect)
     return report_rows(queries, date_from, date_to, member)
+
+
+UNREADABLE_REQUEST = "unreadable request"
+
+
+def query_purpose(entry: dict[str, Any]) -> str:
+    """The purpose a query entry records; for a request refused before the
+    gateway parsed it (wrong role, unknown, suspended or revoked member…) the
+    entry's ``purpose`` is null, so it is read from the logged request body.
+    A body that does not parse, or was too large to be logged, is
+    :data:`UNREADABLE_REQUEST`."""
+    purpose = entry.get("purpose")
+    if isinstance(purpose, str) and purpose:
+        return purpose
+    raw = entry.get("request_body")
+    if isinstance(raw, str):
+        try:
+            body = pb.QueryRequestBody.FromString(bytes.fromhex(raw))
+        except (ValueError, DecodeError):
+            return UNREADABLE_REQUEST
+        name = protocol.purpose_name(body.purpose)
+        if name in protocol.PURPOSES:
+            return name
+    return UNREADABLE_REQUEST
 
 
 def shanghai_date(ms: int) -> date:
@@ -460,7 +486,8 @@ def report_rows(entries: Iterable[dict[str, Any]], date_from: date, date_to: dat
     (refusals for quota_exceeded), and spike days — days whose volume exceeds
     3× the member's median daily volume, the median taken over the days in
     range on which it queried at all (counting idle days would make any
-    activity a spike)."""
+    activity a spike). An entry without a purpose is counted under the one
+    its request body states, or :data:`UNREADABLE_REQUEST`."""
     per_member: dict[str, dict[str, Any]] = {}
     days: dict[str, Counter[date]] = defaultdict(Counter)
     for e in entries:
@@ -474,7 +501,7 @@ def report_rows(entries: Iterable[dict[str, Any]], date_from: date, date_to: dat
             continue
         row = per_member.setdefault(querier, _empty_row(querier))
         row["queries"] += 1
-        row["by_purpose"][e.get("purpose") or "UNPARSED"] += 1
+        row["by_purpose"][query_purpose(e)] += 1
         if e.get("outcome") == "accepted":
             row["accepted"] += 1
         else:
@@ -519,5 +546,5 @@ def csv_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["CSV_COLUMNS", "AuditorState", "LogSource", "checkpoint", "connect", "csv_row", "prove", "report", "report_rows",
-           "verify", "watch"]
+__all__ = ["CSV_COLUMNS", "UNREADABLE_REQUEST", "AuditorState", "LogSource", "checkpoint", "connect", "csv_row", "prove",
+           "query_purpose", "report", "report_rows", "verify", "watch"]

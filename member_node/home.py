@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from alliance.errors import UsageError
 from alliance_gateway.home import read_json, resolve_db_url, write_json
 
 MEMBER_CONFIG = "member.json"
@@ -52,3 +53,14 @@ class MemberHome:
 
     def is_joined(self) -> bool:
         return self.credential.exists() and self.tls_cert.exists()
+
+    def require_joined(self) -> None:
+        """A usage error (exit 2), not a missing-file crash, before the credential is needed."""
+        self.config()  # "not an initialised member home" first
+        if not self.is_joined():
+            raise UsageError(f"{self.path} has not joined the alliance yet (run `alliance member join`)")
+
+    def require_matching_key(self) -> None:
+        if not self.matching_key.exists():
+            raise UsageError(f"{self.path} holds no matching key (founding member: `alliance member matching-key create`; "
+                             "newcomer: `alliance member matching-key install`)")

@@ -170,6 +170,7 @@ def join(home_dir: Path, bundle: bytes) -> pb.CredentialBody:
 
 def create_matching_key(home_dir: Path, *, epoch: int = 1) -> matching_key.MatchingKey:
     home = MemberHome(home_dir)
+    home.config()  # keys first: `alliance member keygen`
     if home.matching_key.exists():
         current = matching_key.load(home.matching_key)
         if epoch <= current.epoch:
@@ -187,6 +188,7 @@ def share_matching_key(home_dir: Path, *, recipient_id: str, recipient_fingerpri
     in the log and the newcomer is trusted in this member's view of it."""
     home = MemberHome(home_dir)
     cfg = home.config()
+    home.require_matching_key()
     mk = matching_key.load(home.matching_key)
     body, _ = sponsor(home_dir, recipient_id=recipient_id, recipient_fingerprint=recipient_fingerprint, root="share")
     _require_trusted(home, body, recipient_id)
@@ -256,6 +258,8 @@ def announce_matching_key(home_dir: Path) -> dict:
     (SPEC §6.4; the root of every chain an auditor follows)."""
     home = MemberHome(home_dir)
     cfg = home.config()
+    home.require_joined()
+    home.require_matching_key()
     mk = matching_key.load(home.matching_key)
     own = pki.verify_credential(home.credential.read_bytes(), pki.load_cert_pem(home.ca_cert))
     signed_body = pb.MatchingKeyCreatedBody(founder_id=cfg.member_id, founder_fingerprint=trust.fingerprint_of(own), epoch=mk.epoch,

@@ -326,6 +326,7 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
     if cfg.role != "member":
         from alliance.errors import UsageError
         raise UsageError(f"{home_dir} is an {cfg.role} home; only members answer queries")
+    home.require_joined()
     own = pki.verify_credential(home.credential.read_bytes(), pki.load_cert_pem(home.ca_cert))
     verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
     owns_engine = engine is None

@@ -770,6 +770,9 @@ def test_report_rows(log: tuple[LogBuilder, Standard], home: Path) -> None:
     assert rows["m1"]["refusals"] == {"quota_exceeded": 1, "stale_timestamp": 1, "too_few_answers": 1}
     assert rows["m1"]["quota_hits"] == 1
     assert rows["aud"]["refusals"] == {"wrong_role": 1}
+    # refused before the gateway parsed them: the purpose comes from the logged request body (issue 9: no "UNPARSED")
+    assert rows["aud"]["by_purpose"] == {"LOAN_APPROVAL": 1}
+    assert all(set(r["by_purpose"]) <= set(protocol.PURPOSES) for r in rows.values()), rows
     only = auditor.report(home, day, day, member="m3")
     assert [r["member_id"] for r in only] == ["m3"]
 

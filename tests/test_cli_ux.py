@@ -99,9 +99,9 @@ def loan_line(loan_id: str, status: str = "ACTIVE") -> str:
             f"2026-01-10,2027-01-10,{status},0,0,NONE,2026-06-01")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alliance_cli.main", *args], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120, env={**__import__("os").environ, "COLUMNS": "80"})
+                          stdin=subprocess.DEVNULL, timeout=timeout, env={**__import__("os").environ, "COLUMNS": "80"})
 
 
 def snapshot_tree(root: Path) -> dict[str, str]:
@@ -144,7 +144,30 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (demo / mid).mkdir(parents=True)
     (demo / "lender-b" / "loans.csv").write_text("\n".join([LOAN_HEADER, loan_line("B1", status="OPEN")]) + "\n")
     (data / "demo2" / "lender-a").mkdir(parents=True)
-    return {"root": root, "home": home, "admin": admin, "data": data}
+    # a joined member without a matching key, and a joined auditor; no gateway runs
+    joined, aud = root / "b", root / "aud"
+    assert cli("member", "keygen", "--home", str(joined), "--id", "lender-b", "--name", "Lender B",
+               "--endpoint", "127.0.0.1:7002").returncode == 0
+    assert cli("admin", "member", "add", "--home", str(admin), "--request", str(joined / "join-request.bin"),
+               "--out", str(root / "b.bundle")).returncode == 0
+    assert cli("member", "join", "--home", str(joined), "--bundle", str(root / "b.bundle")).returncode == 0
+    gone = root / "c"  # a revoked member
+    assert cli("member", "keygen", "--home", str(gone), "--id", "lender-c", "--name", "Lender C",
+               "--endpoint", "127.0.0.1:7003").returncode == 0
+    assert cli("admin", "member", "add", "--home", str(admin), "--request", str(gone / "join-request.bin"),
+               "--out", str(root / "c.bundle")).returncode == 0
+    assert cli("admin", "member", "revoke", "--home", str(admin), "lender-c", "--yes").returncode == 0
+    # its database exists, as after any earlier use (a first reconcile creates member.db before it reaches the gateway)
+    assert cli(*DEAD_GATEWAY, "member", "reconcile", "--home", str(joined)).returncode == 5
+    assert cli("member", "keygen", "--home", str(aud), "--id", "auditor-1", "--name", "Auditor", "--role", "auditor").returncode == 0
+    assert cli("admin", "auditor", "add", "--home", str(admin), "--request", str(aud / "join-request.bin"),
+               "--out", str(root / "aud.bundle")).returncode == 0
+    assert cli("member", "join", "--home", str(aud), "--bundle", str(root / "aud.bundle")).returncode == 0
+    return {"root": root, "home": home, "admin": admin, "data": data, "joined": joined, "auditor": aud, "gateway": root / "gw"}
+
+
+DEAD_GATEWAY = ["--gateway", "127.0.0.1:1"]  # nothing listens on port 1: "unreachable", exit 5
+FPR = ":".join(["3f2a"] * 16)
 
 
 # (name, args, exit status, text stderr must hold, several stderr lines allowed: per-row errors)
@@ -205,14 +228,103 @@ def walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, bool]
         ("demo --data with a bad file", ["demo", "--data", str(d / "demo"), "--home", str(w["root"] / "demo-home")], 3,
          f"{d / 'demo' / 'lender-b' / 'loans.csv'}:2: status:", True),
         ("demo --data with too few members", ["demo", "--data", str(d / "demo2")], 2, "at least 3", False),
+        *more_walk_cases(w),
+    ]
+
+
+def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, bool]]:
+    """audit *, matching-key *, rotate-keys, set-quota, sponsor, reconcile, admin policy, admin db upgrade, gateway serve."""
+    h, a, b, aud, gw = str(w["home"]), str(w["admin"]), str(w["joined"]), str(w["auditor"]), str(w["gateway"])
+    nohome = str(w["root"] / "nohome")
+    rep = ["audit", "report", "--home", aud, "--from", "2026-06-01", "--to", "2026-06-30"]
+    return [
+        ("audit checkpoint on a member home", ["audit", "checkpoint", "--home", h], 2, "not an auditor home", False),
+        ("audit verify in a missing home", ["audit", "verify", "--home", nohome], 2, "not an auditor home", False),
+        ("audit verify, gateway unreachable", [*DEAD_GATEWAY, "audit", "verify", "--home", aud], 5, "cannot be reached", False),
+        ("audit verify --json, gateway unreachable", [*DEAD_GATEWAY, "audit", "verify", "--home", aud, "--json"], 5, "cannot be reached", False),
+        ("audit checkpoint, gateway unreachable", [*DEAD_GATEWAY, "audit", "checkpoint", "--home", aud], 5, "cannot be reached", False),
+        ("audit prove --seq -1", ["audit", "prove", "--home", aud, "--seq", "-1"], 2, "--seq", False),
+        ("audit prove without --seq", ["audit", "prove", "--home", aud], 2, "--seq", False),
+        ("audit prove, gateway unreachable", [*DEAD_GATEWAY, "audit", "prove", "--home", aud, "--seq", "0"], 5, "cannot be reached", False),
+        ("audit watch a bad fingerprint", [*DEAD_GATEWAY, "audit", "watch", "--home", aud, "--member", "lender-a",
+                                           "--fingerprint", "xyz"], 3, "not a fingerprint", False),
+        ("audit watch, gateway unreachable", [*DEAD_GATEWAY, "audit", "watch", "--home", aud, "--member", "lender-a"], 5, "cannot be reached", False),
+        ("audit report --to before --from", [*rep[:7], "2026-05-01"], 2, "is before", False),
+        ("audit report a bad --from", [*rep[:5], "2026-6-1", *rep[6:]], 2, "YYYY-MM-DD", False),
+        ("audit report --json --csv", [*rep, "--json", "--csv"], 2, "choose one", False),
+        ("audit report on a member home", [*rep[:3], h, *rep[4:]], 2, "not an auditor home", False),
+        ("audit report, gateway unreachable", [*DEAD_GATEWAY, *rep], 5, "cannot be reached", False),
+        ("matching-key create over the installed key", ["member", "matching-key", "create", "--home", h], 2, "epoch 1 is installed", False),
+        ("matching-key create --epoch 0", ["member", "matching-key", "create", "--home", h, "--epoch", "0"], 2, "--epoch", False),
+        ("matching-key create in a missing home", ["member", "matching-key", "create", "--home", nohome], 2, "not an initialised member home", False),
+        ("matching-key announce before joining", ["member", "matching-key", "announce", "--home", h], 2, "has not joined", False),
+        ("matching-key announce without a key", ["member", "matching-key", "announce", "--home", b], 2, "holds no matching key", False),
+        ("matching-key share without a key", [*DEAD_GATEWAY, "member", "matching-key", "share", "--home", b, "--to", "lender-a",
+                                              "--fingerprint", FPR], 2, "holds no matching key", False),
+        ("matching-key share before joining", [*DEAD_GATEWAY, "member", "matching-key", "share", "--home", h, "--to", "lender-b",
+                                               "--fingerprint", FPR], 2, "has not joined", False),
+        ("matching-key share a bad fingerprint", [*DEAD_GATEWAY, "member", "matching-key", "share", "--home", h, "--to", "lender-b",
+                                                  "--fingerprint", "xyz"], 3, "not a fingerprint", False),
+        ("matching-key install a bad check value", [*DEAD_GATEWAY, "member", "matching-key", "install", "--home", b, "--from", "lender-a",
+                                                    "--fingerprint", FPR, "--check-value", "x"], 3, "not a check value", False),
+        ("matching-key install a bad --from", [*DEAD_GATEWAY, "member", "matching-key", "install", "--home", b, "--from", "Lender A!",
+                                               "--fingerprint", FPR, "--check-value", "4b9d:3189:ca05:6c1f"], 2, "--from", False),
+        ("matching-key install, gateway unreachable", [*DEAD_GATEWAY, "member", "matching-key", "install", "--home", b, "--from", "lender-a",
+                                                       "--fingerprint", FPR, "--check-value", "4b9d:3189:ca05:6c1f"], 5, "cannot be reached", False),
+        ("rotate-keys before joining", ["member", "rotate-keys", "--home", h], 2, "has not joined", False),
+        ("rotate-keys in a missing home", ["member", "rotate-keys", "--home", nohome], 2, "", False),
+        ("resume an active member", ["admin", "member", "resume", "--home", a, "lender-a"], 2, "already active", False),
+        ("revoke a revoked member", ["admin", "member", "revoke", "--home", a, "lender-c", "--yes"], 2, "already revoked", False),
+        ("suspend a revoked member", ["admin", "member", "suspend", "--home", a, "lender-c"], 4, "revocation is final", False),
+        ("set-quota of an unknown member", ["admin", "member", "set-quota", "--home", a, "nobody", "5"], 3, "nobody", False),
+        ("set-quota -5", ["admin", "member", "set-quota", "--home", a, "lender-a", "-5"], 2, "-5 is not in the range", False),
+        ("set-quota abc", ["admin", "member", "set-quota", "--home", a, "lender-a", "abc"], 2, "abc", False),
+        ("set-quota in a missing home", ["admin", "member", "set-quota", "--home", nohome, "lender-a", "5"], 2, "not an initialised admin home", False),
+        ("sponsor before joining", [*DEAD_GATEWAY, "member", "sponsor", "--home", h, "--to", "lender-b", "--fingerprint", FPR], 2, "has not joined", False),
+        ("sponsor a bad fingerprint", [*DEAD_GATEWAY, "member", "sponsor", "--home", b, "--to", "lender-a", "--fingerprint", "xyz"], 3, "not a fingerprint", False),
+        ("sponsor a bad --to", [*DEAD_GATEWAY, "member", "sponsor", "--home", b, "--to", "Bad Id!", "--fingerprint", FPR], 2, "--to", False),
+        ("sponsor, gateway unreachable", [*DEAD_GATEWAY, "member", "sponsor", "--home", b, "--to", "lender-a", "--fingerprint", FPR], 5, "cannot be reached", False),
+        ("reconcile a bad --since", ["member", "reconcile", "--home", b, "--since", "2026-13-01"], 2, "YYYY-MM-DD", False),
+        ("reconcile in a missing home", ["member", "reconcile", "--home", nohome], 2, "not an initialised member home", False),
+        ("reconcile before joining", ["member", "reconcile", "--home", h], 2, "has not joined", False),
+        ("reconcile an auditor home", ["member", "reconcile", "--home", aud], 2, "only members", False),
+        ("reconcile, gateway unreachable", [*DEAD_GATEWAY, "member", "reconcile", "--home", b], 5, "cannot be reached", False),
+        ("policy set monitoring maybe", ["admin", "policy", "set", "--home", a, "monitoring", "maybe"], 2, "on or off", False),
+        ("policy set max_book_age_days -3", ["admin", "policy", "set", "--home", a, "max_book_age_days", "-3"], 2, "-3", False),
+        ("policy set monitoring_quota 1e9", ["admin", "policy", "set", "--home", a, "monitoring_quota", "1e9"], 2, "1e9", False),
+        ("policy set an unknown key", ["admin", "policy", "set", "--home", a, "bogus", "1"], 2, "bogus", False),
+        ("policy show in a missing home", ["admin", "policy", "show", "--home", nohome], 2, "not an initialised admin home", False),
+        ("db upgrade in a missing home", ["admin", "db", "upgrade", "--home", nohome], 2, "not an initialised admin home", False),
+        ("db upgrade in a member home", ["admin", "db", "upgrade", "--home", h], 2, "not an initialised admin home", False),
+        ("db upgrade with a missing passphrase file", ["admin", "db", "upgrade", "--home", a, "--passphrase-file",
+                                                       str(w["root"] / "nopass.txt")], 3, "no such file", False),
+        ("gateway serve a missing home", ["gateway", "serve", "--home", nohome], 2, "not an initialised gateway home", False),
+        ("gateway serve a member home", ["gateway", "serve", "--home", h], 2, "not an initialised gateway home", False),
+        ("gateway serve --listen without a port", ["gateway", "serve", "--home", gw, "--listen", "nohost"], 2, "host:port", False),
+        ("gateway serve --listen port 99999", ["gateway", "serve", "--home", gw, "--listen", "127.0.0.1:99999"], 2, "0-65535", False),
+        ("gateway serve --listen an unknown host", ["gateway", "serve", "--home", gw, "--listen", "no-such-host.invalid:5000"], 2,
+         "does not resolve", False),
+        ("gateway serve on a port in use", ["gateway", "serve", "--home", gw, "--listen", f"127.0.0.1:{w['busy_port']}"], 2, "in use", False),
+        ("gateway serve on a port in use (localhost)", ["gateway", "serve", "--home", gw, "--listen", f"localhost:{w['busy_port']}"], 2,
+         "in use", False),
     ]
 
 
 def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) -> None:
+    import socket
+
     failures = []
+    busy = socket.socket()  # a port in use for `gateway serve`
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    world = {**world, "busy_port": busy.getsockname()[1]}  # type: ignore[dict-item]
     for name, args, code, needle, several in walk_cases(world):
         before = snapshot_tree(world["root"])
-        out = cli(*args)
+        try:  # a server that starts instead of failing is killed and reported, not waited for
+            out = cli(*args, timeout=30 if "serve" in args else 120)
+        except subprocess.TimeoutExpired:
+            failures.append(f"{name}: still running after 30 s instead of failing")
+            continue
         after = snapshot_tree(world["root"])
         lines = out.stderr.strip().splitlines()
         problems = []
@@ -231,6 +343,111 @@ def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) 
             problems.append(f"files changed: {changed}")
         if problems:
             failures.append(f"{name}: {'; '.join(problems)}\n    stderr: {out.stderr.strip()[:300]}")
+    busy.close()
     assert not failures, "\n".join(failures)
     for k in ("k1", "k2", "k3"):
         assert not (world["root"] / k).exists(), f"failed keygen left {k} behind"
+
+
+# ------------------------------------------------------------------ help
+
+def command_tree():  # type: ignore[no-untyped-def]
+    """Every command reachable from `alliance`, found by walking the click group tree (no hand list)."""
+    import click
+
+    from alliance_cli.main import cli as root
+
+    def walk(cmd, path):  # type: ignore[no-untyped-def]
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            for name, sub in sorted(cmd.commands.items()):
+                if not sub.hidden:
+                    yield from walk(sub, [*path, name])
+
+    return list(walk(root, []))
+
+
+def test_the_walk_finds_every_command_group_and_leaf() -> None:
+    paths = {" ".join(p) for p, _ in command_tree()}
+    for expected in ("admin init", "admin member set-quota", "admin db upgrade", "admin auditor add", "gateway serve",
+                     "member matching-key install", "member sponsor", "member reconcile", "audit report", "demo", "bench"):
+        assert expected in paths
+
+
+def test_every_command_help_has_an_example_and_every_option_a_description() -> None:
+    """`alliance … --help` for every command: an Example that runs this very
+    command, a description for every option, required options marked."""
+    import click
+    from click.testing import CliRunner
+
+    from alliance_cli.main import cli as root
+
+    runner = CliRunner()
+    failures = []
+    for path, cmd in command_tree():
+        name = " ".join(["alliance", *path])
+        result = runner.invoke(root, [*path, "--help"], prog_name="alliance", terminal_width=80)
+        text = result.output
+        problems = []
+        if result.exit_code != 0 or not text.startswith(f"Usage: {name}"):
+            problems.append(f"--help exit {result.exit_code}: {text[:200]!r}")
+        if not (cmd.help or "").strip():
+            problems.append("no description")
+        if not isinstance(cmd, click.Group):
+            example = text.partition("Example")[2]
+            if not example:
+                problems.append("no Example")
+            elif f"{name} " not in example:
+                problems.append(f"the Example does not run `{name}`")
+        ctx = click.Context(cmd, info_name=name)
+        for param in cmd.params:
+            if not isinstance(param, click.Option) or param.hidden or param.name == "help":
+                continue
+            record = param.get_help_record(ctx)
+            if not (param.help or "").strip():
+                problems.append(f"{param.opts[0]} has no description")
+            elif param.opts[0] not in text:
+                problems.append(f"{param.opts[0]} missing from --help")
+            if param.required and (record is None or "required" not in record[1]):
+                problems.append(f"{param.opts[0]} is required but not marked")
+        if problems:
+            failures.append(f"{name}: {'; '.join(problems)}")
+    assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ audit report: the purpose of every query
+
+def test_audit_report_reads_the_purpose_of_a_request_refused_before_parsing(capsys: pytest.CaptureFixture[str]) -> None:
+    """A query refused before the gateway parsed it (wrong role, unknown,
+    suspended member) is logged with purpose null but its request body: the
+    report shows the purpose the body states, or "unreadable request"."""
+
+    from alliance.v1 import alliance_pb2 as pb
+    from alliance_cli import audit_cmds
+    from alliance_member import auditor
+
+    t0 = 1_782_000_000_000  # 2026-06-21 in Asia/Shanghai
+    day = auditor.shanghai_date(t0)
+    body = pb.QueryRequestBody(query_id="ab" * 16, purpose=pb.PURPOSE_CREDIT_LIMIT_REVIEW).SerializeToString().hex()
+    no_purpose = pb.QueryRequestBody(query_id="cd" * 16).SerializeToString().hex()
+
+    def entry(i: int, **over: object) -> dict:
+        return {"querier_id": "lender-a", "received_at_ms": t0 + i, "purpose": None, "outcome": "refused",
+                "reason": "member_suspended", "request_body": None, **over}
+
+    entries = [entry(0, purpose="LOAN_APPROVAL", outcome="accepted", reason=None),
+               entry(1, request_body=body), entry(2, request_body=body),
+               entry(3, request_body="00ff" * 8),          # not a QueryRequestBody
+               entry(4, request_body="zz"),                # not even hex
+               entry(5, request_body=no_purpose),          # parses, names no purpose
+               entry(6)]                                   # too large to log: no body at all
+    [row] = auditor.report_rows(entries, day, day)
+    assert row["by_purpose"] == {"CREDIT_LIMIT_REVIEW": 2, "LOAN_APPROVAL": 1, "unreadable request": 4}
+    assert "UNPARSED" not in repr(row)
+    assert auditor.csv_row(row)["purpose_CREDIT_LIMIT_REVIEW"] == 2 and auditor.csv_row(row)["purpose_other"] == 4
+    # what `alliance audit report` prints
+    capsys.readouterr()
+    audit_cmds._report_table([row], day.isoformat(), day.isoformat())
+    text = capsys.readouterr().out
+    assert "by purpose  CREDIT_LIMIT_REVIEW 2, LOAN_APPROVAL 1, unreadable request 4" in text, text
+    assert all(len(line) <= 80 for line in text.splitlines())

@@ -35,7 +35,12 @@ def audit() -> None:
 @DB
 @JSON
 def audit_checkpoint(home: Path, db_url: str | None, as_json: bool) -> None:
-    """Fetch the signed checkpoint, prove it extends the ones kept, keep it."""
+    """Fetch the signed checkpoint, prove it extends the ones kept, keep it.
+
+    \b
+    Example:
+      alliance audit checkpoint --home auditor
+    """
     from alliance_member import auditor
 
     result = auditor.checkpoint(home)
@@ -57,7 +62,12 @@ def audit_checkpoint(home: Path, db_url: str | None, as_json: bool) -> None:
 def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int | None, witness_wait: float) -> None:
     """Rebuild the tree from every entry, check it against the signed and kept
     checkpoints, and check every entry's signatures and reasons (SPEC §6).
-    Exit 0 when all is well, 1 naming the first bad entry, 5 when unreachable."""
+    Exit 0 when all is well, 1 naming the first bad entry, 5 when unreachable.
+
+    \b
+    Example:
+      alliance audit verify --home auditor --json
+    """
     from alliance_member import auditor
 
     try:
@@ -96,7 +106,12 @@ def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int
 @JSON
 @click.option("--seq", type=click.IntRange(min=0), required=True, help="Sequence number (leaf index) of the entry.")
 def audit_prove(home: Path, db_url: str | None, as_json: bool, seq: int) -> None:
-    """Prove that entry SEQ is in the log under the current signed checkpoint."""
+    """Prove that entry SEQ is in the log under the current signed checkpoint.
+
+    \b
+    Example:
+      alliance audit prove --home auditor --seq 1042
+    """
     from alliance_member import auditor
 
     result = auditor.prove(home, seq)
@@ -117,7 +132,12 @@ def audit_prove(home: Path, db_url: str | None, as_json: bool, seq: int) -> None
 @click.option("--since", type=click.IntRange(min=0), default=0, help="Only credentials from this entry on.")
 def audit_watch(home: Path, db_url: str | None, as_json: bool, member_id: str, fingerprint: str | None, since: int) -> None:
     """List every credential issued in a member's name (as certificate
-    transparency monitors do). Exit 1 when any is an alert."""
+    transparency monitors do). Exit 1 when any is an alert.
+
+    \b
+    Example:
+      alliance audit watch --home auditor --member lender-a --fingerprint 3f2a:91c0:…:7e05
+    """
     from alliance_member import auditor
 
     alerts = auditor.watch(home, member_id, fingerprint, since=since)
@@ -147,7 +167,15 @@ def audit_watch(home: Path, db_url: str | None, as_json: bool, member_id: str, f
 def audit_report(home: Path, db_url: str | None, date_from: str, date_to: str, member: str | None, as_json: bool,
                  as_csv: bool) -> None:
     """Per member: queries by purpose, refusals by reason, quota hits, and
-    days whose volume exceeds 3x the member's median."""
+    days whose volume exceeds 3x the member's median.
+
+    A refused request the gateway could not read (its body does not parse)
+    is counted under the purpose "unreadable request".
+
+    \b
+    Example:
+      alliance audit report --home auditor --from 2026-06-01 --to 2026-06-30 --csv
+    """
     from alliance_member import auditor
 
     if as_json and as_csv:

@@ -80,6 +80,19 @@ def _check_host_port(flag: str, value: str) -> None:
         raise UsageError(f"{flag} must be host:port with a port 1-65535, not {value!r}")
 
 
+def _check_peer(flag: str, member_id: str, fingerprint: str) -> None:
+    """A peer's id and fingerprint are checked before anything is sent: a
+    typo is a clear error (2 for the id, 3 for the fingerprint), not a
+    network failure or a refusal from afar."""
+    from alliance import pki
+
+    try:
+        pki.check_member_id(member_id)
+    except AllianceError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    pki.parse_fingerprint(fingerprint)
+
+
 def _date(value: str | None) -> date | None:
     return None if value is None else parse_day(value, "--as-of")
 
@@ -99,9 +112,11 @@ def admin() -> None:
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="Address the gateway listens on.")
 @click.option("--endpoint", default=None, help="host:port members use to reach the gateway (default: --listen).")
 @click.option("--host", "hosts", multiple=True, help="Extra host names for the gateway certificate.")
-@click.option("--default-quota", type=click.IntRange(min=0), default=10_000, show_default=True)
+@click.option("--default-quota", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Daily query quota of a member admitted without --quota.")
 @click.option("--k", "k_min", type=click.IntRange(min=2), default=2, show_default=True, help="Minimum members in any sum.")
-@click.option("--deadline-ms", type=click.IntRange(min=50), default=2000, show_default=True)
+@click.option("--deadline-ms", type=click.IntRange(min=50), default=2000, show_default=True,
+              help="How long the gateway waits for members' answers, in milliseconds.")
 @click.option("--local", is_flag=True, help="Local/demo alliance on one machine: localhost and 127.0.0.1 in every certificate.")
 @PASSPHRASE
 def admin_init(home: Path, db_url: str | None, gateway_home: Path | None, alliance_name: str, listen: str,
@@ -110,7 +125,13 @@ def admin_init(home: Path, db_url: str | None, gateway_home: Path | None, allian
     """Create the alliance CA, gateway and log keys, and the registry database.
 
     The CA key is encrypted with the passphrase from --passphrase-file or
-    $ALLIANCE_CA_PASSPHRASE when one is given."""
+    $ALLIANCE_CA_PASSPHRASE when one is given.
+
+    \b
+    Example:
+      alliance admin init --home admin --gateway-home gw --listen 0.0.0.0:50051 \\
+          --endpoint gw.example:50051 --passphrase-file ca-pass.txt
+    """
     from alliance_gateway import admin as admin_ops
 
     passphrase = _ca_passphrase(passphrase_file)
@@ -148,7 +169,15 @@ def _admin(home: Path, db_url: str | None, passphrase_file: Path | None = None, 
 @PASSPHRASE
 def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, quota: int | None,
                      passphrase_file: Path | None) -> None:
-    """Check a join request and issue the member's credential."""
+    """Check a join request and issue the member's credential.
+
+    Compare the fingerprint it prints with the one the member read out to
+    you (`alliance member keygen` printed it) before handing the bundle over.
+
+    \b
+    Example:
+      alliance admin member add --home admin --request join-request.bin --out lender-b.bundle
+    """
     bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), daily_quota=quota, expected_role="member")
     out_file.write_bytes(bundle)
     click.echo(f"credential bundle written to {out_file}; hand it to the member for `alliance member join`")
@@ -177,9 +206,14 @@ def admin_member_list(home: Path, db_url: str | None, as_json: bool, wide: bool)
 @HOME
 @DB
 @click.argument("member_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def admin_member_show(home: Path, db_url: str | None, member_id: str, as_json: bool) -> None:
-    """Show one member."""
+    """Show one member: status, quota, endpoint, whole key fingerprint.
+
+    \b
+    Example:
+      alliance admin member show --home admin lender-b
+    """
     row = _admin(home, db_url).show(member_id)
     if as_json:
         output.echo_json(row)
@@ -215,13 +249,18 @@ _status_command("revoke", "revoked", "Revoke a member for good (asks first; --ye
                 "\b\nExample:\n  alliance admin member revoke --home admin lender-b --yes", confirm=True)
 
 
-@admin_member.command("set-quota")
+@admin_member.command("set-quota", context_settings={"ignore_unknown_options": True})
 @HOME
 @DB
 @click.argument("member_id")
 @click.argument("daily_quota", type=click.IntRange(min=0))
 def admin_member_set_quota(home: Path, db_url: str | None, member_id: str, daily_quota: int) -> None:
-    """Set a member's daily query quota."""
+    """Set a member's daily query quota (DAILY_QUOTA queries a day, 0 stops it querying).
+
+    \b
+    Example:
+      alliance admin member set-quota --home admin lender-b 20000
+    """
     _admin(home, db_url).set_quota(member_id, daily_quota)
     click.echo(f"{member_id}: daily quota {daily_quota}")
 
@@ -238,7 +277,10 @@ def admin_policy() -> None:
 def admin_policy_show(home: Path, db_url: str | None, as_json: bool) -> None:
     """Show the policy in force.
 
-    Example: alliance admin policy show --home admin"""
+    \b
+    Example:
+      alliance admin policy show --home admin
+    """
     policy = _admin(home, db_url).policy_show().to_json()
     if as_json:
         output.echo_json(policy)
@@ -246,7 +288,7 @@ def admin_policy_show(home: Path, db_url: str | None, as_json: bool) -> None:
         output.key_values({k: ("on" if v is True else "off" if v is False else v) for k, v in policy.items()})
 
 
-@admin_policy.command("set")
+@admin_policy.command("set", context_settings={"ignore_unknown_options": True})
 @HOME
 @DB
 @click.argument("key", type=click.Choice(["max_book_age_days", "monitoring", "monitoring_quota"]))
@@ -277,7 +319,10 @@ def admin_db_upgrade(home: Path, db_url: str | None, passphrase_file: Path | Non
     """Bring a v1 registry and log to v2 (SPEC §6.4): new tables, and a
     `v2_started` entry after which the v2 rules apply. Safe to run twice.
 
-    Example: alliance admin db upgrade --home admin"""
+    \b
+    Example:
+      alliance admin db upgrade --home admin --passphrase-file ca-pass.txt
+    """
     result = _admin(home, db_url, passphrase_file, signs=True).upgrade_db()
     if result["already_v2"]:
         click.echo(f"already v2: the log's v2_started entry is {result['v2_started_seq']}")
@@ -295,11 +340,18 @@ def admin_auditor() -> None:
 @admin_auditor.command("add")
 @HOME
 @DB
-@click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--request", "request_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="join-request.bin from `alliance member keygen --role auditor`.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the auditor's credential bundle.")
 @PASSPHRASE
 def admin_auditor_add(home: Path, db_url: str | None, request_file: Path, out_file: Path, passphrase_file: Path | None) -> None:
-    """Issue an auditor credential from an auditor's join request."""
+    """Issue an auditor credential from an auditor's join request.
+
+    \b
+    Example:
+      alliance admin auditor add --home admin --request auditor/join-request.bin --out auditor.bundle
+    """
     bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), expected_role="auditor")
     out_file.write_bytes(bundle)
     click.echo(f"auditor credential bundle written to {out_file}")
@@ -315,10 +367,15 @@ def gateway() -> None:
 @gateway.command("serve")
 @HOME
 @DB
-@click.option("--listen", default=None, help="Override the configured listen address.")
+@click.option("--listen", default=None, metavar="HOST:PORT", help="Override the configured listen address.")
 @METRICS_LISTEN
 def gateway_serve(home: Path, db_url: str | None, listen: str | None, metrics_listen: str | None) -> None:
-    """Run the gateway (needs the gateway home only, never the CA key)."""
+    """Run the gateway (needs the gateway home only, never the CA key).
+
+    \b
+    Example:
+      alliance gateway serve --home gw --listen 0.0.0.0:50051 --metrics-listen 127.0.0.1:9101
+    """
     from alliance_gateway.server import serve
 
     serve(home, db_url=db_url, listen=listen, on_ready=lambda port: click.echo(f"gateway serving on port {port}", err=True),
@@ -337,7 +394,8 @@ def member() -> None:
 @DB
 @click.option("--id", "member_id", required=True, help="Member id, e.g. lender-a.")
 @click.option("--name", required=True, help="Legal name of the platform.")
-@click.option("--role", type=click.Choice(["member", "auditor"]), default="member", show_default=True)
+@click.option("--role", type=click.Choice(["member", "auditor"]), default="member", show_default=True,
+              help="member (a lender) or auditor (reads the audit log only).")
 @click.option("--endpoint", default="", help="host:port where the gateway reaches this member node  [required for --role member].")
 @click.option("--listen", default=None, help="host:port the member node listens on (default: --endpoint).")
 @click.option("--gateway", "gateway_endpoint", default="127.0.0.1:50051", show_default=True, help="host:port of the alliance gateway.")
@@ -373,7 +431,12 @@ def member_keygen(home: Path, db_url: str | None, member_id: str, name: str, rol
 @member.command("rotate-keys")
 @HOME
 def member_rotate_keys(home: Path) -> None:
-    """Start a key rotation: new keys and a join request endorsed by the current key."""
+    """Start a key rotation: new keys and a join request endorsed by the current key.
+
+    \b
+    Example:
+      alliance member rotate-keys --home m
+    """
     from alliance_member import onboarding
 
     result = onboarding.rotate_keys(home)
@@ -384,9 +447,15 @@ def member_rotate_keys(home: Path) -> None:
 
 @member.command("join")
 @HOME
-@click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--bundle", "bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The credential bundle from `alliance admin member add`.")
 def member_join(home: Path, bundle_file: Path) -> None:
-    """Install the credential issued by the admin."""
+    """Install the credential issued by the admin.
+
+    \b
+    Example:
+      alliance member join --home m --bundle lender-a.bundle
+    """
     from alliance_member import onboarding
 
     body = onboarding.join(home, bundle_file.read_bytes())
@@ -400,9 +469,15 @@ def member_matching_key() -> None:
 
 @member_matching_key.command("create")
 @HOME
-@click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Key epoch (a new epoch replaces the key alliance-wide).")
 def matching_key_create(home: Path, epoch: int) -> None:
-    """Founding member: create the matching key; publish its check value."""
+    """Founding member: create the matching key; publish its check value.
+
+    \b
+    Example:
+      alliance member matching-key create --home m
+    """
     from alliance import matching_key as mk_lib
     from alliance_member import onboarding
 
@@ -422,7 +497,12 @@ def matching_key_create(home: Path, epoch: int) -> None:
 @member_matching_key.command("announce")
 @HOME
 def matching_key_announce(home: Path) -> None:
-    """Founding member: log matching_key_created for the installed key (SPEC §6.4, after an upgrade)."""
+    """Founding member: log matching_key_created for the installed key (SPEC §6.4, after an upgrade).
+
+    \b
+    Example:
+      alliance member matching-key announce --home m
+    """
     from alliance_member import onboarding
 
     entry = onboarding.announce_matching_key(home)
@@ -431,12 +511,18 @@ def matching_key_announce(home: Path) -> None:
 
 @member_matching_key.command("share")
 @HOME
-@click.option("--to", "recipient_id", required=True)
+@click.option("--to", "recipient_id", required=True, help="The newcomer's member id.")
 @click.option("--fingerprint", required=True, help="The newcomer's fingerprint, confirmed out of band.")
 def matching_key_share(home: Path, recipient_id: str, fingerprint: str) -> None:
-    """Encrypt the matching key to a newcomer and hand it to the gateway to relay."""
+    """Encrypt the matching key to a newcomer and hand it to the gateway to relay.
+
+    \b
+    Example:
+      alliance member matching-key share --home m --to lender-d --fingerprint 3f2a:91c0:…:7e05
+    """
     from alliance_member import onboarding
 
+    _check_peer("--to", recipient_id, fingerprint)
     onboarding.share_matching_key(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
     click.echo(f"sponsored {recipient_id} in the log, then shared the matching key with it")
 
@@ -452,22 +538,34 @@ def member_sponsor(home: Path, recipient_id: str, fingerprint: str) -> None:
     as a member_sponsored entry, and checked to be in the log. Used when
     upgrading from v1 (sponsor the peers you already pinned) or to vouch for
     a member you already know.
+
+    \b
+    Example:
+      alliance member sponsor --home m --to lender-d --fingerprint 3f2a:91c0:…:7e05
     """
     from alliance_member import onboarding
 
+    _check_peer("--to", recipient_id, fingerprint)
     _, entry = onboarding.sponsor(home, recipient_id=recipient_id, recipient_fingerprint=fingerprint)
     click.echo(f"sponsored {recipient_id} (log entry {entry['seq']}, membership_seq {entry['membership_seq']})")
 
 
 @member_matching_key.command("install")
 @HOME
-@click.option("--from", "sender_id", required=True)
+@click.option("--from", "sender_id", required=True, help="Member id of the member who shared the key.")
 @click.option("--fingerprint", required=True, help="The sender's fingerprint, confirmed out of band.")
 @click.option("--check-value", required=True, help="The key's check value published by the founding member.")
 def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_value: str) -> None:
-    """Newcomer: fetch, check and install the matching key."""
+    """Newcomer: fetch, check and install the matching key.
+
+    \b
+    Example:
+      alliance member matching-key install --home m --from lender-a --fingerprint 9c41:0b7e:…:d2a8 \\
+          --check-value 4b9d:3189:ca05:6c1f
+    """
     from alliance_member import onboarding
 
+    _check_peer("--from", sender_id, fingerprint)
     mk = onboarding.install_matching_key(home, sender_id=sender_id, sender_fingerprint=fingerprint, check_value=check_value)
     click.echo(f"matching key epoch {mk.epoch} installed")
 
@@ -475,17 +573,22 @@ def matching_key_install(home: Path, sender_id: str, fingerprint: str, check_val
 @member.command("serve")
 @HOME
 @DB
-@click.option("--listen", default=None)
+@click.option("--listen", default=None, metavar="HOST:PORT", help="Override the listen address given at keygen.")
 @click.option("--webhook", default=None, metavar="URL",
               help="POST each alert (e.g. applied_elsewhere) as JSON to URL, from a background worker with retries; "
                    "never delays an answer.")
 @METRICS_LISTEN
 def member_serve(home: Path, db_url: str | None, listen: str | None, webhook: str | None, metrics_listen: str | None) -> None:
-    """Run the member node.
+    """Run the member node: answers the gateway's questions from this member's book.
 
     After each answer is sent, a LOAN_APPROVAL query or precheck about one of
     your ACTIVE borrowers raises an applied_elsewhere alert (`member alerts`);
-    the querier is never named."""
+    the querier is never named.
+
+    \b
+    Example:
+      alliance member serve --home m --listen 0.0.0.0:7001 --webhook https://alerts.example/hook
+    """
     from alliance_member.server import serve
 
     if webhook is not None:
@@ -719,11 +822,18 @@ def member_screen(home: Path, db_url: str | None, input_file: Path, purpose: str
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="One folder per member with loans.csv, flags.csv, scores.csv (replaces the synthetic data).")
 @click.option("--keep-running", is_flag=True, help="Leave the alliance up until SIGTERM or SIGINT.")
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the endpoints and homes as JSON here once everything is serving (SPEC §7).")
 @click.option("--home", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to build the alliance (default: a temporary directory).")
 def demo_command(data_dir: Path | None, keep_running: bool, state_file: Path | None, work_dir: Path | None) -> None:
-    """Build a throw-away local alliance and run example queries."""
+    """Build a throw-away local alliance and run example queries.
+
+    \b
+    Example:
+      alliance demo
+      alliance demo --data mydata --keep-running --state-file state.json
+    """
     from alliance_cli import demo
 
     demo.run(data_dir=data_dir, keep_running=keep_running, state_file=state_file, work_dir=work_dir, echo=click.echo)
@@ -746,12 +856,15 @@ def _member_counts(text: str) -> list[int]:
 
 @cli.command("bench")
 @click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts, each at least 3.")
-@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Queries timed per member count.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Queries in flight at once.")
+@click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Queries timed for the naive-phe baseline.")
 @click.option("--masks", "mask_mode", type=click.Choice(["djn", "plain"]), default="djn", show_default=True,
               help="Member mask form: DJN short-exponent tables, or plain r^n for comparison.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Also print the results as one JSON object.")
 def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, mask_mode: str, as_json: bool) -> None:
     """Benchmark query latency and throughput against the naive-phe baseline.
 

@@ -26,7 +26,12 @@ def reconcile_command(ctx: click.Context, home: Path, db_url: str | None, since:
 
     Exit 0 when every journalled answer is reconciled; exit 1 naming each
     answer missing from the log, with the nearest gateway restart before and
-    after it (a crash between fan-out and commit, or an off-the-record query)."""
+    after it (a crash between fan-out and commit, or an off-the-record query).
+
+    \b
+    Example:
+      alliance member reconcile --home m --since 2026-06-01
+    """
     from alliance_member.reconcile import reconcile_home
 
     since_ms = 0
