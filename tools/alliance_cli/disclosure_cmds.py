@@ -68,7 +68,12 @@ def audit_monthly_report(home: Path, db_url: str | None, month: str, html_file: 
     """The alliance's monthly operations report, from the audit log alone:
     every disclosure's signature checked (exit 1 naming the entry when one
     fails), per-member figures, totals, change against the previous month,
-    members who did not disclose, query activity, charts."""
+    members who did not disclose, query activity, charts.
+
+    \b
+    Example:
+      alliance audit monthly-report --home auditor --month 2026-11 --html report-2026-11.html
+    """
     from alliance import monthly_report_render as render
     from alliance._internal.files import write_atomic
     from alliance_member import monthly_report
