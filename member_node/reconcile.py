@@ -329,6 +329,8 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
     home.require_joined()
     own = pki.verify_credential(home.credential.read_bytes(), pki.load_cert_pem(home.ca_cert))
     verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
+    if engine is None and db_url is None and cfg.db_url is None and not home.default_db.exists():
+        return Result(checked=0, reconciled=0, missing=[], tree_size=0)  # this node never answered: nothing to check, nothing to create
     owns_engine = engine is None
     if engine is None:
         engine = db.make_engine(home.db_url(db_url))
