@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from alliance import audit_entry
+from alliance import audit_entry, log_rules
 from alliance.errors import UsageError
 from alliance.policy import Policy
 from alliance.audit_verify.fields import Bad, field, time_ms
@@ -20,30 +20,31 @@ V2_KINDS = frozenset(audit_entry.V2_KINDS)  # only in "v": 2 entries
 NOT_MEMBERSHIP = frozenset(audit_entry.KINDS) - frozenset(audit_entry.MEMBERSHIP_KINDS)
 MIN_K = 2  # SPEC §4: no sum over fewer than two members
 
-QUOTA_RULE = "fanned_out"
-MAX_FRESHNESS_MS = 60_000  # SPEC §5.4: the gateway's window is ±60 s
-MIN_PIN_MS = 86_400_000  # SPEC §5.3: a pin lasts 24 hours after the latest report
+# The bounds the gateway enforces, from the one place both sides read them (alliance/log_rules.py).
+QUOTA_RULE = log_rules.QUOTA_RULE
+MAX_FRESHNESS_MS = log_rules.GATEWAY_FRESHNESS_MS  # SPEC §5.4: the gateway's window is ±60 s
+MIN_PIN_MS = log_rules.PIN_MS  # SPEC §5.3: a pin lasts 24 hours after the latest report
 MAX_DEADLINE_MS = 60_000  # bounds on the stated waits: they widen the slack of the time and quota rules
 MAX_LOCK_TIMEOUT_MS = 60_000
 
-MAX_BODY_BYTES = 4096
-SIGNATURE_BYTES = 64
-TOKEN_BYTES = 32
+MAX_BODY_BYTES = log_rules.MAX_BODY_BYTES
+SIGNATURE_BYTES = log_rules.SIGNATURE_BYTES
+TOKEN_BYTES = log_rules.TOKEN_BYTES
 FIELD_BOUNDS = {  # field: (shortest, longest) allowed length in bytes
     "request_body": (0, MAX_BODY_BYTES),
     "request_signature": (SIGNATURE_BYTES, SIGNATURE_BYTES),
     "subject_token": (TOKEN_BYTES, TOKEN_BYTES),
 }
-ENTRY_BYTES = 16_384
-ENTRY_BYTES_PER_ASKED = 1_024
-MAX_DETAIL_CHARS = 512
-MAX_DROPPED_REASON_CHARS = 300
+ENTRY_BYTES = log_rules.MAX_ENTRY_BYTES
+ENTRY_BYTES_PER_ASKED = log_rules.MAX_ENTRY_BYTES_PER_MEMBER
+MAX_DETAIL_CHARS = log_rules.MAX_DETAIL_CHARS
+MAX_DROPPED_REASON_CHARS = log_rules.MAX_DROP_REASON_CHARS
 
 MEMBERSHIP_SLACK_MS = 5_000  # the "+ 5 s" of the membership time rule
 MAX_AHEAD_OF_VERIFIER_MS = 5 * 60_000
 QUOTA_LOOKAHEAD_MS = 5_000  # fanned-out entries received up to 5 s after a quota refusal count for it
 RECENT_MARGIN_MS = 10_000  # quota refusals in the newest deadline_ms + 10 s are left unverified
-SUPPRESSION_WINDOW_MS = 60_000  # one refusals_suppressed entry per peer per minute
+SUPPRESSION_WINDOW_MS = log_rules.SUPPRESSED_FLUSH_MS  # one refusals_suppressed entry per peer per minute
 
 
 @dataclass(frozen=True)
