@@ -157,7 +157,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli("admin", "member", "add", "--home", str(admin), "--request", str(gone / "join-request.bin"),
                "--out", str(root / "c.bundle")).returncode == 0
     assert cli("admin", "member", "revoke", "--home", str(admin), "lender-c", "--yes").returncode == 0
-    # its database exists, as after any earlier use (a first reconcile creates member.db before it reaches the gateway)
+    # a node that never answered has nothing to reconcile: exit 0, and no database is made for it
+    assert cli(*DEAD_GATEWAY, "member", "reconcile", "--home", str(joined)).returncode == 0
+    assert not (joined / "member.db").exists()
+    # then its database exists, as after any use; now reconcile needs the gateway
+    from alliance import db
+    from alliance_member import store
+    engine = db.make_engine(db.sqlite_url(joined / "member.db"))
+    store.create_schema(engine)
+    engine.dispose()
     assert cli(*DEAD_GATEWAY, "member", "reconcile", "--home", str(joined)).returncode == 5
     assert cli("member", "keygen", "--home", str(aud), "--id", "auditor-1", "--name", "Auditor", "--role", "auditor").returncode == 0
     assert cli("admin", "auditor", "add", "--home", str(admin), "--request", str(aud / "join-request.bin"),
