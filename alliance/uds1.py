@@ -701,7 +701,7 @@ def _json_row_with_problems(rows: _RowBuilder, line: int, obj: object) -> RowRes
     problems = {key: "appears more than once in the object" for key in getattr(obj, "repeated", ())}
     for key in obj:
         if key not in fields:
-            problems[key] = "is not a UDS-1 field"
+            problems[key or '""'] = "is not a UDS-1 field"  # an empty key is named as such, never as an empty field
     texts = []
     for field in fields:
         value = obj.get(field)

@@ -56,7 +56,7 @@ _COMMON = dict(
     deadline=timedelta(seconds=5),
     print_blob=True,
 )
-settings.register_profile("ci", max_examples=1000, derandomize=False, database=None, **_COMMON)
+settings.register_profile("ci", max_examples=1000, derandomize=True, database=None, **_COMMON)
 settings.register_profile("dev", max_examples=int(os.environ.get("FUZZ_EXAMPLES", "100")), **_COMMON)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
 FUZZ = settings(settings.get_profile(PROFILE))

@@ -676,3 +676,13 @@ def test_memory_stays_flat(tmp_path: Path, fmt: str) -> None:
 def test_row_result_shape() -> None:
     result = uds1.RowResult(3, {"a": "b"}, None, [])
     assert (result.line, result.raw, result.record, result.errors) == (3, {"a": "b"}, None, [])
+
+
+def test_a_jsonl_row_with_an_empty_key_names_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Found by the fuzzer: an empty JSON key must be reported by a visible name, not an empty field."""
+    from alliance import uds1 as _uds1
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"loan_id": "L1", "": "PERSON"}\n', encoding="utf-8")
+    errors = [e for row in _uds1.iter_rows(path, "loans") for e in row.errors]
+    assert any(e.field == '""' and e.reason == "is not a UDS-1 field" for e in errors)
+    assert all(e.field for e in errors)
