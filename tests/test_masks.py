@@ -21,24 +21,7 @@ from alliance import paillier as P
 from alliance.errors import CryptoError
 
 
-@pytest.fixture(scope="module")
-def keys() -> tuple[P.PaillierPublicKey, P.PaillierPrivateKey]:
-    return P.generate_keypair(2048)
-
-
-@pytest.fixture(scope="module")
-def pk(keys):
-    return keys[0]
-
-
-@pytest.fixture(scope="module")
-def sk(keys):
-    return keys[1]
-
-
-@pytest.fixture(scope="module")
-def ref_sk(sk) -> phe.PaillierPrivateKey:
-    return phe.PaillierPrivateKey(phe.PaillierPublicKey(sk.p * sk.q), sk.p, sk.q)
+from tests.test_paillier import keys, pk, ref_sk, sk  # noqa: E402,F401 - one key pair and reference decryptor per module
 
 
 @pytest.fixture(scope="module")
