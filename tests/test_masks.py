@@ -14,7 +14,6 @@ import time
 
 import gmpy2
 import pytest
-from phe import paillier as phe
 
 from alliance import masks as M
 from alliance import paillier as P
