@@ -3,6 +3,7 @@ SQLAlchemy URL (PostgreSQL via psycopg) is accepted."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -57,3 +58,14 @@ def _sqlite_pragmas_durable(dbapi_conn, record) -> None:  # type: ignore[no-unty
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def insert_ignoring_conflicts(engine: Engine, table: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING on either backend: for rows that
+    another process (a `member serve` beside a CLI command on one database)
+    may have written first with the same content."""
+    if is_postgres(engine):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    return sqlite_insert(table).on_conflict_do_nothing()

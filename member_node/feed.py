@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, MetaData, String, Table, Text, insert, select, update
 
-from alliance import audit_entry, checkpoint, merkle, trust
+from alliance import audit_entry, checkpoint, db, merkle, trust
 from alliance.errors import CryptoError
 from alliance.v1 import alliance_pb2 as pb
 
@@ -194,17 +194,30 @@ class MembershipFeed:
                 raise self._fail(f"the feed is incomplete: the checkpoint counts {count} membership entries, {expected} were served")
             now_ms = int(self.clock() * 1000)
             witnessed = None if accepted.witnessed_at_s is None else int(accepted.witnessed_at_s * 1000)
-            with self.engine.begin() as conn:
-                if new:
-                    conn.execute(insert(membership_feed), [{"membership_seq": m, "seq": i, "data": d} for m, i, d, _ in new])
-                values = dict(checkpoint=accepted.note, size=accepted.checkpoint.size, membership_count=count,
-                              verified_at_ms=now_ms, witnessed_at_ms=witnessed)
-                if state is None:
-                    conn.execute(insert(feed_state).values(id=1, **values))
-                else:
-                    conn.execute(update(feed_state).where(feed_state.c.id == 1).values(**values))
+            values = dict(checkpoint=accepted.note, size=accepted.checkpoint.size, membership_count=count,
+                          verified_at_ms=now_ms, witnessed_at_ms=witnessed)
+            self._store(new, values)
             self._check_own_name([entry for *_, entry in new], alerts)
             return len(new)
+
+    def _store(self, new: list[tuple[int, int, bytes, dict[str, Any]]], values: dict[str, Any]) -> None:
+        """Write the proven entries and the new state in one transaction.
+
+        Another process on the same database (`member serve` beside a CLI
+        command) may have stored some of the same entries first: those rows
+        must then be byte-identical to ours (anything else is a fork, and
+        nothing is written), and a newer state it stored is never rolled back."""
+        with self.engine.begin() as conn:
+            if new:
+                conn.execute(db.insert_ignoring_conflicts(self.engine, membership_feed),
+                             [{"membership_seq": m, "seq": i, "data": d} for m, i, d, _ in new])
+                stored = {row.membership_seq: (row.seq, bytes(row.data)) for row in conn.execute(
+                    select(membership_feed).where(membership_feed.c.membership_seq.between(new[0][0], new[-1][0])))}
+                for m, i, d, _ in new:
+                    if stored.get(m) != (i, d):
+                        raise self._fail(f"membership entry {m} is stored differently by another process on this database")
+            conn.execute(db.insert_ignoring_conflicts(self.engine, feed_state).values(id=1, **values))
+            conn.execute(update(feed_state).where(feed_state.c.id == 1, feed_state.c.size <= values["size"]).values(**values))
 
     def _prove_consistent(self, src: FeedSource, kept: checkpoint.Checkpoint | None, cp: checkpoint.Checkpoint, alerts: Any) -> None:
         if kept is None or kept.size == 0:

@@ -259,3 +259,50 @@ def test_an_altered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: 
     with pytest.raises(feed_mod.FeedError, match="inclusion|root|proof"):
         feed.refresh()
     assert feed.view().members["mq"].status == "active"  # the altered entry never became the view
+
+
+def _second_follower(feed: feed_mod.MembershipFeed) -> feed_mod.MembershipFeed:
+    """Another process on the same member database (`member serve` beside a
+    CLI command): its own engine, its own in-process lock."""
+    return feed_mod.MembershipFeed(db.make_engine(str(feed.engine.url)), feed.source, feed.policy, member_id=feed.member_id,
+                                   own_fingerprints=feed.own_fingerprints, clock=feed.clock)
+
+
+def test_two_processes_refreshing_one_database_both_succeed_and_agree(alliance) -> None:  # type: ignore[no-untyped-def]
+    """Both proved the same new entries before either wrote (the race CI hit:
+    UNIQUE constraint failed: membership_feed.seq); the second writer must
+    keep the first one's rows, not crash, and not roll the state back."""
+    service, members, feed, member, _, _ = alliance
+    other = _second_follower(feed)
+    status(service, "mq", "member_revoked")
+    status(service, "mc", "member_suspended")
+    real_store = feed._store
+    feed._store = lambda new, values: (other.refresh(), real_store(new, values))[1]  # the other writes first
+    feed.refresh()
+    with feed.engine.connect() as conn:
+        rows = conn.execute(feed_mod.select(feed_mod.membership_feed).order_by(feed_mod.membership_feed.c.membership_seq)).all()
+        state = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
+    assert [r.membership_seq for r in rows] == list(range(len(rows)))
+    assert state.membership_count == len(rows) and state.size == service.log.signed_checkpoint()[0]
+    assert refused(member, members["mq"]) == "member_inactive"
+    other.engine.dispose()
+
+
+def test_a_row_stored_differently_by_another_process_is_a_fork_and_nothing_is_written(alliance) -> None:  # type: ignore[no-untyped-def]
+    service, _, feed, _, _, _ = alliance
+    status(service, "mq", "member_revoked")
+    with feed.engine.connect() as conn:
+        before = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
+        held = before.membership_count
+    real_store = feed._store
+
+    def other_process_wrote_something_else(new, values):  # type: ignore[no-untyped-def]
+        with feed.engine.begin() as conn:
+            conn.execute(feed_mod.insert(feed_mod.membership_feed).values(membership_seq=held, seq=new[0][1], data=b"{}"))
+        return real_store(new, values)
+
+    feed._store = other_process_wrote_something_else
+    with pytest.raises(feed_mod.FeedError, match="stored differently"):
+        feed.refresh()
+    with feed.engine.connect() as conn:
+        assert conn.execute(feed_mod.select(feed_mod.feed_state)).one() == before
