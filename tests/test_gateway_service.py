@@ -264,7 +264,6 @@ def test_registry_sees_a_member_added_by_another_process_at_once(members, db_url
             credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
             fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
             paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=3, updated_at_ms=0))
-    time.sleep(0.06)
-    record = registry.get("mq")
+    record = registry.get("mq")  # at once: no rate limit on a miss (the CI failure of test_fake_member_…)
     assert record is not None and record.ed25519_public_key == m.body.ed25519_public_key
     engine.dispose()
