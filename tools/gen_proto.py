@@ -50,7 +50,7 @@ def main() -> int:
             or not filecmp.cmp(Path(tmp) / "alliance/v1" / name, ROOT / "alliance/v1" / name, shallow=False)
         ]
     if stale:
-        print("stale generated stubs: " + ", ".join(stale) + " (run `make proto`)", file=sys.stderr)
+        print("stale generated stubs: " + ", ".join(stale) + " (run `./dev proto`)", file=sys.stderr)
         return 1
     return 0
 
