@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, MetaData, String, Table, Text, func, insert, select, update
 
 from alliance import audit_entry, checkpoint, db, merkle, trust, witness_quorum
-from alliance.errors import CryptoError
+from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
 
 log = logging.getLogger("alliance.member.feed")
@@ -257,7 +257,13 @@ class MembershipFeed:
         get = getattr(src, "witnessed_checkpoints", None)
         if get is None:
             return
-        newest, per_witness = get()
+        try:
+            newest, per_witness = get()
+        except CryptoError:
+            raise
+        except AllianceError as exc:  # the latest view moved; the witnessed one waits for the next refresh
+            log.warning("witnessed checkpoints not read: %s", exc)
+            return
         kept = self._witnessed_state()
         candidates = []
         for note in dict.fromkeys([newest, *per_witness]):
