@@ -392,11 +392,15 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
 
 
 def _witnessed(home: Any, client: Any, engine: Engine) -> Witnessed | None:
-    """The member's newest checkpoint with a witness quorum: its membership
-    feed, brought up to date, keeps it (MembershipFeed.policy)."""
     from alliance_member import onboarding
 
-    feed = onboarding.open_feed(home, client, engine=engine)
+    return witnessed_of(onboarding.open_feed(home, client, engine=engine))
+
+
+def witnessed_of(feed: Any) -> Witnessed | None:
+    """The member's newest checkpoint with a witness quorum, which its
+    membership feed, brought up to date, keeps (MembershipFeed.policy) —
+    never the latest log-signed one."""
     feed.refresh()
     return feed.witnessed_checkpoint()
 

@@ -171,3 +171,39 @@ def test_a_fork_cosigned_by_a_quorum_but_not_a_prefix_of_the_latest_is_refused_a
     with pytest.raises(feed_mod.FeedError, match="not consistent|two different"):
         feed.refresh()
     assert alerts.list_alerts(feed.engine, kinds=("inconsistent_checkpoint",))
+
+
+def test_member_reconcile_works_under_the_feeds_witnessed_checkpoint_not_the_latest(alliance, ca) -> None:  # type: ignore[no-untyped-def]
+    """What `member reconcile` reconciles under: the checkpoint the feed kept
+    with a quorum, even when the log (and the feed's latest view) moved past it."""
+    from alliance_member import reconcile as rec
+
+    service, members, feed, _, source, _ = alliance
+    kept = feed.witnessed_checkpoint()
+    source.cosigners = ("mb",)  # no quorum for anything newer
+    status(service, "mc", "member_suspended")
+    got = rec.witnessed_of(feed)
+    assert got == kept and got is not None
+    latest = checkpoint.Checkpoint.parse(service.log.signed_checkpoint()[1].split("\n\n")[0] + "\n")
+    assert got[0].size < latest.size
+
+
+def test_a_root_the_member_confirmed_out_of_band_needs_no_witness(alliance, ca) -> None:  # type: ignore[no-untyped-def]
+    """A credential whose fingerprint ma confirmed itself (`share`/`install`)
+    is trusted on the latest view (docs/audit-log.md: without it a founder
+    could never hand the key to the first newcomers); one that only a
+    sponsorship in the log vouches for waits for the witnesses."""
+    from alliance import trust
+
+    service, members, feed, member, source, _ = alliance
+    mr, mx = fresh(ca, "mr"), fresh(ca, "mx")
+    admit(service, members, mr, sponsor=None)
+    admit(service, members, mx)
+    feed_mod.add_root(feed.engine, mr.member_id, trust.fingerprint_of(mr.body), "share")
+    source.cosigners = ()
+    feed.refresh()
+    assert ask(member, mr).member_id == "ma"
+    assert refused(member, mx) == "not_witnessed"
+    status(service, mr.member_id, "member_suspended")  # the latest view's refusals act at once, for roots too
+    feed.refresh()
+    assert refused(member, mr) == "member_inactive"
