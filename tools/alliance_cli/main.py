@@ -46,6 +46,8 @@ class AllianceGroup(click.Group):
         except AllianceError as exc:
             click.echo(f"alliance: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            _stdout_gone()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
@@ -887,10 +889,24 @@ from alliance_cli.disclosure_cmds import audit_monthly_report, member_disclose; 
 from alliance_cli import monitor_cmds; monitor_cmds.register(member)  # noqa: E402,E702
 
 
+def _stdout_gone() -> None:
+    """Whoever read stdout went away (`alliance admin member list | head -3`):
+    stop quietly with the status of a tool SIGPIPE ended (128 + 13), not an
+    "internal error"; stdout is pointed at /dev/null so that the final flush
+    cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(141)
+
+
 def main() -> None:
     """Usage errors too are one line on stderr (SPEC §7), with where to find help."""
     try:
         code = cli.main(prog_name="alliance", standalone_mode=False)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at interpreter exit
+    except BrokenPipeError:
+        _stdout_gone()
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())
         ctx = getattr(exc, "ctx", None)
