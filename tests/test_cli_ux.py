@@ -568,3 +568,23 @@ def test_a_reader_that_goes_away_is_no_internal_error(world: dict[str, Path]) ->
         proc.wait(60)
         assert err == "", (args, err)
         assert proc.returncode == 141, (args, proc.returncode)
+
+
+def test_the_human_report_starts_with_the_whole_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC §7: a one-line summary, not folded at 80 columns (as `alliance
+    member query … | head -1` or a narrow terminal would otherwise get it)."""
+    from alliance_cli import output
+
+    r = blank_report(lenders_with_active_loans=2, active_loans=5, outstanding_balance_fen=46_951_105,
+                     lenders_with_overdue=1, overdue_loans=1, overdue_amount_fen=120_000, dpd_1_30=1,
+                     lenders_flagging_fraud=2)
+    expected = ("borrows at 2 other lenders: 5 active loans, ¥469,511.05 outstanding; "
+                "1 loan 1–30 days overdue; flagged for fraud by 2 lenders")
+    assert len(expected) > 80
+    capsys.readouterr()
+    output.report_table({"report": r, "complete": True, "members_asked": 2, "members_answered": 2, "query_id": "ab" * 16,
+                         "audit": None}, subject="RESIDENT_ID 110105********002X", as_of="2026-06-30", purpose="LOAN_APPROVAL")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [expected, "subject RESIDENT_ID 110105********002X, as of 2026-06-30, purpose LOAN_APPROVAL",
+                         "2 of 2 other members answered; your own book is not included"]
+    assert lines[-1] == f"query {'ab' * 16}"
