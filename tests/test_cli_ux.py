@@ -171,6 +171,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli("admin", "auditor", "add", "--home", str(admin), "--request", str(aud / "join-request.bin"),
                "--out", str(root / "aud.bundle")).returncode == 0
     assert cli("member", "join", "--home", str(aud), "--bundle", str(root / "aud.bundle")).returncode == 0
+    # join requests the admin has not acted on yet
+    assert cli("member", "keygen", "--home", str(root / "d"), "--id", "lender-d", "--name", "Lender D",
+               "--endpoint", "127.0.0.1:7004").returncode == 0
+    assert cli("member", "keygen", "--home", str(root / "aud2"), "--id", "auditor-2", "--name", "Auditor 2",
+               "--role", "auditor").returncode == 0
     return {"root": root, "home": home, "admin": admin, "data": data, "joined": joined, "auditor": aud, "gateway": root / "gw"}
 
 
@@ -327,11 +332,26 @@ def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, 
                                    "--every", "soon"], 2, "--every", False),
         ("monitor in a missing home", ["member", "monitor", "--home", nohome, "--consent-id", "C", "--consent-sha256", "ab" * 32],
          2, "not an initialised member home", False),
+        ("admin member add --out into a missing folder", ["admin", "member", "add", "--home", a, "--request",
+                                                          str(w["root"] / "d" / "join-request.bin"), "--out",
+                                                          str(w["root"] / "nope" / "d.bundle")], 2, "nothing was issued", False),
+        ("admin auditor add --out into a missing folder", ["admin", "auditor", "add", "--home", a, "--request",
+                                                           str(w["root"] / "aud2" / "join-request.bin"), "--out",
+                                                           str(w["root"] / "nope" / "aud2.bundle")], 2, "nothing was issued", False),
+        ("keygen --home is a file", ["member", "keygen", "--home", str(w["data"] / "consent.pdf"), "--id", "lender-x", "--name", "X",
+                                     "--endpoint", "127.0.0.1:7002"], 2, "is a file", False),
+        ("--db of a server that is down", ["admin", "member", "list", "--home", a, "--db", "postgresql://u:pw@127.0.0.1:1/x"], 5,
+         "the database cannot be used", False),
+        ("--db in a missing folder", ["member", "alerts", "--home", b, "--db", f"sqlite:///{w['root']}/nodir/m.db"], 5,
+         "the database cannot be used", False),
+        ("--db of an unknown kind", ["member", "import", "--home", h, "--kind", "loans", "--db", "bogus://x",
+                                     str(w["data"] / "truncated.csv")], 2, "unsupported database kind", False),
         ("gateway serve on a port in use (localhost)", ["gateway", "serve", "--home", gw, "--listen", f"localhost:{w['busy_port']}"], 2,
          "in use", False),
     ]
 
 
+@pytest.mark.timeout(1200)  # some 170 CLI processes, one after another: minutes on a loaded 2-core machine
 def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) -> None:
     import socket
 

@@ -28,7 +28,7 @@ def _month(value: str) -> str:
 
 
 @click.command("disclose")
-@click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+@click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory holding keys and state.")
 @click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
 @MONTH
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

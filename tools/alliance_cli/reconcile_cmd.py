@@ -14,7 +14,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 @click.command("reconcile")
-@click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+@click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory holding keys and state.")
 @click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
 @click.option("--since", "since", default=None, metavar="DATE", help="Only answers given on or after DATE (YYYY-MM-DD, Asia/Shanghai).")
 @click.option("--min-age-s", "min_age_s", type=click.IntRange(min=0), default=60, show_default=True,
