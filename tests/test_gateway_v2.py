@@ -408,3 +408,18 @@ def test_a_precheck_on_a_pinned_token_asks_the_pin_less_its_querier(gateway, ca,
     calls.clear()
     resp = process(svc, members, signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK), "mq", "member", "precheck")
     assert sorted(resp.asked_member_ids) == ["ma", "mb"] and sorted(calls) == ["ma", "mb"]
+
+
+def test_docs_list_every_refusal_reason_with_its_status_and_exit_code() -> None:
+    """docs/audit-log.md's table of refusal reasons is the gateway's list,
+    with the same gRPC status and SPEC §7 exit status."""
+    import re
+
+    from alliance.audit_verify.reasons import KNOWN_REASONS
+    from alliance_gateway.refusals import REFUSALS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "audit-log.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([A-Z_]+) \| (\d) \| (.+) \|$", text, re.M)
+    documented = {reason: (status, int(code)) for reason, status, code, _ in rows}
+    assert documented == {reason: (status.name, code) for reason, (status, code) in REFUSALS.items()}
+    assert set(documented) == KNOWN_REASONS
