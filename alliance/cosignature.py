@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -100,12 +100,41 @@ def quorum(m: int) -> int:
     return m // 2 + 1
 
 
+def required(eligible: set[str] | frozenset[str], exclude: str | None = None) -> int:
+    """How many cosignatures of ``eligible`` other than ``exclude`` a
+    checkpoint needs: ⌊m/2⌋ + 1 of the m eligible witnesses, the deciding
+    member's own cosignature not counting — capped at the number of the
+    others, so that a 1- or 2-member alliance (where ⌊m/2⌋ + 1 others do not
+    exist) needs every other eligible witness instead of being stuck
+    forever (docs/audit-log.md "Witness quorum for members")."""
+    others = len(set(eligible) - {exclude}) if exclude is not None else len(eligible)
+    return min(quorum(len(eligible)), others)
+
+
 def has_quorum(cosigners: set[str] | Mapping[str, int], eligible: set[str], *, exclude: str | None = None) -> bool:
     """Whether the cosigners include a quorum of ``eligible`` (the sponsored
     members active in the verifier's last kept witnessed checkpoint); a
     member deciding for itself does not count its own cosignature."""
     counted = (set(cosigners) & eligible) - ({exclude} if exclude else set())
-    return len(counted) >= quorum(len(eligible))
+    return len(counted) >= required(eligible, exclude)
+
+
+def cosigners_by_keys(note: str, cp: Checkpoint, keys: Mapping[str, Sequence[bytes]], *, now_s: int) -> dict[str, int]:
+    """member id -> newest cosignature time, for every line of ``note`` that
+    verifies under one of that member's keys (all keys a member ever had:
+    the key ID picks the right one). A line that fails counts for nothing,
+    so a bogus line cannot make a good checkpoint fail."""
+    found: dict[str, int] = {}
+    for line in signature_lines(note):
+        for mid, member_keys in keys.items():
+            for key in member_keys:
+                try:
+                    c = verify_line(line, cp, {mid: key}, now_s=now_s)
+                except CryptoError:
+                    c = None
+                if c is not None:
+                    found[mid] = max(c.time_s, found.get(mid, 0))
+    return found
 
 
 def add_cosignatures(note: str, lines: list[str]) -> str:

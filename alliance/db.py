@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from alliance.errors import UsageError
 
@@ -34,11 +34,14 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise UsageError(f"--db: not a database URL: {url!r}") from exc
-    if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas_durable if durable else _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(engine, "connect", _sqlite_pragmas_durable if durable else _sqlite_pragmas)
+            return engine
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    except NoSuchModuleError:
+        raise UsageError(f"--db: unsupported database kind {parsed.get_backend_name()!r} (use sqlite:/// or postgresql://)") from None
 
 
 def _sqlite_pragmas(dbapi_conn, _record, synchronous: str = "NORMAL") -> None:  # type: ignore[no-untyped-def]

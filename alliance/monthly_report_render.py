@@ -37,6 +37,24 @@ LABELS = {
 NULL = "\u2014"
 
 
+def disclosed_sentence(report: dict[str, Any], disclosed: str | None = None, expected: str | None = None) -> str:
+    """Who disclosed, against the members active at the month's end. A member
+    not active then (e.g. one that joined after the month; its book existed)
+    may still disclose it, so the disclosures can outnumber the members
+    expected: never "3 of 0"."""
+    month, n, m = report["month"], report["members_disclosed"], report["members_expected"]
+    disclosed = disclosed if disclosed is not None else f"{n:,}"
+    expected = expected if expected is not None else f"{m:,}"
+    outside = n - (m - len(report["not_disclosed"]))  # disclosed, but not by a member active at the end
+    text = f"{disclosed} of {expected} active members disclosed for {month}."
+    if outside > 0:
+        text = (f"{disclosed} member{'' if n == 1 else 's'} disclosed for {month}; {expected} "
+                f"{'was an active member' if m == 1 else 'were active members'} at its end "
+                f"({outside:,} disclosure{'' if outside == 1 else 's'} from members not active at its end, "
+                "e.g. joined later).")
+    return text
+
+
 def kind_of(figure: str) -> str:
     return "fen" if figure.endswith("_fen") else "bp" if figure.endswith("_bp") else "count"
 
@@ -225,8 +243,7 @@ def html(report: dict[str, Any]) -> str:
 
     # summary
     add("<section><h2>1. Alliance summary</h2>")
-    add(f'<p>{_int_span("members_disclosed", report["members_disclosed"])} of '
-        f'{_int_span("members_expected", report["members_expected"])} active members disclosed for {month}.'
+    add(f'<p>{disclosed_sentence(report, _int_span("members_disclosed", report["members_disclosed"]), _int_span("members_expected", report["members_expected"]))}'
         + (f' <span class="warn">Not disclosed: {escape(", ".join(report["not_disclosed"]))}.</span>' if report["not_disclosed"] else "")
         + "</p>")
     if totals:

@@ -5,11 +5,19 @@ withheld), each checkpoint proven consistent with the one kept before, and
 the member's own roots. From these the trust rule (alliance/trust.py) decides
 which peers the member answers, shares keys with and accepts keys from.
 
-Checkpoint acceptance is a policy: a callable that gets the signed note and
-returns the accepted checkpoint or raises. Today it is "signed by the log key
-pinned at join" (:func:`pinned_log_key`); a witness-quorum policy (§6.1) plugs
-in the same way and may report when the checkpoint was witnessed, which then
-bounds the view's age."""
+Two checkpoints are kept (SPEC §6.1; docs/audit-log.md "Witness quorum for
+members"):
+
+- the *latest*, signed by the log key pinned at join (``log_policy``): every
+  entry is proven against it, its age decides ``feed_stale``, and whatever
+  the view over all held entries refuses is refused at once;
+- the *witnessed* one (:meth:`MembershipFeed.policy`): signed by the log key
+  and cosigned by a witness quorum of the members eligible in the previously
+  kept witnessed view, the deciding member not counting; proven consistent
+  with the latest, its `membership <count>` equal to the entries held below
+  it. A peer credential is trusted only when the view below it trusts it too
+  (or it is one of the member's roots); else ``not_witnessed`` until the
+  next witnessed checkpoint (alliance/witness_quorum.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, MetaData, String, Table, Text, func, insert, select, update
 
-from alliance import audit_entry, checkpoint, db, merkle, trust
-from alliance.errors import CryptoError
+from alliance import audit_entry, checkpoint, db, merkle, trust, witness_quorum
+from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
 
 log = logging.getLogger("alliance.member.feed")
@@ -53,6 +61,18 @@ feed_state = Table(
     Column("membership_count", BigInteger, nullable=False),
     Column("verified_at_ms", BigInteger, nullable=False),
     Column("witnessed_at_ms", BigInteger, nullable=True),
+)
+
+# One row: the newest checkpoint with a witness quorum (SPEC §6.1) whose
+# entries are all held; trust decisions rest on the view below it.
+feed_witnessed = Table(
+    "feed_witnessed",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("checkpoint", Text, nullable=False),   # the note with its cosignature lines
+    Column("size", BigInteger, nullable=False),
+    Column("membership_count", BigInteger, nullable=False),
+    Column("accepted_at_ms", BigInteger, nullable=False),
 )
 
 # Fingerprints this member confirmed out of band (SPEC §5.1 roots).
@@ -85,7 +105,8 @@ CheckpointPolicy = Callable[[str], AcceptedCheckpoint]
 
 
 def pinned_log_key(verifier: checkpoint.NoteVerifier) -> CheckpointPolicy:
-    """Today's policy: the note must be signed by the log key pinned at join."""
+    """The latest view's policy: the note must be signed by the log key
+    pinned at join (the witness quorum is :meth:`MembershipFeed.policy`)."""
 
     def accept(note: str) -> AcceptedCheckpoint:
         return AcceptedCheckpoint(checkpoint.open_checkpoint(note, verifier), note)
@@ -123,6 +144,7 @@ def load_roots(engine: Engine) -> list[trust.Root]:
 class FeedSource(Protocol):
     def membership(self, from_membership_seq: int, max_entries: int = 0) -> pb.ProvenEntries: ...
     def consistency_proof(self, first: int, second: int) -> list[bytes]: ...
+    def witnessed_checkpoints(self) -> tuple[str, list[str]]: ...
 
 
 class MembershipFeed:
@@ -135,10 +157,15 @@ class MembershipFeed:
 
     def __init__(self, engine: Engine, source: Callable[[], FeedSource], policy: CheckpointPolicy, *, member_id: str,
                  own_fingerprints: Callable[[], Iterable[bytes]], clock: Callable[[], float] = time.time,
-                 max_age_s: float = MAX_VIEW_AGE_S) -> None:
+                 max_age_s: float = MAX_VIEW_AGE_S, on_kept: Callable[[str], None] | None = None) -> None:
+        """``policy``: how the latest checkpoint is accepted (signed by the
+        pinned log key); the witness quorum is :meth:`policy`. ``on_kept``
+        gets each newly kept latest checkpoint (the member's witness never
+        cosigns against it: witness.register_used)."""
         self.engine = engine
         self.source = source
-        self.policy = policy
+        self.log_policy = policy
+        self.on_kept = on_kept
         self.member_id = member_id
         self.own_fingerprints = own_fingerprints
         self.clock = clock
@@ -147,6 +174,8 @@ class MembershipFeed:
         self._view_lock = threading.Lock()
         self._view: trust.TrustView | None = None
         self._view_key: tuple[Any, ...] | None = None
+        self._witnessed_view: trust.TrustView | None = None
+        self._witnessed_key: tuple[Any, ...] | None = None
         self._alerted: set[str] = set()
         create_schema(engine)
 
@@ -160,14 +189,14 @@ class MembershipFeed:
 
         with self._refresh_lock:
             state = self._state()
-            kept = None if state is None else self.policy(state.checkpoint).checkpoint
+            kept = None if state is None else self.log_policy(state.checkpoint).checkpoint
             held = 0 if state is None else state.membership_count
             last_index = self._last_index()
             src = self.source()
             expected, new, previous, accepted = held, [], kept, None
             while True:
                 page = src.membership(expected, 0)
-                accepted = self.policy(page.checkpoint)
+                accepted = self.log_policy(page.checkpoint)
                 cp = accepted.checkpoint
                 self._prove_consistent(src, previous, cp, alerts)
                 previous = cp
@@ -198,7 +227,82 @@ class MembershipFeed:
                           verified_at_ms=now_ms, witnessed_at_ms=witnessed)
             self._store(new, values)
             self._check_own_name([entry for *_, entry in new], alerts)
+            if self.on_kept is not None and (kept is None or accepted.checkpoint.size > kept.size):
+                self.on_kept(accepted.note)
+            self._refresh_witnessed(src, accepted.checkpoint, alerts)
             return len(new)
+
+    # -- the witnessed checkpoint (SPEC §6.1) --------------------------------
+
+    def policy(self, note: str) -> AcceptedCheckpoint:
+        """Accept ``note`` for trust decisions: signed by the pinned log key
+        and cosigned by ⌊m/2⌋ + 1 of the m witnesses eligible in this
+        member's last kept witnessed view (its latest view before it kept
+        one), its own cosignature not counting. Raises NotWitnessed (a
+        CryptoError) otherwise."""
+        accepted = self.log_policy(note)
+        latest = self.view()
+        witnessed = self.witnessed_view()
+        eligible = witness_quorum.eligible_witnesses(witnessed if witnessed is not None else latest)
+        witness_quorum.check_quorum(note, accepted.checkpoint, eligible=eligible, keys=witness_quorum.witness_keys(latest),
+                                    deciding=self.member_id, now_s=int(self.clock()))
+        return accepted
+
+    def _refresh_witnessed(self, src: FeedSource, latest: checkpoint.Checkpoint, alerts: Any) -> None:
+        """Keep the newest checkpoint the gateway shows with a witness quorum,
+        once it is proven a prefix of the latest and all its membership
+        entries are held. Checkpoints without a quorum are passed over (the
+        view below the kept one keeps deciding); a quorum-cosigned checkpoint
+        that is not a prefix of the latest is a fork (alert, FeedError)."""
+        get = getattr(src, "witnessed_checkpoints", None)
+        if get is None:
+            return
+        try:
+            newest, per_witness = get()
+        except CryptoError:
+            raise
+        except AllianceError as exc:  # the latest view moved; the witnessed one waits for the next refresh
+            log.warning("witnessed checkpoints not read: %s", exc)
+            return
+        kept = self._witnessed_state()
+        candidates = []
+        for note in dict.fromkeys([newest, *per_witness]):
+            try:
+                candidates.append((self.log_policy(note).checkpoint, note))
+            except CryptoError:
+                continue  # not signed by the log key: proves nothing
+        for cp, note in sorted(candidates, key=lambda c: -c[0].size):
+            if kept is not None and cp.size <= kept.size:
+                return
+            if cp.size > latest.size:
+                continue  # newer than the entries held; the next refresh gets there
+            try:
+                self.policy(note)
+            except witness_quorum.NotWitnessed as exc:
+                log.debug("witnessed checkpoint passed over: %s", exc)
+                continue
+            self._prove_consistent(src, cp, latest, alerts)
+            count = membership_count(cp)
+            with self.engine.connect() as conn:
+                held = conn.execute(select(func.count()).select_from(membership_feed).where(membership_feed.c.seq < cp.size)).scalar()
+            if held != count:
+                raise self._fail(f"the witnessed checkpoint of size {cp.size} counts {count} membership entries; "
+                                 f"{held} are held below it")
+            values = dict(checkpoint=note, size=cp.size, membership_count=count, accepted_at_ms=int(self.clock() * 1000))
+            with self.engine.begin() as conn:
+                conn.execute(db.insert_ignoring_conflicts(self.engine, feed_witnessed).values(id=1, **values))
+                conn.execute(update(feed_witnessed).where(feed_witnessed.c.id == 1, feed_witnessed.c.size < cp.size).values(**values))
+            return
+
+    def _witnessed_state(self) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(feed_witnessed).where(feed_witnessed.c.id == 1)).first()
+
+    def witnessed_checkpoint(self) -> tuple[checkpoint.Checkpoint, str] | None:
+        """The kept witnessed checkpoint and its note (with the cosignatures),
+        or None while this member has none."""
+        row = self._witnessed_state()
+        return None if row is None else (self.log_policy(row.checkpoint).checkpoint, row.checkpoint)
 
     def _store(self, new: list[tuple[int, int, bytes, dict[str, Any]]], values: dict[str, Any]) -> None:
         """Write the proven entries and the new state in one transaction.
@@ -285,32 +389,56 @@ class MembershipFeed:
         return load_roots(self.engine) + [(self.member_id, fp) for fp in self.own_fingerprints()]
 
     def view(self) -> trust.TrustView:
-        """The trust view over the entries held and the current roots; rebuilt
-        only when either changed."""
+        """The latest trust view: every entry held, the current roots;
+        rebuilt only when either changed."""
         roots = sorted(set(self.roots()))
         with self.engine.connect() as conn:
             count = conn.execute(select(membership_feed.c.membership_seq).order_by(membership_feed.c.membership_seq.desc()).limit(1)).scalar()
         key = (count, hashlib.sha256(repr(roots).encode()).hexdigest())
         with self._view_lock:
             if self._view is None or key != self._view_key:
-                with self.engine.connect() as conn:
-                    rows = conn.execute(select(membership_feed.c.seq, membership_feed.c.data).order_by(membership_feed.c.membership_seq)).all()
-                entries = [audit_entry.decode(bytes(r.data), index=r.seq) for r in rows]
-                self._view, self._view_key = trust.replay(entries, roots), key
+                self._view, self._view_key = self._replay(None, roots), key
             return self._view
+
+    def witnessed_view(self) -> trust.TrustView | None:
+        """The trust view below the kept witnessed checkpoint (None while
+        there is none)."""
+        row = self._witnessed_state()
+        if row is None:
+            return None
+        roots = sorted(set(self.roots()))
+        key = (int(row.size), hashlib.sha256(repr(roots).encode()).hexdigest())
+        with self._view_lock:
+            if self._witnessed_view is None or key != self._witnessed_key:
+                self._witnessed_view, self._witnessed_key = self._replay(int(row.size), roots), key
+            return self._witnessed_view
+
+    def _replay(self, below: int | None, roots: list[trust.Root]) -> trust.TrustView:
+        query = select(membership_feed.c.seq, membership_feed.c.data).order_by(membership_feed.c.membership_seq)
+        if below is not None:
+            query = query.where(membership_feed.c.seq < below)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return trust.replay([audit_entry.decode(bytes(r.data), index=r.seq) for r in rows], roots)
 
     @property
     def generation(self) -> tuple[Any, ...] | None:
-        """Changes whenever the view may have: trust decisions cached under
+        """Changes whenever the views may have: trust decisions cached under
         one generation are void under the next."""
         self.view()
-        return self._view_key
+        row = self._witnessed_state()
+        return (self._view_key, None if row is None else int(row.size))
+
+    def trust_decision(self, credential: bytes) -> str:
+        """``"trusted"``, the latest view's reason, or ``not_witnessed``
+        (alliance/witness_quorum.gated_decision); staleness not checked."""
+        return witness_quorum.gated_decision(self.view(), self.witnessed_view(), credential)
 
     def decide(self, credential: bytes) -> str:
-        """``"trusted"``, ``feed_stale``, or the trust rule's reason."""
+        """``"trusted"``, ``feed_stale``, ``not_witnessed`` or the trust rule's reason."""
         if self.stale():
             return FEED_STALE
-        return self.view().decide(credential)
+        return self.trust_decision(credential)
 
 
 class FeedRefresher:

@@ -311,13 +311,19 @@ def own_fingerprints(home: MemberHome) -> set[bytes]:
 
 
 def open_feed(home: MemberHome, client: GatewayClient | None = None, *, engine=None):  # type: ignore[no-untyped-def]
-    """This member's membership feed, following the gateway of its home, with
-    checkpoints accepted when signed by the log key pinned at join."""
+    """This member's membership feed, following the gateway of its home:
+    checkpoints signed by the log key pinned at join, trust decisions resting
+    on those a witness quorum cosigned too (SPEC §5.1, §6.1). Each kept
+    checkpoint is registered as used, so this member's witness never
+    cosigns a checkpoint inconsistent with it."""
+    from alliance_member import witness
+
     engine = engine or _engine(home)
     verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8").strip())
     source = (lambda: client) if client is not None else (lambda: GatewayClient(home))
     return feed_mod.MembershipFeed(engine, source, feed_mod.pinned_log_key(verifier), member_id=home.config().member_id,
-                                   own_fingerprints=lambda: own_fingerprints(home))
+                                   own_fingerprints=lambda: own_fingerprints(home),
+                                   on_kept=lambda note: witness.register_used(home, note, "feed"))
 
 
 def _require_trusted(home: MemberHome, body: pb.CredentialBody, member_id: str) -> None:

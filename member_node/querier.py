@@ -424,10 +424,10 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
     root at the same size, else ``consistency_proof(m, n)`` from the
     gateway). With ``witnesses`` ({member id: [Ed25519 keys]} of the
     sponsored active members), the note must also carry a quorum of their
-    cosignatures, not counting this member's own. Each item: size, root
-    (hex), at_ms and why."""
-    from alliance import cosignature as cosig
-    from alliance_member import witness_audit
+    cosignatures, not counting this member's own (`member reconcile` passes
+    the checkpoint its membership feed already accepted with that quorum).
+    Each item: size, root (hex), at_ms and why."""
+    from alliance import witness_quorum
 
     home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
     verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
@@ -444,9 +444,11 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
         except CryptoError as exc:
             why_all = f"the witnessed checkpoint does not verify: {exc}"
         if w is not None and witnesses is not None:
-            signers = witness_audit.cosigners(witnessed_note, w, witnesses, int(now))
-            if not cosig.has_quorum(signers, set(witnesses), exclude=home.config().member_id):
-                why_all, w = f"the checkpoint of size {w.size} has no quorum of witnesses", None
+            try:
+                witness_quorum.check_quorum(witnessed_note, w, eligible=set(witnesses), keys=witnesses,
+                                            deciding=home.config().member_id, now_s=int(now))
+            except witness_quorum.NotWitnessed as exc:
+                why_all, w = f"the checkpoint of size {w.size} has no quorum of witnesses: {exc}", None
     covered_upto: int | None = None
     if w is not None:
         below = [r for r in due if r["size"] <= w.size]

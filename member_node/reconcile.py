@@ -7,10 +7,16 @@ gave is in the log, and the member checks it itself.
 - ``reconcile``: reads, with ``GetQueryProofs``, the entries of queries that
   asked this member and the ``gateway_started`` entries, each proven included
   in a checkpoint accepted by ``accept_checkpoint`` and consistent with the
-  member's kept checkpoint, and matches every journalled answer older than
-  ``min_age_ms``. Reconciled rows are pruned; the rest are reported with the
+  member's kept checkpoint and with its witnessed checkpoint (SPEC §6.1: the
+  newest one its membership feed accepted with a witness quorum), and
+  matches every journalled answer older than ``min_age_ms``. Only an entry
+  below the witnessed checkpoint reconciles an answer (and prunes it); an
+  answer logged only above it is ``not_witnessed`` — pending for 5 minutes,
+  then a failure. Answers not in the log at all are reported with the
   nearest gateway restart before and after, so a person can tell a crash
   between fan-out and commit from an off-the-record answer.
+- ``reconcile_home`` also fails on a receipt checkpoint kept by the querier
+  more than 5 minutes ago that no consistent witnessed checkpoint covers.
 - ``Reconciler``: what ``member serve`` runs every 15 minutes; it raises an
   ``unlogged_answer`` alert for each answer missing from the log.
 
@@ -38,6 +44,7 @@ from alliance_member import alerts, store
 log = logging.getLogger("alliance.member.reconcile")
 
 MIN_AGE_MS = 60_000  # answers younger than this may not be committed yet (SPEC §6.2: "older than one minute")
+WITNESS_GRACE_MS = 300_000  # an answer logged but still above the witnessed checkpoint after this fails (SPEC §6.1)
 INTERVAL_S = 15 * 60  # `member serve` runs reconcile this often
 FIRST_RUN_S = 60
 MARK_MARGIN_MS = 60_000  # clock steps between a mark and an answer
@@ -72,9 +79,12 @@ class JournalRow:
 
 
 def accept_checkpoint(note: str, verifier: checkpoint.NoteVerifier) -> checkpoint.Checkpoint:
-    """The one place a checkpoint for reconciliation is accepted: signed by the
-    pinned log key. SPEC §6.1's witness quorum is to be required here."""
+    """A page's checkpoint: signed by the pinned log key. Entries proven in it
+    reconcile an answer only below the witnessed checkpoint (``read_log``)."""
     return checkpoint.open_checkpoint(note, verifier)
+
+
+Witnessed = tuple[checkpoint.Checkpoint, str]  # a checkpoint accepted with a witness quorum, and its note
 
 
 ConsistencyProof = Callable[[int, int], list[bytes]]
@@ -200,6 +210,7 @@ class LogView:
     restarts, and the first checkpoint's size and when it was read."""
 
     by_query_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unwitnessed_by_query_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # at or above the witnessed size
     restarts: list[Restart] = field(default_factory=list)
     first_size: int | None = None
     first_read_ms: int = 0
@@ -207,15 +218,23 @@ class LogView:
 
 
 def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoint.NoteVerifier, kept: Path,
-             clock: Callable[[], float] = time.time) -> LogView:
+             clock: Callable[[], float] = time.time, *, witnessed: Witnessed | None = None) -> LogView:
     """Every entry served from ``start`` on, each proven included in its page's
-    accepted checkpoint, each checkpoint consistent with the kept one. An entry
-    that does not concern this member is an error: the gateway must never serve it."""
+    accepted checkpoint, each checkpoint consistent with the kept one and with
+    ``witnessed``. Query entries at or above the witnessed size (all of them
+    without one) are kept apart: nothing a witness quorum vouched for. An
+    entry that does not concern this member is an error: the gateway must
+    never serve it."""
+    from alliance_member.witness import check_consistent
+
     view = LogView()
     index = start
+    witnessed_size = witnessed[0].size if witnessed is not None else 0
     for page in _pages(source, start):
         cp = accept_checkpoint(page.checkpoint, verifier)
         keep_consistent(kept, cp, page.checkpoint, verifier, source.consistency_proof)
+        if witnessed is not None:  # a fork between what the witnesses saw and what this member is shown: Inconsistent
+            check_consistent(witnessed[0], witnessed[1], cp, page.checkpoint, source.consistency_proof)
         if view.first_size is None:
             view.first_size, view.first_read_ms = cp.size, int(clock() * 1000)
         view.size = max(view.size, cp.size)
@@ -230,7 +249,8 @@ def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoi
                 view.restarts.append(Restart(proven.index, _time_ms(entry.get("time")), str(entry.get("time")),
                                              entry.get("pid"), entry.get("host")))
             elif entry.get("kind") in audit_entry.QUERY_KINDS and member_id in (entry.get("members_asked") or []):
-                view.by_query_id.setdefault(str(entry.get("query_id")), []).append(entry)
+                bucket = view.by_query_id if proven.index < witnessed_size else view.unwitnessed_by_query_id
+                bucket.setdefault(str(entry.get("query_id")), []).append(entry)
             else:
                 raise CryptoError(f"GetQueryProofs served entry {proven.index} ({entry.get('kind')}), which did not ask {member_id}")
     return view
@@ -256,21 +276,32 @@ class Result:
     reconciled: int
     missing: list[dict[str, Any]]
     tree_size: int
+    not_witnessed: list[dict[str, Any]] = field(default_factory=list)  # logged, not yet below a witnessed checkpoint
+    uncovered_receipt_checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    witnessed_size: int | None = None
+
+    @property
+    def overdue(self) -> list[dict[str, Any]]:
+        """Answers still not witnessed WITNESS_GRACE_MS after they were given."""
+        return [r for r in self.not_witnessed if r.get("overdue")]
 
     @property
     def ok(self) -> bool:
-        return not self.missing
+        return not self.missing and not self.overdue and not self.uncovered_receipt_checkpoints
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "checked": self.checked, "reconciled": self.reconciled, "missing": self.missing,
-                "tree_size": self.tree_size}
+                "not_witnessed": self.not_witnessed, "uncovered_receipt_checkpoints": self.uncovered_receipt_checkpoints,
+                "witnessed_size": self.witnessed_size, "tree_size": self.tree_size}
 
 
 def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | bytes, source: ProofSource,
-              verifier: checkpoint.NoteVerifier, kept: Path, min_age_ms: int = MIN_AGE_MS, since_ms: int = 0,
-              clock: Callable[[], float] = time.time) -> Result:
+              verifier: checkpoint.NoteVerifier, kept: Path, witnessed: Witnessed | None, min_age_ms: int = MIN_AGE_MS,
+              since_ms: int = 0, clock: Callable[[], float] = time.time) -> Result:
     """Check every journalled answer at least ``min_age_ms`` old (and answered
-    at or after ``since_ms``) against the log; prune the reconciled ones."""
+    at or after ``since_ms``) against the log under ``witnessed`` (the
+    member's newest checkpoint accepted with a witness quorum, None while it
+    has none); prune the reconciled ones."""
     now_ms = int(clock() * 1000)
     with engine.connect() as conn:
         rows = [JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
@@ -278,11 +309,16 @@ def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | 
                                       .where(_j.answered_at_ms <= now_ms - min_age_ms, _j.answered_at_ms >= since_ms)
                                       .order_by(_j.answered_at_ms, _j.query_id))]
         start, mark_at = _start_index(conn, min((r.answered_at_ms for r in rows), default=now_ms))
-    view = read_log(source, member_id, start, verifier, kept, clock)
-    reconciled, missing = [], []
+    view = read_log(source, member_id, start, verifier, kept, clock, witnessed=witnessed)
+    reconciled, missing, pending = [], [], []
     for row in rows:
         if any(entry_reconciles(e, row, member_id, public_key) for e in view.by_query_id.get(row.query_id, [])):
             reconciled.append(row.query_id)
+        elif any(entry_reconciles(e, row, member_id, public_key) for e in view.unwitnessed_by_query_id.get(row.query_id, [])):
+            pending.append({"query_id": row.query_id, "answered_at": _utc(row.answered_at_ms),
+                            "overdue": now_ms - row.answered_at_ms > WITNESS_GRACE_MS,
+                            "why": "logged, but not yet below a checkpoint cosigned by a witness quorum"
+                                   + ("" if witnessed is not None else " (this member has no witnessed checkpoint yet)")})
         else:
             missing.append({"query_id": row.query_id, "answered_at": _utc(row.answered_at_ms),
                             "nearest_restart": nearest_restart(view.restarts, row.answered_at_ms)})
@@ -295,7 +331,8 @@ def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | 
             conn.execute(insert(store.reconcile_marks).values(observed_at_ms=view.first_read_ms, tree_size=view.first_size))
         if mark_at is not None:  # marks older than the one this run started from are never needed again
             conn.execute(delete(store.reconcile_marks).where(_marks.observed_at_ms < mark_at))
-    return Result(checked=len(rows), reconciled=len(reconciled), missing=missing, tree_size=view.size)
+    return Result(checked=len(rows), reconciled=len(reconciled), missing=missing, tree_size=view.size, not_witnessed=pending,
+                  witnessed_size=witnessed[0].size if witnessed is not None else None)
 
 
 def _start_index(conn: Connection, oldest_answer_ms: int) -> tuple[int, int | None]:
@@ -338,14 +375,34 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
     owns_client = client is None
     client = client or GatewayClient(home)
     try:
-        return reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
-                         source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
-                         min_age_ms=min_age_ms, since_ms=since_ms)
+        witnessed = _witnessed(home, client, engine)
+        result = reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
+                           source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
+                           witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms)
+        from alliance_member import querier
+
+        result.uncovered_receipt_checkpoints = querier.uncovered_receipt_checkpoints(
+            home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
+        return result
     finally:
         if owns_client:
             client.close()
         if owns_engine:
             engine.dispose()
+
+
+def _witnessed(home: Any, client: Any, engine: Engine) -> Witnessed | None:
+    from alliance_member import onboarding
+
+    return witnessed_of(onboarding.open_feed(home, client, engine=engine))
+
+
+def witnessed_of(feed: Any) -> Witnessed | None:
+    """The member's newest checkpoint with a witness quorum, which its
+    membership feed, brought up to date, keeps (MembershipFeed.policy) —
+    never the latest log-signed one."""
+    feed.refresh()
+    return feed.witnessed_checkpoint()
 
 
 class Reconciler:
@@ -376,6 +433,19 @@ class Reconciler:
                                f"answer to query {miss['query_id']} given at {miss['answered_at']} is not in the audit log",
                                miss)
             self._alerted.add(miss["query_id"])
+        for late in result.overdue:
+            if "w:" + late["query_id"] not in self._alerted:
+                alerts.raise_alert(self.engine, "not_witnessed",
+                                   f"answer to query {late['query_id']} given at {late['answered_at']} is logged but no "
+                                   "checkpoint cosigned by a witness quorum covers it after 5 minutes", late)
+                self._alerted.add("w:" + late["query_id"])
+        for r in result.uncovered_receipt_checkpoints:
+            key = f"r:{r['size']}:{r['root']}"
+            if key not in self._alerted:
+                alerts.raise_alert(self.engine, "not_witnessed",
+                                   f"the receipt checkpoint of size {r['size']} is not covered by a consistent witnessed "
+                                   f"checkpoint after 5 minutes: {r['why']}", r)
+                self._alerted.add(key)
         log.info("reconcile: %d checked, %d reconciled, %d missing", result.checked, result.reconciled, len(result.missing))
         return result
 

@@ -97,7 +97,7 @@ class PeerTrust:
     def _gate(self, credential: bytes, digest: bytes) -> None:
         """SPEC §5.1: trusted in this member's own view of the log, or
         refused (`feed_stale`, `not_in_log`, `not_sponsored`,
-        `member_inactive`, `superseded`), logged locally. Decisions are cached
+        `member_inactive`, `superseded`, `not_witnessed`: §6.1), logged locally. Decisions are cached
         per credential until the feed moves; staleness is checked every time."""
         assert self.feed is not None
         if self.feed.stale():
@@ -110,7 +110,7 @@ class PeerTrust:
                     self._generation = generation
                 decision = self._decisions.get(digest, "")
             if not decision:
-                decision = self.feed.view().decide(credential)
+                decision = self.feed.trust_decision(credential)
                 with self._lock:
                     self._decisions[digest] = decision
         if decision != "trusted":
@@ -134,6 +134,7 @@ class TrustGate(Protocol):
     @property
     def generation(self) -> object: ...
     def view(self) -> Any: ...
+    def trust_decision(self, credential: bytes) -> str: ...
 
 
 def _credential_name(credential: bytes) -> str:

@@ -78,20 +78,8 @@ def sponsored_active(entries: Iterable[tuple[int, dict[str, Any]]], upto: int) -
 
 
 def cosigners(note: str, cp: tlog.Checkpoint, keys: Mapping[str, Sequence[bytes]], now_s: int) -> dict[str, int]:
-    """member id -> cosignature time, for every line that verifies under one
-    of that member's keys. A line that fails is ignored (it counts for
-    nothing), so a bogus line cannot make a good checkpoint fail."""
-    found: dict[str, int] = {}
-    for line in cosignature.signature_lines(note):
-        for mid, member_keys in keys.items():
-            for key in member_keys:
-                try:
-                    c = cosignature.verify_line(line, cp, {mid: key}, now_s=now_s)
-                except CryptoError:
-                    c = None
-                if c is not None:
-                    found[mid] = max(c.time_s, found.get(mid, 0))
-    return found
+    """member id -> cosignature time (alliance/cosignature.py, shared with members' own checks)."""
+    return cosignature.cosigners_by_keys(note, cp, keys, now_s=now_s)
 
 
 @dataclass

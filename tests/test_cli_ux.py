@@ -171,6 +171,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert cli("admin", "auditor", "add", "--home", str(admin), "--request", str(aud / "join-request.bin"),
                "--out", str(root / "aud.bundle")).returncode == 0
     assert cli("member", "join", "--home", str(aud), "--bundle", str(root / "aud.bundle")).returncode == 0
+    # join requests the admin has not acted on yet
+    assert cli("member", "keygen", "--home", str(root / "d"), "--id", "lender-d", "--name", "Lender D",
+               "--endpoint", "127.0.0.1:7004").returncode == 0
+    assert cli("member", "keygen", "--home", str(root / "aud2"), "--id", "auditor-2", "--name", "Auditor 2",
+               "--role", "auditor").returncode == 0
     return {"root": root, "home": home, "admin": admin, "data": data, "joined": joined, "auditor": aud, "gateway": root / "gw"}
 
 
@@ -327,11 +332,26 @@ def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, 
                                    "--every", "soon"], 2, "--every", False),
         ("monitor in a missing home", ["member", "monitor", "--home", nohome, "--consent-id", "C", "--consent-sha256", "ab" * 32],
          2, "not an initialised member home", False),
+        ("admin member add --out into a missing folder", ["admin", "member", "add", "--home", a, "--request",
+                                                          str(w["root"] / "d" / "join-request.bin"), "--out",
+                                                          str(w["root"] / "nope" / "d.bundle")], 2, "nothing was issued", False),
+        ("admin auditor add --out into a missing folder", ["admin", "auditor", "add", "--home", a, "--request",
+                                                           str(w["root"] / "aud2" / "join-request.bin"), "--out",
+                                                           str(w["root"] / "nope" / "aud2.bundle")], 2, "nothing was issued", False),
+        ("keygen --home is a file", ["member", "keygen", "--home", str(w["data"] / "consent.pdf"), "--id", "lender-x", "--name", "X",
+                                     "--endpoint", "127.0.0.1:7002"], 2, "is a file", False),
+        ("--db of a server that is down", ["admin", "member", "list", "--home", a, "--db", "postgresql://u:pw@127.0.0.1:1/x"], 5,
+         "the database cannot be used", False),
+        ("--db in a missing folder", ["member", "alerts", "--home", b, "--db", f"sqlite:///{w['root']}/nodir/m.db"], 5,
+         "the database cannot be used", False),
+        ("--db of an unknown kind", ["member", "import", "--home", h, "--kind", "loans", "--db", "bogus://x",
+                                     str(w["data"] / "truncated.csv")], 2, "unsupported database kind", False),
         ("gateway serve on a port in use (localhost)", ["gateway", "serve", "--home", gw, "--listen", f"localhost:{w['busy_port']}"], 2,
          "in use", False),
     ]
 
 
+@pytest.mark.timeout(1200)  # some 170 CLI processes, one after another: minutes on a loaded 2-core machine
 def test_every_command_with_bad_arguments_and_bad_files(world: dict[str, Path]) -> None:
     import socket
 
@@ -473,3 +493,118 @@ def test_audit_report_reads_the_purpose_of_a_request_refused_before_parsing(caps
     text = capsys.readouterr().out
     assert "by purpose  CREDIT_LIMIT_REVIEW 2, LOAN_APPROVAL 1, unreadable request 4" in text, text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+# ------------------------------------------------------------------ import --dry-run, as printed
+
+def test_dry_run_prints_the_summary_of_the_real_import_and_writes_nothing(tmp_path: Path) -> None:
+    """SPEC §2: `--dry-run` prints the same summary as the real import that
+    follows, then `(dry run: nothing written)`; the book is untouched."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from alliance import matching_key
+    from alliance_cli.main import cli as root
+    from alliance_member.home import MemberConfig, MemberHome
+
+    home = MemberHome(tmp_path / "m")
+    home.path.mkdir()
+    home.write_config(MemberConfig("lender-a", "Lender A", "member", "127.0.0.1:1", "127.0.0.1:1", "127.0.0.1:2"))
+    matching_key.save(home.matching_key, matching_key.MatchingKey(epoch=1, key=bytes(range(32))))
+    first = tmp_path / "first.csv"
+    first.write_text("\n".join([LOAN_HEADER, *(loan_line(f"L{i}") for i in range(5))]) + "\n")
+    runner = CliRunner()
+    imp = ["member", "import", "--home", str(home.path), "--kind", "loans"]
+    assert runner.invoke(root, [*imp, str(first)]).exit_code == 0
+
+    def book() -> list[tuple]:
+        with sqlite3.connect(home.path / "member.db") as conn:
+            return conn.execute("SELECT loan_id, balance_fen, status FROM loans ORDER BY loan_id").fetchall()
+
+    before = book()
+    assert before == [(f"L{i}", 400_000, "ACTIVE") for i in range(5)]
+    # the whole book again: L0 settled, L4 gone (1 of 5 = 20 %: allowed), L5 new
+    snap = tmp_path / "snap.csv"
+    settled = loan_line("L0", status="SETTLED").replace(",4000.00,", ",0.00,")
+    snap.write_text("\n".join([LOAN_HEADER, settled, *(loan_line(f"L{i}") for i in (1, 2, 3, 5))]) + "\n")
+    summary = f"{snap}: 5 loans row(s) imported, 0 rejected, 1 removed (snapshot)"
+    dry = runner.invoke(root, [*imp, "--snapshot", "--dry-run", str(snap)])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.splitlines() == [summary, "(dry run: nothing written)"]
+    assert book() == before
+    real = runner.invoke(root, [*imp, "--snapshot", str(snap)])
+    assert real.exit_code == 0, real.output
+    assert real.output.splitlines() == [summary]
+    assert book() == [("L0", 0, "SETTLED"), *((f"L{i}", 400_000, "ACTIVE") for i in (1, 2, 3, 5))]
+
+
+# ------------------------------------------------------------------ admin member list at 80 columns
+
+def test_member_list_shows_every_fingerprint_whole_at_80_columns(world: dict[str, Path]) -> None:
+    """Issue 9: the one thing an operator compares by phone is never cut,
+    and the table fits 80 columns; `--wide` gives one line per member."""
+    import json
+
+    listing = json.loads(cli("admin", "member", "list", "--home", str(world["admin"]), "--json").stdout)
+    fingerprints = {r["member_id"]: r["fingerprint"] for r in listing}
+    assert set(fingerprints) == {"lender-a", "lender-b", "lender-c", "auditor-1"}
+    assert all(len(f.replace(":", "")) == 64 for f in fingerprints.values())  # SHA-256, whole
+    out = cli("admin", "member", "list", "--home", str(world["admin"]))
+    assert out.returncode == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, out.stdout
+    for mid, fpr in fingerprints.items():
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{mid}  ("))
+        block = lines[at + 1:at + 4]
+        first = next(line for line in block if line.startswith("  fingerprint "))
+        second = block[block.index(first) + 1]
+        assert f"{first.split()[-1]}:{second.strip()}" == fpr, (mid, block)
+    wide = cli("admin", "member", "list", "--home", str(world["admin"]), "--wide").stdout.splitlines()
+    assert wide[0].split()[:4] == ["member_id", "name", "role", "status"]
+    for mid, fpr in fingerprints.items():
+        [row] = [line for line in wide[1:] if line.startswith(mid + " ")]
+        assert row.endswith(fpr)
+    for mid, fpr in fingerprints.items():  # `admin member show` too: the fingerprint whole on one line
+        shown = cli("admin", "member", "show", "--home", str(world["admin"]), mid)
+        assert shown.returncode == 0 and any(fpr in line for line in shown.stdout.splitlines()), shown.stdout
+        assert max(len(line) for line in shown.stdout.splitlines()) <= 80, shown.stdout
+
+
+def test_a_reader_that_goes_away_is_no_internal_error(world: dict[str, Path]) -> None:
+    """`alliance admin member list | head -3`: the pipe's reader is gone before
+    the table is written; the command stops quietly (128 + SIGPIPE), with no
+    "internal error" and no traceback."""
+    import os
+
+    for args in (["admin", "member", "list", "--home", str(world["admin"])],
+                 ["admin", "member", "list", "--home", str(world["admin"]), "--json"],
+                 ["member", "import", "--help"]):
+        proc = subprocess.Popen([sys.executable, "-m", "alliance_cli.main", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env={**os.environ, "COLUMNS": "80"})
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # no reader left: the first write fails with EPIPE
+        err = proc.stderr.read().decode()
+        proc.wait(60)
+        assert err == "", (args, err)
+        assert proc.returncode == 141, (args, proc.returncode)
+
+
+def test_the_human_report_starts_with_the_whole_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """SPEC §7: a one-line summary, not folded at 80 columns (as `alliance
+    member query … | head -1` or a narrow terminal would otherwise get it)."""
+    from alliance_cli import output
+
+    r = blank_report(lenders_with_active_loans=2, active_loans=5, outstanding_balance_fen=46_951_105,
+                     lenders_with_overdue=1, overdue_loans=1, overdue_amount_fen=120_000, dpd_1_30=1,
+                     lenders_flagging_fraud=2)
+    expected = ("borrows at 2 other lenders: 5 active loans, ¥469,511.05 outstanding; "
+                "1 loan 1–30 days overdue; flagged for fraud by 2 lenders")
+    assert len(expected) > 80
+    capsys.readouterr()
+    output.report_table({"report": r, "complete": True, "members_asked": 2, "members_answered": 2, "query_id": "ab" * 16,
+                         "audit": None}, subject="RESIDENT_ID 110105********002X", as_of="2026-06-30", purpose="LOAN_APPROVAL")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == [expected, "subject RESIDENT_ID 110105********002X, as of 2026-06-30, purpose LOAN_APPROVAL",
+                         "2 of 2 other members answered; your own book is not included"]
+    assert lines[-1] == f"query {'ab' * 16}"

@@ -62,3 +62,31 @@ def test_demo_with_data_state_file_and_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0
     time.sleep(0.5)
     assert not any(_port_open(e) for e in endpoints), "SIGTERM must stop every process the demo started"
+
+
+def test_demo_shows_alerts_monitoring_disclosures_and_the_monthly_report(tmp_path: Path) -> None:
+    """Issue 11: `alliance demo` (synthetic data) briefly shows an application
+    alert, a monitoring run, each member's disclosure and the monthly report
+    written to a file it names; the log still verifies; every process stops."""
+    import re
+
+    out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "demo", "--home", str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "internal error" not in out.stdout + out.stderr
+    text = out.stdout
+    assert re.search(r"^borrows at 2 other lenders: .* outstanding", text, re.M)  # the summary line, whole
+    assert re.search(r"^subject RESIDENT_ID \d{6}\*{8}[\dX]{4}, as of \d{4}-\d\d-\d\d, purpose LOAN_APPROVAL$", text, re.M)
+    assert "alert (`alliance member alerts`):" in text and "applied for a loan elsewhere" in text
+    assert re.search(r"monitoring run \(`alliance member monitor`\): [1-9]\d* active borrower", text)
+    for mid in ("lender-a", "lender-b", "lender-c"):
+        assert re.search(rf"^{mid} discloses \d{{4}}-\d\d \(`alliance member disclose`\)", text, re.M), mid
+    m = re.search(r"monthly report \(`alliance audit monthly-report`\): (.*); 3 signature\(s\) checked; written to (\S+)$",
+                  text, re.M)
+    assert m, text[-2000:]
+    assert "of 0 active" not in m.group(1)
+    report = Path(m.group(2))
+    assert report.parent == tmp_path / "work" and report.name.startswith("monthly-report-")
+    page = report.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and 'data-chart="outstanding_balance"' in page
+    assert "audit verify: ok" in text and text.rstrip().endswith("demo finished; every process stopped")

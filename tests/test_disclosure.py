@@ -623,3 +623,17 @@ def test_audit_verify_checks_a_disclosure_signature_with_the_members_key(gw) -> 
     forged = dict(entries[good.entry.index][1], signature="00" * 64)
     assert audit_verify.check_signature_jobs(replay.entry(good.entry.index, forged)) == [
         (good.entry.index, "the disclosure signature of ma does not verify with its key")]
+
+
+def test_disclosures_from_members_not_active_at_the_months_end_are_never_3_of_0() -> None:
+    """The demo's alliance is founded this month and discloses last month:
+    the sentence (CLI, demo, HTML) must not read "3 of 0 active members"."""
+    base = {"month": "2026-11"}
+    assert render.disclosed_sentence({**base, "members_disclosed": 2, "members_expected": 4, "not_disclosed": ["mc", "md"]}) == \
+        "2 of 4 active members disclosed for 2026-11."
+    assert render.disclosed_sentence({**base, "members_disclosed": 3, "members_expected": 0, "not_disclosed": []}) == (
+        "3 members disclosed for 2026-11; 0 were active members at its end "
+        "(3 disclosures from members not active at its end, e.g. joined later).")
+    assert render.disclosed_sentence({**base, "members_disclosed": 2, "members_expected": 2, "not_disclosed": ["mb"]}) == (
+        "2 members disclosed for 2026-11; 2 were active members at its end "
+        "(1 disclosure from members not active at its end, e.g. joined later).")

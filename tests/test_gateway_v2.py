@@ -386,3 +386,40 @@ def test_monitoring_queries_need_the_policy_and_have_their_own_quota(gateway) ->
     assert exc.value.reason == "quota_exceeded" and "monitoring" in str(exc.value)
     for _ in range(3):  # the daily quota is untouched by monitoring
         process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
+
+
+def test_a_precheck_on_a_pinned_token_asks_the_pin_less_its_querier(gateway, ca, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §5.3: a precheck on a pinned token asks the same members as a
+    report would (P less the querier), never a member outside the pin, also
+    for a second querier."""
+    svc, stubs, members = gateway
+    _raise_quotas(svc)
+    _answering_querier(stubs, members, ca, tmp_path)
+    late = stubs["mc"]
+    stubs["mc"] = FakeStub(None)
+    process(svc, members, signed_query(members["mq"]), "mq", "member", "query")  # mc missed it: P = {ma, mb, mq}
+    assert _last_entry(svc)["answer_set"] == ["ma", "mb", "mq"]
+    stubs["mc"] = late  # mc answers again, but is outside the pin
+    calls = _count_calls(stubs)
+    resp = process(svc, members, signed_query(members["ma"], mode=pb.QUERY_MODE_PRECHECK), "ma", "member", "precheck")
+    assert sorted(resp.asked_member_ids) == ["mb", "mq"] and sorted(calls) == ["mb", "mq"]
+    entry = _last_entry(svc)
+    assert entry["kind"] == "precheck" and entry["outcome"] == "accepted" and entry["answer_set"] == ["ma", "mb", "mq"]
+    calls.clear()
+    resp = process(svc, members, signed_query(members["mq"], mode=pb.QUERY_MODE_PRECHECK), "mq", "member", "precheck")
+    assert sorted(resp.asked_member_ids) == ["ma", "mb"] and sorted(calls) == ["ma", "mb"]
+
+
+def test_docs_list_every_refusal_reason_with_its_status_and_exit_code() -> None:
+    """docs/audit-log.md's table of refusal reasons is the gateway's list,
+    with the same gRPC status and SPEC §7 exit status."""
+    import re
+
+    from alliance.audit_verify.reasons import KNOWN_REASONS
+    from alliance_gateway.refusals import REFUSALS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "audit-log.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \| ([A-Z_]+) \| (\d) \| (.+) \|$", text, re.M)
+    documented = {reason: (status, int(code)) for reason, status, code, _ in rows}
+    assert documented == {reason: (status.name, code) for reason, (status, code) in REFUSALS.items()}
+    assert set(documented) == KNOWN_REASONS

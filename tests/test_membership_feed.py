@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from alliance import checkpoint, db, paillier, signing, trust
+from alliance import checkpoint, cosignature, db, paillier, signing, trust
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log
@@ -33,11 +33,22 @@ class Clock:
 
 
 class Source:
-    """The gateway as the member's client sees it, with hooks to misbehave."""
+    """The gateway as the member's client sees it, with hooks to misbehave.
+    ``cosigners``: the members whose cosignatures (C2SP cosignature/v1, by
+    their real keys) the witness checkpoint carries (SPEC §6.1)."""
 
     def __init__(self, service, members, reader: str) -> None:  # type: ignore[no-untyped-def]
         self.service, self.members, self.reader = service, members, reader
         self.tamper: Any = None
+        self.cosigners: tuple[str, ...] = ("mb", "mq")
+
+    def witnessed_checkpoints(self) -> tuple[str, list[str]]:
+        self.service.cut_witness_checkpoint()
+        note = self.service.witnessed_checkpoints().checkpoint
+        cp = checkpoint.Checkpoint.parse(note[:note.rfind("\n\n") + 1])
+        now = int(time.time())
+        lines = [cosignature.cosign(cp, mid, self.members[mid].signing_key, now) for mid in self.cosigners]
+        return cosignature.add_cosignatures(note, lines), []
 
     def membership(self, from_membership_seq: int, max_entries: int = 0) -> pb.ProvenEntries:
         page = self.service.GetMembership(pb.GetMembershipRequest(from_membership_seq=from_membership_seq, max_entries=max_entries),
@@ -221,8 +232,8 @@ def test_a_view_whose_checkpoint_was_witnessed_over_60_s_ago_is_stale(alliance) 
     """The pluggable policy may say when a checkpoint was witnessed (§6.1);
     a checkpoint replayed from long ago then makes the view stale."""
     _, members, feed, member, _, clock = alliance
-    inner = feed.policy
-    feed.policy = lambda note: feed_mod.AcceptedCheckpoint(inner(note).checkpoint, note, witnessed_at_s=clock.now - 120)
+    inner = feed.log_policy
+    feed.log_policy = lambda note: feed_mod.AcceptedCheckpoint(inner(note).checkpoint, note, witnessed_at_s=clock.now - 120)
     feed.refresh()
     assert refused(member, members["mq"]) == "feed_stale"
 
@@ -264,7 +275,7 @@ def test_an_altered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: 
 def _second_follower(feed: feed_mod.MembershipFeed) -> feed_mod.MembershipFeed:
     """Another process on the same member database (`member serve` beside a
     CLI command): its own engine, its own in-process lock."""
-    return feed_mod.MembershipFeed(db.make_engine(str(feed.engine.url)), feed.source, feed.policy, member_id=feed.member_id,
+    return feed_mod.MembershipFeed(db.make_engine(str(feed.engine.url)), feed.source, feed.log_policy, member_id=feed.member_id,
                                    own_fingerprints=feed.own_fingerprints, clock=feed.clock)
 
 

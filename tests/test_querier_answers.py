@@ -139,7 +139,9 @@ def home_copy(alliance, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
     keeps must not fork the other tests' view of the log."""
     net, _ = alliance
     dest = tmp_path / "querier-home"
-    shutil.copytree(net.members[QUERIER].home, dest)
+    # the live node writes its witness state atomically (temporary file, then rename): a temporary file
+    # listed by copytree may be gone when it is copied, and is never state the copy needs
+    shutil.copytree(net.members[QUERIER].home, dest, ignore=shutil.ignore_patterns(".*.tmp"))
     return dest
 
 

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, insert, select, update
 
-from alliance import audit_entry, checkpoint, db, paillier, signing
+from alliance import audit_entry, checkpoint, cosignature, db, paillier, signing, witness_quorum
 from alliance.errors import CryptoError, Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema
@@ -107,8 +107,25 @@ class Alliance:
     def source(self, member_id: str) -> "LocalSource":
         return LocalSource(self, member_id)
 
+    def witnessed(self, member_id: str, cosigners: tuple[str, ...] | None = None) -> rec.Witnessed:
+        """A witness checkpoint of the log as it is now, cosigned (C2SP
+        cosignature/v1, real keys) by ``cosigners`` (default: every other
+        member) and accepted the way the member's feed accepts one: log key
+        and a quorum of the four members, the member itself not counting."""
+        self.gateway.cut_witness_checkpoint()
+        note = self.gateway.witnessed_checkpoints().checkpoint
+        cp = checkpoint.open_checkpoint(note, self.verifier)
+        who = cosigners if cosigners is not None else tuple(m for m in MEMBERS if m != member_id)
+        note = cosignature.add_cosignatures(note, [cosignature.cosign(cp, m, self.members[m].signing_key, int(time.time()))
+                                                   for m in who])
+        witness_quorum.check_quorum(note, cp, eligible=set(MEMBERS), deciding=member_id, now_s=int(time.time()),
+                                    keys={m: [self.members[m].body.ed25519_public_key] for m in MEMBERS})
+        return cp, note
+
     def reconcile(self, member_id: str, **kw: Any) -> rec.Result:
         kw.setdefault("min_age_ms", 0)
+        if "witnessed" not in kw:
+            kw["witnessed"] = self.witnessed(member_id)
         return rec.reconcile(self.services[member_id].engine, member_id=member_id,
                              public_key=bytes(self.members[member_id].body.ed25519_public_key),
                              source=self.source(member_id), verifier=self.verifier,
@@ -389,3 +406,54 @@ def test_a_checkpoint_inconsistent_with_the_kept_one_is_refused(alliance) -> Non
     kept.write_text(checkpoint.sign_checkpoint(fake, "test/log", a.gateway.log.signing_key))
     with pytest.raises(CryptoError):
         rec.read_log(a.source("ma"), "ma", 0, a.verifier, kept)
+
+
+# ---------------------------------------------------------------------------
+# SPEC §6.1/§6.2: answers are reconciled only under a witnessed checkpoint
+
+
+def test_an_answer_logged_above_the_witnessed_checkpoint_is_not_reconciled_until_witnessed(alliance) -> None:  # type: ignore[no-untyped-def]
+    a = alliance
+    before = a.witnessed("ma")          # cosigned before the query was logged
+    qid = a.query("mq")
+    result = a.reconcile("ma", witnessed=before)
+    assert result.reconciled == 0 and result.missing == []
+    assert [r["query_id"] for r in result.not_witnessed] == [qid] and result.ok  # pending: given moments ago
+    assert a.journal("ma") == [qid]                                               # not pruned
+    late = a.reconcile("ma", witnessed=before, clock=lambda: time.time() + 6 * 60)
+    assert not late.ok and [r["query_id"] for r in late.overdue] == [qid]         # still unwitnessed after 5 minutes
+    assert late.as_json()["not_witnessed"][0]["overdue"] is True
+    result = a.reconcile("ma")          # a checkpoint cosigned after it
+    assert result.ok and result.reconciled == 1 and result.not_witnessed == [] and a.journal("ma") == []
+
+
+def test_without_a_witnessed_checkpoint_nothing_reconciles(alliance) -> None:  # type: ignore[no-untyped-def]
+    """A member whose feed has no checkpoint with a quorum (e.g. the operator
+    shows it only log-signed ones) reconciles nothing, and fails after 5 minutes."""
+    a = alliance
+    qid = a.query("mq")
+    result = a.reconcile("mb", witnessed=None)
+    assert result.reconciled == 0 and [r["query_id"] for r in result.not_witnessed] == [qid]
+    assert "no witnessed checkpoint" in result.not_witnessed[0]["why"] and a.journal("mb") == [qid]
+    assert not a.reconcile("mb", witnessed=None, clock=lambda: time.time() + 6 * 60).ok
+
+
+def test_a_witnessed_checkpoint_not_consistent_with_the_log_shown_is_refused(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The witnesses cosigned one log, the member is shown another: a fork."""
+    a = alliance
+    a.query("mq")
+    cp, _ = a.witnessed("ma")
+    other = checkpoint.Checkpoint(cp.origin, cp.size, bytes(32), cp.extensions)
+    note = checkpoint.sign_checkpoint(other, "test/log", a.gateway.log.signing_key)
+    note = cosignature.add_cosignatures(note, [cosignature.cosign(other, m, a.members[m].signing_key, int(time.time()))
+                                               for m in ("mb", "mc", "mq")])
+    with pytest.raises(CryptoError, match="two different checkpoints|not a prefix"):
+        a.reconcile("ma", witnessed=(other, note))
+
+
+def test_the_test_witness_helper_needs_a_quorum_without_the_member_itself(alliance) -> None:  # type: ignore[no-untyped-def]
+    """Four members: a quorum is 3, of the three others."""
+    a = alliance
+    with pytest.raises(witness_quorum.NotWitnessed):
+        a.witnessed("ma", cosigners=("ma", "mb", "mc"))
+    assert a.witnessed("ma", cosigners=("mb", "mc", "mq"))

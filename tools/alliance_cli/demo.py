@@ -1,6 +1,8 @@
 """`alliance demo`: a throw-away local alliance (gateway + 3 members over
 mutual TLS, SQLite), synthetic or given UDS-1 data, example queries, a
-precheck on both sides of the cap, and an audit verification."""
+precheck on both sides of the cap, an application alert, a monitoring run,
+each member's disclosure and the monthly report (written to a file it
+names), and an audit verification."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from alliance import pki, synthetic, uds1
+from alliance import identity, pki, synthetic, uds1
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
@@ -67,6 +69,7 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
         if dataset is not None:
             _example_queries(alliance, dataset, as_of, echo)
             _monitoring(alliance, as_of, echo)
+            _disclosure(alliance, as_of, echo, report_dir=None if tmp is not None else work_dir)
             _audit(alliance, echo)
         if keep_running:
             echo("alliance running; SIGTERM or Ctrl-C stops it")
@@ -118,7 +121,8 @@ def _example_queries(alliance: LocalAlliance, dataset: "synthetic.Dataset", as_o
                                ("an applicant nobody knows", unknown)):
             echo(f"\n{querier_id} asks about {label} ({subject.id_type} {subject.canonical_id[:6]}…):")
             result = querier.query(Subject(subject.id_type, subject.canonical_id), purpose="LOAN_APPROVAL", consent=consent, as_of=as_of)
-            output.report_table(result)
+            output.report_table(result, subject=f"{subject.id_type} {identity.masked_id(subject.canonical_id)}",
+                                as_of=as_of.isoformat(), purpose="LOAN_APPROVAL")
         for amount in ("10000", "990000"):
             result = querier.precheck(Subject(person.id_type, person.canonical_id), amount_yuan=amount,
                                       purpose="LOAN_APPROVAL", consent=consent, as_of=as_of)
@@ -174,6 +178,39 @@ def _monitoring(alliance: LocalAlliance, as_of, echo: Callable[[str], None]) -> 
     echo(f"{querier_id} monitoring run (`alliance member monitor`): {counts['subjects']} active borrower(s) re-screened "
          f"(POST_LOAN_MONITORING), {counts['baseline']} first report(s) kept, {counts['alerts']} alert(s); "
          "every asked member learns which of its borrowers are also yours")
+
+
+def _disclosure(alliance: LocalAlliance, as_of, echo: Callable[[str], None], *, report_dir: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §11 in brief: every member discloses last month's figures (signed,
+    logged), and the auditor builds the monthly report from the log alone,
+    written to a file that outlives the demo (under --home, else in the
+    system's temporary folder), whose name is printed."""
+    from alliance import monthly_report_render as render
+    from alliance_member import disclosure as member_disclosure
+    from alliance_member import monthly_report
+
+    if alliance.auditor_home is None:
+        return
+    month = f"{as_of.year - (as_of.month == 1)}-{(as_of.month - 2) % 12 + 1:02d}"  # the month before as_of's
+    for mid in alliance.member_ids:
+        result = member_disclosure.disclose(alliance.members[mid].home, month)
+        f = result["figures"]
+        echo(("\n" if mid == alliance.member_ids[0] else "")
+             + f"{mid} discloses {month} (`alliance member disclose`): {f['outstanding_loans']} loans outstanding, "
+             f"¥{output.yuan(f['outstanding_balance_fen'])}; loan overdue rate {render.fmt('bp', f['loan_overdue_rate_bp'])} "
+             f"(signed, logged as entry {result['audit']['leaf_index']})")
+    report = monthly_report.build(alliance.auditor_home, month)
+    page = render.html(report).encode("utf-8")
+    if report_dir is not None:
+        path = report_dir / f"monthly-report-{month}.html"
+        write_atomic(path, page)
+    else:
+        fd, name = tempfile.mkstemp(prefix=f"alliance-demo-monthly-report-{month}-", suffix=".html")
+        with open(fd, "wb") as fh:
+            fh.write(page)
+        path = Path(name)
+    echo(f"monthly report (`alliance audit monthly-report`): {render.disclosed_sentence(report).rstrip('.')}; "
+         f"{report['disclosures_checked']} signature(s) checked; written to {path}")
 
 
 def _audit(alliance: LocalAlliance, echo: Callable[[str], None]) -> None:

@@ -28,7 +28,7 @@ def _month(value: str) -> str:
 
 
 @click.command("disclose")
-@click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+@click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory holding keys and state.")
 @click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
 @MONTH
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -91,7 +91,7 @@ def audit_monthly_report(home: Path, db_url: str | None, month: str, html_file: 
         sys.stdout.write(render.csv_text(report))
     else:
         t = report["totals"]
-        click.echo(f"{report['title']} {month}: {report['members_disclosed']} of {report['members_expected']} active members disclosed"
+        click.echo(f"{report['title']} {month}: {render.disclosed_sentence(report).rstrip('.')}"
                    + (f"; not disclosed: {', '.join(report['not_disclosed'])}" if report["not_disclosed"] else ""))
         if t:
             click.echo(f"  outstanding {render.fmt('fen', t['outstanding_balance_fen'])}, loan overdue rate "

@@ -100,6 +100,7 @@ class LocalAlliance:
                 m.process = self._spawn(m.member_id, ["member", "serve", "--home", str(m.home)])
             for m in self.members.values():
                 self.wait_serving(m.endpoint)
+            self.wait_witnessed()
         except BaseException:
             self.stop()
             raise
@@ -151,6 +152,41 @@ class LocalAlliance:
             raise Unreachable(f"{endpoint} did not start serving within {timeout_s:.0f}s (see {self.root / 'logs'})")
         finally:
             channel.close()
+
+    def wait_witnessed(self, timeout_s: float = 60.0) -> None:
+        """Wait until every member's membership feed keeps a checkpoint
+        cosigned by a witness quorum that covers everything it held when it
+        started serving (SPEC §6.1: trust in a sponsored peer rests on it,
+        so a query right after start-up is not refused `not_witnessed`).
+        Takes about one witness interval plus a feed refresh."""
+        from sqlalchemy import select
+
+        from alliance import db
+        from alliance_member import feed as feed_mod
+        from alliance_member.home import MemberHome
+
+        engines = {m.member_id: db.make_engine(MemberHome(m.home).db_url(m.db_url)) for m in self.members.values()}
+        targets: dict[str, int] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                behind = []
+                for mid, engine in engines.items():
+                    with engine.connect() as conn:
+                        state = conn.execute(select(feed_mod.feed_state.c.size)).scalar()
+                        witnessed = conn.execute(select(feed_mod.feed_witnessed.c.size)).scalar()
+                    target = targets.setdefault(mid, state or 0) if state is not None else None
+                    if target is None or witnessed is None or witnessed < target:
+                        behind.append(mid)
+                if not behind:
+                    return
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"{', '.join(behind)} kept no witnessed checkpoint within {timeout_s:.0f}s "
+                                      f"(see {self.root / 'logs'})")
+                time.sleep(0.2)
+        finally:
+            for engine in engines.values():
+                engine.dispose()
 
     def stop_member(self, member_id: str) -> None:
         _terminate(self.members[member_id].process)

@@ -16,11 +16,12 @@ from typing import Any
 
 import click
 
+from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
 from alliance_cli.params import parse_day
 
-HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+HOME = click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
 METRICS_LISTEN = click.option(
     "--metrics-listen", default=None, metavar="HOST:PORT",
@@ -46,11 +47,17 @@ class AllianceGroup(click.Group):
         except AllianceError as exc:
             click.echo(f"alliance: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            _stdout_gone()
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
             if os.environ.get("ALLIANCE_DEBUG"):
                 raise
+            problem = _database_problem(exc)
+            if problem is not None:
+                click.echo(f"alliance: error: {problem}", err=True)
+                ctx.exit(5)
             click.echo(f"alliance: internal error: {type(exc).__name__}: {exc} (set ALLIANCE_DEBUG=1 for a traceback)", err=True)
             ctx.exit(1)
 
@@ -107,7 +114,7 @@ def admin() -> None:
 @admin.command("init")
 @HOME
 @DB
-@click.option("--gateway-home", type=click.Path(path_type=Path), default=None, help="Gateway home (default: HOME/../gateway).")
+@click.option("--gateway-home", type=click.Path(file_okay=False, path_type=Path), default=None, help="Gateway home (default: HOME/../gateway).")
 @click.option("--name", "alliance_name", default="credit-alliance.example", show_default=True, help="Alliance name; the log origin is NAME/audit-log.")
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="Address the gateway listens on.")
 @click.option("--endpoint", default=None, help="host:port members use to reach the gateway (default: --listen).")
@@ -160,6 +167,15 @@ def _admin(home: Path, db_url: str | None, passphrase_file: Path | None = None, 
     return Admin(home, db_url=db_url, ca_passphrase=_ca_passphrase(passphrase_file) if signs else None)
 
 
+def _check_out_folder(out_file: Path) -> None:
+    """`--out` must be writable where it points before anything is issued:
+    a credential is logged for good, so failing after it leaves a member
+    registered whose bundle nobody has."""
+    folder = out_file.parent
+    if not folder.is_dir():
+        raise UsageError(f"--out: folder {folder} does not exist; nothing was issued")
+
+
 @admin_member.command("add")
 @HOME
 @DB
@@ -178,8 +194,9 @@ def admin_member_add(home: Path, db_url: str | None, request_file: Path, out_fil
     Example:
       alliance admin member add --home admin --request join-request.bin --out lender-b.bundle
     """
+    _check_out_folder(out_file)  # before the credential is issued and logged: a retry would find the member exists
     bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), daily_quota=quota, expected_role="member")
-    out_file.write_bytes(bundle)
+    write_atomic(out_file, bundle)
     click.echo(f"credential bundle written to {out_file}; hand it to the member for `alliance member join`")
 
 
@@ -352,8 +369,9 @@ def admin_auditor_add(home: Path, db_url: str | None, request_file: Path, out_fi
     Example:
       alliance admin auditor add --home admin --request auditor/join-request.bin --out auditor.bundle
     """
+    _check_out_folder(out_file)
     bundle = _admin(home, db_url, passphrase_file, signs=True).add(request_file.read_bytes(), expected_role="auditor")
-    out_file.write_bytes(bundle)
+    write_atomic(out_file, bundle)
     click.echo(f"auditor credential bundle written to {out_file}")
 
 
@@ -887,10 +905,36 @@ from alliance_cli.disclosure_cmds import audit_monthly_report, member_disclose; 
 from alliance_cli import monitor_cmds; monitor_cmds.register(member)  # noqa: E402,E702
 
 
+def _database_problem(exc: Exception) -> str | None:
+    """A database that cannot be opened or reached (a `--db` URL of a server
+    that is down, a SQLite file in a folder that is gone, a lock held too
+    long) is the operator's to fix, not an internal error: one line, exit 5."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if not isinstance(exc, (OperationalError, InterfaceError)):
+        return None
+    reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return f"the database cannot be used: {reason[0] if reason else type(exc).__name__} (check --db or the home's db_url)"
+
+
+def _stdout_gone() -> None:
+    """Whoever read stdout went away (`alliance admin member list | head -3`):
+    stop quietly with the status of a tool SIGPIPE ended (128 + 13), not an
+    "internal error"; stdout is pointed at /dev/null so that the final flush
+    cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(141)
+
+
 def main() -> None:
     """Usage errors too are one line on stderr (SPEC §7), with where to find help."""
     try:
         code = cli.main(prog_name="alliance", standalone_mode=False)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at interpreter exit
+    except BrokenPipeError:
+        _stdout_gone()
     except click.ClickException as exc:
         message = " ".join(exc.format_message().split())
         ctx = getattr(exc, "ctx", None)

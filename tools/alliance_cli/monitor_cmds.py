@@ -19,7 +19,7 @@ from alliance.errors import AllianceError, Unreachable, UsageError
 from alliance_cli.params import parse_day
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-HOME = click.option("--home", "home", type=click.Path(path_type=Path), required=True, help="Directory holding keys and state.")
+HOME = click.option("--home", "home", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory holding keys and state.")
 DB = click.option("--db", "db_url", default=None, metavar="URL", help="SQLAlchemy database URL (default: SQLite under --home).")
 WEBHOOK = click.option("--webhook", default=None, metavar="URL",
                        help="POST each alert as JSON to URL (background, retried with back-off; never blocks).")

@@ -104,8 +104,8 @@ def report_table(result: dict[str, Any], *, subject: str = "", as_of: str = "", 
         lines.append(ident)
     lines.append(f"{result['members_answered']} of {result['members_asked']} other members answered; "
                  "your own book is not included")
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
+    for line in lines:  # never folded at the terminal's width: the summary is one line (SPEC §7), for `| head -1` too
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     table = Table(show_header=True, header_style="bold")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -118,7 +118,7 @@ def report_table(result: dict[str, Any], *, subject: str = "", as_of: str = "", 
     console.print(table)
     audit = result.get("audit")
     console.print(f"query {result['query_id']}" + (f", audit log leaf {audit['leaf_index']}" if audit else ""),
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
