@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, select, tuple_
 
 from alliance import identity, uds1
+from alliance._internal.files import is_special
 from alliance.errors import InvalidInput, UsageError
 from alliance.matching_key import MatchingKey
 from alliance_member import store
@@ -303,8 +304,11 @@ class _RejectWriter:
         if self._fh is None:
             # Written to a temporary file in the same folder and renamed into
             # place only when the import succeeds (SPEC §2: atomically).
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            self._tmp = Path(tmp)
+            if is_special(self.path):  # /dev/null, a FIFO: written into, never renamed over
+                fd = os.open(self.path, os.O_WRONLY)
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+                self._tmp = Path(tmp)
             # surrogateescape: a value holding bytes that are not UTF-8 (read
             # with surrogateescape) is written back as the very bytes it was.
             self._fh = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
@@ -324,6 +328,9 @@ class _RejectWriter:
             self._fh.write(line + "\n")
 
     def commit(self) -> None:
+        if self._fh is not None and self._tmp is None:  # a special file, written in place
+            self._fh.close()
+            self._fh = None
         if self._fh is None or self._tmp is None:
             return
         self._fh.flush()

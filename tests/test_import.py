@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -269,3 +270,21 @@ def test_import_killed_midway_leaves_the_store_unchanged(db_url, tmp_path) -> No
         ids = conn.execute(select(store.loans.c.loan_id)).scalars().all()
     assert ids == ["SEED"]
     engine.dispose()
+
+
+def test_a_reject_file_that_is_a_device_or_fifo_is_written_into_never_renamed_over(engine, tmp_path) -> None:
+    """`--reject-file /dev/null` as root once replaced the device node with a
+    plain file (a rename over it). A FIFO stands in for /dev/null here."""
+    path = write_loans(tmp_path / "loans.csv", [loan("L1"), loan("L2", term_months="0")])
+    fifo = tmp_path / "rejects.pipe"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = importer.import_file(engine, path, "loans", KEY, skip_invalid=True, reject_path=fifo)
+        assert (result.rows_written, result.rows_rejected) == (1, 1)
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        written = os.read(reader, 65536).decode()
+    finally:
+        os.close(reader)
+    assert written.splitlines()[0].startswith("loan_id,") and ":3: term_months:" in written
+    assert _files(tmp_path) == ["loans.csv", "rejects.pipe"], "no temp file left"

@@ -2,11 +2,26 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
 
+def is_special(path: Path) -> bool:
+    """An existing target that is not a regular file (``/dev/null``, a FIFO,
+    a terminal): written into, never renamed over. A rename would replace
+    the device node itself (as root, /dev/null became a plain file)."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
+    if is_special(path):
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
