@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy import Engine
 
-from alliance import db, metrics as alliance_metrics, paillier, pki, transport
+from alliance import db, metrics as alliance_metrics, naive, paillier, pki, transport
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
@@ -65,7 +65,10 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         member_stub=channels.stub,
         mask_pools=paillier.MaskPools(target=8),
         metrics=metrics,
+        naive_baseline=naive.enabled(),
     )
+    if service.naive_baseline:
+        log.warning("%s=naive: reports use the SPEC §8 naive baseline (benchmark only)", naive.ENV)
     server = transport.make_server(max_workers=32)
     alliance_pb2_grpc.add_GatewayServicer_to_server(service, server)
     transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name])

@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
-from alliance import log_rules, paillier, protocol, signing
+from alliance import log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
 from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.transport import peer_identity
@@ -77,8 +77,10 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         clock: Callable[[], float] = time.time,
         limiter: RefusalLimiter | None = None,
         metrics: gateway_metrics.GatewayMetrics | None = None,
+        naive_baseline: bool = False,
     ) -> None:
         self.engine = engine
+        self.naive_baseline = naive_baseline  # SPEC §8 bench baseline only (alliance.naive): reports carry a ciphertext per figure
         self.registry = registry
         self.log = log_reader
         self.config = config
@@ -234,6 +236,8 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 if len(answers) != len(targets):
                     raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
                 aggregate = paillier.blind_precheck(pk, enc_x, list(answers.values()), self.mask_pools.for_key(pk).take())
+            elif self._naive(ctx):
+                aggregate = naive.add(pk, list(answers.values()))
             else:
                 aggregate = paillier.add(pk, answers.values())
             ctx.inquiries_30d = self._inquiries_30d(querier.member_id, body.subject_token_sha256, ctx.received_ms)
@@ -263,7 +267,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             members_asked=len(ctx.asked),
             members_answered=len(answers),
             complete=len(answers) == len(ctx.asked),
-            aggregate_ciphertext=paillier.encode_ciphertext(pk, aggregate),
+            aggregate_ciphertext=naive.encode(pk, aggregate) if self._naive(ctx) else paillier.encode_ciphertext(pk, aggregate),
             inquiries_30d=ctx.inquiries_30d,
             asked_member_ids=ctx.asked,
             answers=ctx.receipts,
@@ -340,7 +344,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             raise QueryFailure("foreign_key", "the request's Paillier key is not the querier's registered key")
         return querier, body
 
-    def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, int]:
+    def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, Any]:
         """Ask every target at once; keep the well-formed, correctly signed
         answers that arrive before the deadline. Everything else is dropped
         and recorded, never summed."""
@@ -369,7 +373,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             fut.add_done_callback(on_done)
             calls.append((member, fut))
         all_done.wait(deadline_s + 0.1)
-        answers: dict[str, int] = {}
+        answers: dict[str, Any] = {}
         for member, fut in calls:
             if not fut.done():
                 fut.cancel()
@@ -391,11 +395,17 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 ctx.dropped.append({"member_id": member.member_id, "reason": f"malformed_answer: {exc}"[:300]})
         return answers
 
-    def _check_answer(self, ctx: _Context, member: MemberRecord, pk: paillier.PaillierPublicKey, response: pb.MemberQueryResponse) -> int:
+    def _naive(self, ctx: _Context) -> bool:
+        return self.naive_baseline and ctx.kind == "query"
+
+    def _check_answer(self, ctx: _Context, member: MemberRecord, pk: paillier.PaillierPublicKey, response: pb.MemberQueryResponse) -> Any:
         assert ctx.body is not None
         if response.member_id != member.member_id:
             raise CryptoError(f"answer names {response.member_id!r}, expected {member.member_id!r}")
-        ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
+        if self._naive(ctx):
+            ciphertext: Any = naive.decode(pk, response.ciphertext, len(report.REPORT_FIELDS))
+        else:
+            ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
         signing.verify(
             member.ed25519_public_key,
             signing.MEMBER_ANSWER,

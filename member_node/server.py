@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from sqlalchemy import Engine, select
 
-from alliance import db, masks, matching_key, paillier, pki, transport
+from alliance import db, masks, matching_key, naive, paillier, pki, transport
 from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
@@ -106,7 +106,10 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         mask_pools=mask_pools,
         after_answer=application_alerts.submit,
         metrics=metrics,
+        naive_baseline=naive.enabled(),
     )
+    if service.naive_baseline:
+        log.warning("%s=naive: answering with the SPEC §8 naive baseline (benchmark only)", naive.ENV)
     if metrics is not None:
         metrics.bind(engine=engine, mask_pools=mask_pools, feed_age=feed.age_s)
     log.info("warming mask pools for %d known querier keys (%s masks)",
