@@ -443,7 +443,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                         outcome, failure = "refused", QueryFailure("answer_set_changed", _pin_message(pin, missing))
                 return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
 
-            seq, _ = audit_log.append(conn, build, ctx.received_ms)
+            seq, _ = audit_log.append(conn, build, ctx.received_ms, cache=self.log.nodes)
             index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
             conn.execute(
                 insert(schema.inquiries).values(

@@ -22,6 +22,7 @@ from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import onboarding, store, witness
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
+from alliance_member.feed_memo import FeedMemo
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 
@@ -120,7 +121,8 @@ class Querier:
             if self._trust is None:
                 # the member's own view of the membership feed, shared with its node (SPEC §5.1)
                 feed = onboarding.open_feed(self.home, self.client, engine=self.engine())
-                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential, feed=feed)
+                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential,
+                                          feed=FeedMemo(feed))
             return self._trust
 
     # -- requests -----------------------------------------------------------

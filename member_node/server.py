@@ -17,6 +17,7 @@ from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import onboarding, store, witness
 from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.feed import FeedRefresher
+from alliance_member.feed_memo import FeedMemo
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.metrics import MemberMetrics
@@ -100,7 +101,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
-        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert), feed),
+        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert), FeedMemo(feed)),
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,
