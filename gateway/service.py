@@ -10,7 +10,9 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +47,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 INQUIRY_WINDOW_MS = 720 * 3600 * 1000
 MAX_SHARE_BYTES = 4096
 SUPPRESSED_FLUSH_INTERVAL_S = 5.0
+SCREEN_IN_FLIGHT = 8  # subjects of one screening stream processed at once (SPEC §8 screening)
 
 APPLICATION_PURPOSE = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts
 _app = schema.applications.c
@@ -109,14 +112,31 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         return self._unary(request, context, "precheck")
 
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
+        """Up to SCREEN_IN_FLIGHT subjects of one batch are processed at once
+        (each exactly as a single query: reserved, fanned out, logged before
+        its answer); answers stream back in request order."""
         peer_id, peer_role, cert_sha256 = self._peer(context)
-        for request in request_iterator:
-            kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
-            self._check_rate(context, peer_id, peer_role, kind)
+        with ThreadPoolExecutor(SCREEN_IN_FLIGHT, thread_name_prefix="screen") as pool:
+            pending: deque[Future[pb.GatewayQueryResponse]] = deque()
             try:
-                yield self.process(request, peer_id, peer_role, kind, cert_sha256)
-            except QueryFailure as failure:
-                yield pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
+                for request in request_iterator:
+                    kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
+                    self._check_rate(context, peer_id, peer_role, kind)
+                    pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))
+                    while pending and (len(pending) >= SCREEN_IN_FLIGHT or pending[0].done()):
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()  # the stream ended early: subjects not yet started are never sent
+
+    def _screen_one(self, request: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
+                    cert_sha256: bytes) -> pb.GatewayQueryResponse:
+        try:
+            return self.process(request, peer_id, peer_role, kind, cert_sha256)
+        except QueryFailure as failure:
+            return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
 
     def GetMemberCredential(self, request: pb.GetMemberCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
         self._require_active(context, ("member", "auditor"), "read member credentials")
