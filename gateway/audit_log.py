@@ -186,6 +186,25 @@ class LogReader:
         note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
         return size, note
 
+    def receipt(self, seq: int, known_size: int = 0) -> tuple[int, str, list[bytes], bytes, tuple[int, list[bytes]] | None]:
+        """What a query's receipt carries, read over one connection (it was
+        six): size and signed checkpoint of the tree ending at leaf ``seq``,
+        the leaf's inclusion proof, the entry, and, when the querier's
+        ``known_size`` is another size within the log, (known_size, the
+        consistency proof between the two sizes)."""
+        size = seq + 1
+        with self.engine.connect() as conn:
+            get = _getter(conn, self.nodes)
+            root = merkle.root_at(size, get)
+            extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
+            inclusion = merkle.inclusion_proof(seq, size, get)
+            entry = bytes(conn.execute(_ENTRY_DATA, {"seq": seq}).scalar_one())
+            consistency = None
+            if 0 < known_size != size and known_size <= conn.execute(_HEAD_SIZE).scalar_one():
+                consistency = (known_size, merkle.consistency_proof(min(known_size, size), max(known_size, size), get))
+        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
+        return size, note, inclusion, entry, consistency
+
     def _is_v2(self, conn: Connection) -> bool:
         if not self._v2:
             self._v2 = v2_started_seq(conn) is not None  # once v2, always v2

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
 from alliance import log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
-from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
+from alliance.errors import CryptoError, Refused, UsageError
 from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
@@ -527,17 +527,11 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         """Checkpoint, inclusion proof and entry; with the querier's known
         tree size, also the consistency proof between the two sizes, so the
         querier needs no second round trip to prove it (SPEC §6)."""
-        size, note = self.log.signed_checkpoint(seq + 1)
-        receipt = pb.AuditReceipt(
-            present=True, leaf_index=seq, tree_size=size, checkpoint=note,
-            inclusion_proof=self.log.inclusion_proof(seq, size), entry=self.log.entry(seq),
-        )
-        if 0 < known_size != size:
-            try:
-                receipt.consistency_proof.extend(self.log.consistency_proof(min(known_size, size), max(known_size, size)))
-                receipt.consistency_from = known_size
-            except InvalidInput:
-                pass  # a hint beyond the log: the querier asks on its own and finds out
+        size, note, inclusion, entry, consistency = self.log.receipt(seq, known_size)
+        receipt = pb.AuditReceipt(present=True, leaf_index=seq, tree_size=size, checkpoint=note, inclusion_proof=inclusion, entry=entry)
+        if consistency is not None:  # a hint beyond the log gets none: the querier asks on its own and finds out
+            receipt.consistency_from, proof = consistency
+            receipt.consistency_proof.extend(proof)
         return receipt
 
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, str, bytes]:
