@@ -41,6 +41,12 @@ def secure_channel(target: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, 
     return grpc.secure_channel(target, creds, options=options)
 
 
+def aio_secure_channel(target: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> grpc.aio.Channel:
+    """As secure_channel, on grpc.aio (create it inside the event loop that uses it)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+    return grpc.aio.secure_channel(target, creds, options=list(CHANNEL_OPTIONS))
+
+
 def gateway_channel(target: str, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> grpc.Channel:
     """A channel to the gateway: the TLS handshake fails unless the server's
     certificate is from the alliance CA *and* has the gateway role (carries

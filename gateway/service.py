@@ -6,6 +6,7 @@ The gateway never holds a Paillier private key or the matching key: it sees
 token hashes, tokens and ciphertexts, and multiplies ciphertexts."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import threading
@@ -405,7 +406,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 code = exc.code().name.lower() if exc.code() else "error"
                 ctx.dropped.append({"member_id": member.member_id, "reason": f"{code}: {exc.details()}"[:300]})
                 continue
-            except grpc.FutureCancelledError:
+            except (grpc.FutureCancelledError, concurrent.futures.CancelledError):
                 ctx.dropped.append({"member_id": member.member_id, "reason": "deadline_exceeded"})
                 continue
             try:
