@@ -16,6 +16,7 @@ import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,9 +122,11 @@ def _measure(n: int, *, naive_crypto: bool, light_queries: int, queries: int, co
             consent = Consent("BENCH-CONSENT", hashlib.sha256(b"bench").digest())
             querier = Querier(alliance.members[ids[0]].home)
             answered: list[int] = []
+            subjects_lock = threading.Lock()
 
             def one() -> None:
-                subject = next(subjects)  # atomic under the GIL: no subject is used twice
+                with subjects_lock:  # a generator is not thread-safe: no subject is used twice
+                    subject = next(subjects)
                 answered.append(querier.query(subject, purpose="LOAN_APPROVAL", consent=consent, as_of=as_of)["members_answered"])
 
             try:
