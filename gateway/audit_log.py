@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
 
 from alliance import audit_entry, checkpoint, log_rules, merkle
 from alliance.errors import InvalidInput
@@ -35,14 +35,17 @@ _PG_APPEND_LIMITS = (
 )
 
 
-def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> tuple[int, bytes]:
+def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None, *,
+           cache: "NodeCache | None" = None) -> tuple[int, bytes]:
     """Append one entry inside the caller's transaction; returns (seq, leaf hash).
 
     The head row is updated *first*: that takes the write lock (SQLite) or the
     row lock (PostgreSQL) before anything is read, so concurrent appenders from
     any number of processes get one gap-free sequence. ``now_ms`` None means
     "now, under the lock": membership entries are timed that way, so their
-    times never go backwards in log order (SPEC §6.3)."""
+    times never go backwards in log order (SPEC §6.3). ``cache``: sibling
+    hashes are looked up there first (stored nodes never change); an append
+    never adds to it, since what it reads may be this transaction's own."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(_PG_APPEND_LIMITS)
     seq = conn.execute(
@@ -61,7 +64,7 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None) -> 
     data = audit_entry.encode(entry)
     leaf = merkle.leaf_hash(data)
     conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
-    nodes = merkle.nodes_to_add(seq, leaf, _getter(conn))
+    nodes = merkle.nodes_to_add(seq, leaf, _getter(conn, cache, populate=False))
     conn.execute(insert(schema.log_nodes), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
     return seq, leaf
 
@@ -115,18 +118,24 @@ def start_v2(conn: Connection, *, deadline_ms: int) -> int:
     return seq
 
 
-def _getter(conn: Connection, cache: "NodeCache | None" = None) -> Callable[[int, int], bytes]:
+# Built once: constructing a SQLAlchemy statement per lookup cost more CPU
+# than running it (≈ 14 lookups per query).
+_NODE_HASH = select(schema.log_nodes.c.hash).where(
+    and_(schema.log_nodes.c.level == bindparam("level"), schema.log_nodes.c.idx == bindparam("idx")))
+_HEAD_SIZE = select(schema.log_head.c.size).where(schema.log_head.c.id == 1)
+_ENTRY_DATA = select(schema.log_entries.c.data).where(schema.log_entries.c.seq == bindparam("seq"))
+
+
+def _getter(conn: Connection, cache: "NodeCache | None" = None, *, populate: bool = True) -> Callable[[int, int], bytes]:
     def get(level: int, index: int) -> bytes:
         if cache is not None:
             hit = cache.get((level, index))
             if hit is not None:
                 return hit
-        row = conn.execute(
-            select(schema.log_nodes.c.hash).where(and_(schema.log_nodes.c.level == level, schema.log_nodes.c.idx == index))
-        ).first()
+        row = conn.execute(_NODE_HASH, {"level": level, "idx": index}).first()
         if row is None:
             raise LookupError(f"log node ({level}, {index}) is missing")
-        if cache is not None:
+        if cache is not None and populate:
             cache.put((level, index), bytes(row.hash))
         return bytes(row.hash)
 
@@ -165,17 +174,36 @@ class LogReader:
 
     def size(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
+            return conn.execute(_HEAD_SIZE).scalar_one()
 
     def signed_checkpoint(self, size: int | None = None) -> tuple[int, str]:
         """A log-signed checkpoint; on a v2 log it carries `membership <count>`."""
         with self.engine.connect() as conn:
             if size is None:
-                size = conn.execute(select(schema.log_head.c.size).where(schema.log_head.c.id == 1)).scalar_one()
+                size = conn.execute(_HEAD_SIZE).scalar_one()
             root = merkle.root_at(size, _getter(conn, self.nodes)) if size else merkle.EMPTY_ROOT
             extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
         note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
         return size, note
+
+    def receipt(self, seq: int, known_size: int = 0) -> tuple[int, str, list[bytes], bytes, tuple[int, list[bytes]] | None]:
+        """What a query's receipt carries, read over one connection (it was
+        six): size and signed checkpoint of the tree ending at leaf ``seq``,
+        the leaf's inclusion proof, the entry, and, when the querier's
+        ``known_size`` is another size within the log, (known_size, the
+        consistency proof between the two sizes)."""
+        size = seq + 1
+        with self.engine.connect() as conn:
+            get = _getter(conn, self.nodes)
+            root = merkle.root_at(size, get)
+            extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
+            inclusion = merkle.inclusion_proof(seq, size, get)
+            entry = bytes(conn.execute(_ENTRY_DATA, {"seq": seq}).scalar_one())
+            consistency = None
+            if 0 < known_size != size and known_size <= conn.execute(_HEAD_SIZE).scalar_one():
+                consistency = (known_size, merkle.consistency_proof(min(known_size, size), max(known_size, size), get))
+        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
+        return size, note, inclusion, entry, consistency
 
     def _is_v2(self, conn: Connection) -> bool:
         if not self._v2:
@@ -196,7 +224,7 @@ class LogReader:
 
     def entry(self, seq: int) -> bytes:
         with self.engine.connect() as conn:
-            return bytes(conn.execute(select(schema.log_entries.c.data).where(schema.log_entries.c.seq == seq)).scalar_one())
+            return bytes(conn.execute(_ENTRY_DATA, {"seq": seq}).scalar_one())
 
     def entries(self, start: int, end: int, *, page_bytes: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
         """Entries [start, end), read in pages of about ``page_bytes`` (sizes

@@ -2,15 +2,18 @@
 database, start the mutual-TLS gRPC server with health and reflection."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 from sqlalchemy import Engine
 
-from alliance import db, metrics as alliance_metrics, paillier, pki, transport
+from alliance import db, metrics as alliance_metrics, naive, paillier, pki, transport
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
@@ -22,8 +25,53 @@ from alliance_gateway.service import GatewayService
 log = logging.getLogger("alliance.gateway")
 
 
+class AioMemberChannels:
+    """The gateway's fan-out on grpc.aio (SPEC §8): one event-loop thread and
+    one mutual-TLS channel per member endpoint. A query's calls are tasks on
+    that loop; grpc's synchronous futures instead start a channel thread
+    each time a channel that went idle gets a call, i.e. a thread per member
+    per query under light load. ``stub(endpoint).Answer.future(request,
+    timeout=…)`` returns a concurrent.futures.Future, as the service expects."""
+
+    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
+        self._creds = (key_pem, cert_pem, ca_pem)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="member-fan-out", daemon=True)
+        self._thread.start()
+        self._stubs: dict[str, _AioStub] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, endpoint: str) -> "_AioStub":
+        with self._lock:
+            stub = self._stubs.get(endpoint)
+            if stub is None:
+                async def make() -> Any:
+                    return alliance_pb2_grpc.MemberNodeStub(transport.aio_secure_channel(endpoint, *self._creds))
+
+                stub = self._stubs[endpoint] = _AioStub(self._loop, asyncio.run_coroutine_threadsafe(make(), self._loop).result())
+            return stub
+
+
+class _AioStub:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stub: Any) -> None:
+        self.Answer = _AioUnary(loop, stub.Answer)
+
+
+class _AioUnary:
+    def __init__(self, loop: asyncio.AbstractEventLoop, multicallable: Any) -> None:
+        self._loop = loop
+        self._call = multicallable
+
+    def future(self, request: Any, timeout: float | None = None) -> concurrent.futures.Future:
+        async def call() -> Any:
+            return await self._call(request, timeout=timeout)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop)
+
+
 class MemberChannels:
-    """One mutual-TLS channel per member endpoint, reused across queries."""
+    """One mutual-TLS channel per member endpoint, reused across queries
+    (synchronous grpc; the server uses AioMemberChannels)."""
 
     def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
         self._creds = (key_pem, cert_pem, ca_pem)
@@ -56,7 +104,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
     )
-    channels = MemberChannels(key_pem, cert_pem, ca_pem)
+    channels = AioMemberChannels(key_pem, cert_pem, ca_pem)
     service = GatewayService(
         engine=engine,
         registry=Registry(engine, cfg.registry_refresh_ms),
@@ -65,7 +113,10 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         member_stub=channels.stub,
         mask_pools=paillier.MaskPools(target=8),
         metrics=metrics,
+        naive_baseline=naive.enabled(),
     )
+    if service.naive_baseline:
+        log.warning("%s=naive: reports use the SPEC §8 naive baseline (benchmark only)", naive.ENV)
     server = transport.make_server(max_workers=32)
     alliance_pb2_grpc.add_GatewayServicer_to_server(service, server)
     transport.add_health_and_reflection(server, [alliance_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name])

@@ -6,11 +6,14 @@ The gateway never holds a Paillier private key or the matching key: it sees
 token hashes, tokens and ciphertexts, and multiplies ciphertexts."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,9 +23,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
-from alliance import log_rules, paillier, protocol, signing
+from alliance import log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
-from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
+from alliance.errors import CryptoError, Refused, UsageError
 from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
@@ -45,6 +48,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 INQUIRY_WINDOW_MS = 720 * 3600 * 1000
 MAX_SHARE_BYTES = 4096
 SUPPRESSED_FLUSH_INTERVAL_S = 5.0
+SCREEN_IN_FLIGHT = 8  # subjects of one screening stream processed at once (SPEC §8 screening)
 
 APPLICATION_PURPOSE = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts
 _app = schema.applications.c
@@ -77,8 +81,10 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         clock: Callable[[], float] = time.time,
         limiter: RefusalLimiter | None = None,
         metrics: gateway_metrics.GatewayMetrics | None = None,
+        naive_baseline: bool = False,
     ) -> None:
         self.engine = engine
+        self.naive_baseline = naive_baseline  # SPEC §8 bench baseline only (alliance.naive): reports carry a ciphertext per figure
         self.registry = registry
         self.log = log_reader
         self.config = config
@@ -107,14 +113,31 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         return self._unary(request, context, "precheck")
 
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
+        """Up to SCREEN_IN_FLIGHT subjects of one batch are processed at once
+        (each exactly as a single query: reserved, fanned out, logged before
+        its answer); answers stream back in request order."""
         peer_id, peer_role, cert_sha256 = self._peer(context)
-        for request in request_iterator:
-            kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
-            self._check_rate(context, peer_id, peer_role, kind)
+        with ThreadPoolExecutor(SCREEN_IN_FLIGHT, thread_name_prefix="screen") as pool:
+            pending: deque[Future[pb.GatewayQueryResponse]] = deque()
             try:
-                yield self.process(request, peer_id, peer_role, kind, cert_sha256)
-            except QueryFailure as failure:
-                yield pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
+                for request in request_iterator:
+                    kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
+                    self._check_rate(context, peer_id, peer_role, kind)
+                    pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))
+                    while pending and (len(pending) >= SCREEN_IN_FLIGHT or pending[0].done()):
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for fut in pending:
+                    fut.cancel()  # the stream ended early: subjects not yet started are never sent
+
+    def _screen_one(self, request: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
+                    cert_sha256: bytes) -> pb.GatewayQueryResponse:
+        try:
+            return self.process(request, peer_id, peer_role, kind, cert_sha256)
+        except QueryFailure as failure:
+            return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
 
     def GetMemberCredential(self, request: pb.GetMemberCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
         self._require_active(context, ("member", "auditor"), "read member credentials")
@@ -234,6 +257,8 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 if len(answers) != len(targets):
                     raise QueryFailure("incomplete_precheck", f"{len(answers)} of {len(targets)} members answered; a precheck needs every asked member")
                 aggregate = paillier.blind_precheck(pk, enc_x, list(answers.values()), self.mask_pools.for_key(pk).take())
+            elif self._naive(ctx):
+                aggregate = naive.add(pk, list(answers.values()))
             else:
                 aggregate = paillier.add(pk, answers.values())
             ctx.inquiries_30d = self._inquiries_30d(querier.member_id, body.subject_token_sha256, ctx.received_ms)
@@ -263,7 +288,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             members_asked=len(ctx.asked),
             members_answered=len(answers),
             complete=len(answers) == len(ctx.asked),
-            aggregate_ciphertext=paillier.encode_ciphertext(pk, aggregate),
+            aggregate_ciphertext=naive.encode(pk, aggregate) if self._naive(ctx) else paillier.encode_ciphertext(pk, aggregate),
             inquiries_30d=ctx.inquiries_30d,
             asked_member_ids=ctx.asked,
             answers=ctx.receipts,
@@ -340,7 +365,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             raise QueryFailure("foreign_key", "the request's Paillier key is not the querier's registered key")
         return querier, body
 
-    def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, int]:
+    def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, Any]:
         """Ask every target at once; keep the well-formed, correctly signed
         answers that arrive before the deadline. Everything else is dropped
         and recorded, never summed."""
@@ -369,7 +394,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             fut.add_done_callback(on_done)
             calls.append((member, fut))
         all_done.wait(deadline_s + 0.1)
-        answers: dict[str, int] = {}
+        answers: dict[str, Any] = {}
         for member, fut in calls:
             if not fut.done():
                 fut.cancel()
@@ -381,7 +406,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 code = exc.code().name.lower() if exc.code() else "error"
                 ctx.dropped.append({"member_id": member.member_id, "reason": f"{code}: {exc.details()}"[:300]})
                 continue
-            except grpc.FutureCancelledError:
+            except (grpc.FutureCancelledError, concurrent.futures.CancelledError):
                 ctx.dropped.append({"member_id": member.member_id, "reason": "deadline_exceeded"})
                 continue
             try:
@@ -391,11 +416,17 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                 ctx.dropped.append({"member_id": member.member_id, "reason": f"malformed_answer: {exc}"[:300]})
         return answers
 
-    def _check_answer(self, ctx: _Context, member: MemberRecord, pk: paillier.PaillierPublicKey, response: pb.MemberQueryResponse) -> int:
+    def _naive(self, ctx: _Context) -> bool:
+        return self.naive_baseline and ctx.kind == "query"
+
+    def _check_answer(self, ctx: _Context, member: MemberRecord, pk: paillier.PaillierPublicKey, response: pb.MemberQueryResponse) -> Any:
         assert ctx.body is not None
         if response.member_id != member.member_id:
             raise CryptoError(f"answer names {response.member_id!r}, expected {member.member_id!r}")
-        ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
+        if self._naive(ctx):
+            ciphertext: Any = naive.decode(pk, response.ciphertext, len(report.REPORT_FIELDS))
+        else:
+            ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
         signing.verify(
             member.ed25519_public_key,
             signing.MEMBER_ANSWER,
@@ -433,7 +464,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
                         outcome, failure = "refused", QueryFailure("answer_set_changed", _pin_message(pin, missing))
                 return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
 
-            seq, _ = audit_log.append(conn, build, ctx.received_ms)
+            seq, _ = audit_log.append(conn, build, ctx.received_ms, cache=self.log.nodes)
             index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
             conn.execute(
                 insert(schema.inquiries).values(
@@ -497,17 +528,11 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         """Checkpoint, inclusion proof and entry; with the querier's known
         tree size, also the consistency proof between the two sizes, so the
         querier needs no second round trip to prove it (SPEC §6)."""
-        size, note = self.log.signed_checkpoint(seq + 1)
-        receipt = pb.AuditReceipt(
-            present=True, leaf_index=seq, tree_size=size, checkpoint=note,
-            inclusion_proof=self.log.inclusion_proof(seq, size), entry=self.log.entry(seq),
-        )
-        if 0 < known_size != size:
-            try:
-                receipt.consistency_proof.extend(self.log.consistency_proof(min(known_size, size), max(known_size, size)))
-                receipt.consistency_from = known_size
-            except InvalidInput:
-                pass  # a hint beyond the log: the querier asks on its own and finds out
+        size, note, inclusion, entry, consistency = self.log.receipt(seq, known_size)
+        receipt = pb.AuditReceipt(present=True, leaf_index=seq, tree_size=size, checkpoint=note, inclusion_proof=inclusion, entry=entry)
+        if consistency is not None:  # a hint beyond the log gets none: the querier asks on its own and finds out
+            receipt.consistency_from, proof = consistency
+            receipt.consistency_proof.extend(proof)
         return receipt
 
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, str, bytes]:

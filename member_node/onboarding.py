@@ -6,6 +6,7 @@ relaying it can neither read it nor plant one of its own."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -301,13 +302,28 @@ def own_fingerprints(home: MemberHome) -> set[bytes]:
     """Fingerprints of every credential this home requested: current,
     retired by rotations, and a pending rotation's."""
     found: set[bytes] = set()
-    for path in [home.join_request, home.pending_rotation.join_request]:
-        if path.exists():
-            found.add(pki.join_request_fingerprint(pki.verify_join_request(path.read_bytes())))
     retired = home.path / "retired"
-    for path in retired.glob("*/join-request.bin") if retired.exists() else ():
-        found.add(pki.join_request_fingerprint(pki.verify_join_request(path.read_bytes())))
+    paths = [home.join_request, home.pending_rotation.join_request]
+    paths += sorted(retired.glob("*/join-request.bin")) if retired.exists() else []
+    for path in paths:
+        if path.exists():
+            found.add(_join_request_fingerprint(path.read_bytes()))
     return found
+
+
+_JOIN_FINGERPRINTS: dict[bytes, bytes] = {}
+
+
+def _join_request_fingerprint(data: bytes) -> bytes:
+    """Verifying a join request (CSR parse, signatures) cost ≈ 1 ms and ran on
+    every trust decision (each answer, each query's receipts): remembered by
+    the SHA-256 of the exact bytes, which still are read every time."""
+    digest = hashlib.sha256(data).digest()
+    fp = _JOIN_FINGERPRINTS.get(digest)
+    if fp is None:
+        fp = pki.join_request_fingerprint(pki.verify_join_request(data))
+        _JOIN_FINGERPRINTS[digest] = fp
+    return fp
 
 
 def open_feed(home: MemberHome, client: GatewayClient | None = None, *, engine=None):  # type: ignore[no-untyped-def]

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alliance import checkpoint, db, identity, matching_key, merkle, paillier, pki, protocol, report, signing, uds1
+from alliance import checkpoint, db, identity, matching_key, merkle, naive, paillier, pki, protocol, report, signing, uds1
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import onboarding, store, witness
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
+from alliance_member.feed_memo import FeedMemo
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 
@@ -106,6 +107,7 @@ class Querier:
         self.client = client or GatewayClient(self.home)
         self._trust: AnswerTrust | None = None
         self._trust_lock = threading.Lock()
+        self.naive_baseline = naive.enabled()  # SPEC §8 bench baseline only: a phe ciphertext per figure
 
     def close(self) -> None:
         with self._checkpoint_lock:
@@ -119,7 +121,8 @@ class Querier:
             if self._trust is None:
                 # the member's own view of the membership feed, shared with its node (SPEC §5.1)
                 feed = onboarding.open_feed(self.home, self.client, engine=self.engine())
-                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential, feed=feed)
+                self._trust = AnswerTrust(self.engine(), pki.load_cert_pem(self.home.ca_cert), self.client.member_credential,
+                                          feed=FeedMemo(feed))
             return self._trust
 
     # -- requests -----------------------------------------------------------
@@ -171,8 +174,11 @@ class Querier:
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         audit = self.check_receipt(signed, response)
         summed = self.check_answers(signed, response)
-        m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
-        sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
+        if self.naive_baseline:
+            sums = naive.decrypt_figures(self.private_key, response.aggregate_ciphertext, len(report.REPORT_FIELDS), summed)
+        else:
+            m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
+            sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
         report.check_plausible(sums, response.members_answered)
         return {
             "query_id": response.query_id,

@@ -61,9 +61,11 @@ _marks = store.reconcile_marks.c
 
 def journal_answer(conn: Connection, query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> None:
     """Record an answer; call inside the transaction that remembers the query id."""
-    conn.execute(insert(store.answer_journal).values(
-        query_id=query_id, request_sha256=signing.sha256(request_body), ciphertext_sha256=signing.sha256(ciphertext),
-        answered_at_ms=now_ms))
+    conn.execute(_JOURNAL, {"query_id": query_id, "request_sha256": signing.sha256(request_body),
+                            "ciphertext_sha256": signing.sha256(ciphertext), "answered_at_ms": now_ms})
+
+
+_JOURNAL = insert(store.answer_journal)  # built once (the answer path)
 
 
 @dataclass(frozen=True)

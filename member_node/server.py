@@ -10,13 +10,14 @@ from pathlib import Path
 import grpc
 from sqlalchemy import Engine, select
 
-from alliance import db, masks, matching_key, paillier, pki, transport
+from alliance import db, masks, matching_key, naive, paillier, pki, transport
 from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_member import onboarding, store, witness
 from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.feed import FeedRefresher
+from alliance_member.feed_memo import FeedMemo
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.metrics import MemberMetrics
@@ -100,13 +101,16 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
-        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert), feed),
+        trust=PeerTrust(engine, pki.load_cert_pem(home.ca_cert), FeedMemo(feed)),
         signing_key=pki.load_ed25519_private_pem(home.signing_key),
         matching_key=MatchingKeySource(home.matching_key),
         mask_pools=mask_pools,
         after_answer=application_alerts.submit,
         metrics=metrics,
+        naive_baseline=naive.enabled(),
     )
+    if service.naive_baseline:
+        log.warning("%s=naive: answering with the SPEC §8 naive baseline (benchmark only)", naive.ENV)
     if metrics is not None:
         metrics.bind(engine=engine, mask_pools=mask_pools, feed_age=feed.age_s)
     log.info("warming mask pools for %d known querier keys (%s masks)",

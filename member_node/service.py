@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from alliance import log_rules, paillier, pki, protocol, report, signing
+from alliance import log_rules, naive, paillier, pki, protocol, report, signing
 from alliance.errors import CryptoError, Refused
 from alliance.matching_key import MatchingKey
 from alliance.transport import peer_identity
@@ -158,8 +158,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
         clock: Callable[[], float] = time.time,
         after_answer: Callable[[AnswerNotice], None] | None = None,
         metrics: member_metrics.MemberMetrics | None = None,
+        naive_baseline: bool = False,
     ) -> None:
         self.member_id = member_id
+        self.naive_baseline = naive_baseline  # SPEC §8 bench baseline only (alliance.naive): phe per figure
         self.metrics = metrics or member_metrics.NULL  # SPEC §12
         self.engine = engine
         self.trust = trust
@@ -228,21 +230,25 @@ class MemberService(pb_grpc.MemberNodeServicer):
             raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
         with self.engine.begin() as conn:
             self._remember_query_id(conn, body.query_id, now_ms)
-            plaintext = self._plaintext(conn, query.subject_token, key.epoch, body)
-            ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
+            figures = self._figures(conn, query.subject_token, key.epoch, body)
+            if self.naive_baseline and body.mode == pb.QUERY_MODE_REPORT:
+                ciphertext = naive.encrypt_figures(pk, figures)
+            else:
+                plaintext = paillier.pack(figures)
+                ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
             journal_answer(conn, body.query_id, query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
         notice = AnswerNotice(bytes(query.subject_token), key.epoch, body.purpose, body.mode, now_ms)
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature), notice
 
-    def _plaintext(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> int:
+    def _figures(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> list[int]:
         """Unknown subjects give all-zero figures: the same single ciphertext."""
         as_of = date.fromisoformat(body.as_of)
         loans, flags, score = store.subject_facts(conn, token, epoch)
         if body.mode == pb.QUERY_MODE_PRECHECK:
             balance = sum(l.balance_fen for l in loans if l.status == "ACTIVE" and l.opened_on <= as_of)
-            return paillier.pack([balance])
-        return paillier.pack(report.member_figures(loans, flags, score, as_of))
+            return [balance]
+        return report.member_figures(loans, flags, score, as_of)
 
     def _remember_query_id(self, conn: Connection, query_id: str, now_ms: int) -> None:
         """Replay protection that survives restarts; ids older than the

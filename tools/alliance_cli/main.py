@@ -875,26 +875,33 @@ def _member_counts(text: str) -> list[int]:
 @cli.command("bench")
 @click.option("--members", default="5,10", show_default=True, help="Comma-separated member counts, each at least 3.")
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Queries timed per member count.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Queries in flight at once.")
-@click.option("--naive-queries", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Queries timed for the naive-phe baseline.")
+              help="Queries in the concurrent phase, per member count.")
+@click.option("--light-queries", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Queries in the light-load phase (an open loop at 2 queries/s).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Closed-loop queriers in the concurrent phase.")
+@click.option("--naive-queries", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Queries per phase for the naive baseline (concurrency 1, 60 s deadline).")
+@click.option("--screen", "screen", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also screen this many fresh subjects over one streamed call.")
 @click.option("--masks", "mask_mode", type=click.Choice(["djn", "plain"]), default="djn", show_default=True,
               help="Member mask form: DJN short-exponent tables, or plain r^n for comparison.")
-@click.option("--json", "as_json", is_flag=True, help="Also print the results as one JSON object.")
-def bench_command(members: str, queries: int, concurrency: int, naive_queries: int, mask_mode: str, as_json: bool) -> None:
-    """Benchmark query latency and throughput against the naive-phe baseline.
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (SPEC §8 shape); progress goes to stderr.")
+def bench_command(members: str, queries: int, light_queries: int, concurrency: int, naive_queries: int, screen: int,
+                  mask_mode: str, as_json: bool) -> None:
+    """Benchmark latency, throughput and CPU against the naive-phe baseline (SPEC §8).
 
     \b
     Example:
-      alliance bench --members 5,10 --queries 200 --json
+      alliance bench --members 5,10 --concurrency 16 --json
+      alliance bench --members 10 --screen 100000
     """
     from alliance_cli import bench
 
     counts = _member_counts(members)
-    results = bench.run(counts, queries=queries, concurrency=concurrency, naive_queries=naive_queries, echo=click.echo,
-                        mask_mode=mask_mode)
+    results = bench.run(counts, queries=queries, light_queries=light_queries, concurrency=concurrency,
+                        naive_queries=naive_queries, screen=screen, mask_mode=mask_mode,
+                        echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
     if as_json:
         output.echo_json(results)
 
