@@ -74,9 +74,12 @@ class FeedMemo:
         return self.feed.view()
 
     def decide(self, credential: bytes) -> str:
+        """The feed's own decision (the witness gate included: a credential
+        trusted only above the witnessed checkpoint is `not_witnessed`),
+        with the memoised freshness check."""
         if self.stale():
             return FEED_STALE
-        return self.view().decide(credential)
+        return self.feed.trust_decision(credential)
 
     def __getattr__(self, name: str) -> Any:  # everything else (age_s, max_age_s, roots, ...) is the feed's own
         return getattr(self.feed, name)

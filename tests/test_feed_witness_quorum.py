@@ -18,6 +18,7 @@ from sqlalchemy import insert
 from alliance import checkpoint, cosignature, witness_quorum
 from alliance_gateway import schema
 from alliance_member import feed as feed_mod
+from alliance_member.feed_memo import FeedMemo
 from tests.test_gateway_service import ca, gateway, members  # noqa: F401
 from tests.test_membership_feed import _ca_cert, alliance, ask, issue, refused, status  # noqa: F401
 from tests.test_membership_rpcs import ctx, sponsorship
@@ -67,6 +68,7 @@ def test_a_newly_sponsored_querier_waits_for_a_witness_quorum(alliance, ca) -> N
     feed.refresh()
     assert feed.view().decide(mx.credential.SerializeToString()) == "trusted"  # the log-signed view says so...
     assert refused(member, mx) == "not_witnessed"                              # ...but no quorum vouched for it
+    assert FeedMemo(feed).decide(mx.credential.SerializeToString()) == "not_witnessed"  # the querier's memoised feed too
     assert ask(member, members["mq"]).member_id == "ma"                        # ordinary queries do not wait
     source.cosigners = ("mb", "mq")
     feed.refresh()
