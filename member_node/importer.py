@@ -8,6 +8,7 @@ asking the database, not by remembering keys in memory."""
 from __future__ import annotations
 
 import csv
+import hmac
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, select, tuple_
 
-from alliance import identity, uds1
+from alliance import uds1
 from alliance.errors import InvalidInput, UsageError
 from alliance.matching_key import MatchingKey
 from alliance_member import store
@@ -186,101 +187,151 @@ class _DryRun(Exception):
 
 
 Duplicate = tuple[uds1.RowError, "dict[str, str] | None"]
+# One row as the upsert binds it, in _COLUMNS[kind] order.
+Row = tuple[Any, ...]
 
 
 class _Upserter:
     """Buffers valid records and writes them in chunks. A key seen earlier in
     the same file makes the later row invalid: within a chunk the buffer finds
-    it, across chunks the database does (rows carry this run's id)."""
+    it, across chunks the database does (rows carry this run's id).
+
+    The upsert leaves a row this run already wrote untouched (its WHERE clause
+    compares import runs), so the driver's row count falls short exactly when
+    the chunk repeats a key from an earlier chunk; only then are the keys
+    looked up and the repeats reported. Each record becomes one tuple, bound
+    as it is: no per-row dicts and no SQLAlchemy parameter processing, which
+    would cost more than validation and hashing together."""
 
     def __init__(self, conn: Connection, table: Table, kind: str, key: MatchingKey, run_id: int, *, source: str) -> None:
         self.conn, self.table, self.kind, self.key, self.run_id, self.source = conn, table, kind, key, run_id, source
         self.key_columns = list(table.primary_key.columns)
-        self.columns = [c.name for c in table.columns]
         self.is_sqlite = conn.engine.dialect.name == "sqlite"
-        self.upsert_sql = _upsert_sql(table, "?" if self.is_sqlite else "%s")
-        self.pending: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, str] | None]] = {}
+        self.columns = _COLUMNS[kind]
+        if set(self.columns) != {c.name for c in table.columns}:  # a migration changed the table: say so, loudly
+            raise AssertionError(f"importer columns for {kind} do not match table {table.name}")
+        self.upsert_sql = _upsert_sql(table, self.columns, "?" if self.is_sqlite else "%s")
+        self.make_row = _ROW_MAKERS[kind]
+        self.line_index = self.columns.index("import_line")
+        key_names = [c.name for c in self.key_columns]
+        self.key_of = _key_getter([self.columns.index(name) for name in key_names])
+        self.pending: dict[Any, tuple[Row, dict[str, str] | None]] = {}
         self.written = 0
 
     def add(self, line: int, record: Any, raw: dict[str, str] | None) -> list[Duplicate]:
-        values = self._values(line, record)
-        db_key = tuple(values[c.name] for c in self.key_columns)
+        row = self.make_row(record, self.key.key, self.key.epoch, self.run_id, line, self.is_sqlite)
+        db_key = self.key_of(row)
         earlier = self.pending.get(db_key)
         if earlier is not None:
-            return [(self._duplicate(line, earlier[0]["import_line"]), raw)]
-        self.pending[db_key] = (values, raw)
+            return [(self._duplicate(line, earlier[0][self.line_index]), raw)]
+        self.pending[db_key] = (row, raw)
         return self.flush() if len(self.pending) >= CHUNK_ROWS else []
 
     def flush(self) -> list[Duplicate]:
         if not self.pending:
             return []
-        duplicates = self._pop_keys_already_written_by_this_run()
-        if self.pending:
-            # Plain driver executemany: SQLAlchemy's per-row parameter
-            # processing would cost more than validation and hashing together.
-            rows = [self._row(values) for values, _ in self.pending.values()]
-            self.conn.exec_driver_sql(self.upsert_sql, rows)
-            self.written += len(rows)
+        rows = [row for row, _ in self.pending.values()]
+        changed = self.conn.exec_driver_sql(self.upsert_sql, rows).rowcount
+        duplicates = [] if changed == len(rows) else self._keys_already_written_by_this_run()
+        self.written += len(rows) - len(duplicates)
         self.pending.clear()
         return duplicates
 
-    def _pop_keys_already_written_by_this_run(self) -> list[Duplicate]:
+    def _keys_already_written_by_this_run(self) -> list[Duplicate]:
+        """The rows of the pending chunk that the upsert skipped: their key
+        already holds a row of this run, from an earlier line."""
         cols = self.key_columns
         if len(cols) == 1:
-            key_match = cols[0].in_([k[0] for k in self.pending])
+            key_match = cols[0].in_(list(self.pending))
         else:
             key_match = tuple_(*cols).in_(list(self.pending))
         seen = self.conn.execute(
             select(*cols, self.table.c.import_line).where(and_(key_match, self.table.c.import_run == self.run_id))
         ).all()
         duplicates = []
-        for row in seen:
-            values, raw = self.pending.pop(tuple(row[: len(cols)]))
-            duplicates.append((self._duplicate(values["import_line"], row.import_line), raw))
+        for found in seen:
+            db_key = found[0] if len(cols) == 1 else tuple(found[: len(cols)])
+            row, raw = self.pending[db_key]
+            if found.import_line != row[self.line_index]:
+                duplicates.append((self._duplicate(row[self.line_index], found.import_line), raw))
         return duplicates
-
-    def _row(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        if self.is_sqlite:  # SQLAlchemy stores SQLite dates as ISO text
-            return tuple(v.isoformat() if isinstance(v, date) else v for v in (values[c] for c in self.columns))
-        return tuple(values[c] for c in self.columns)
 
     def _duplicate(self, line: int, first_line: int) -> uds1.RowError:
         field_name = {"loans": "loan_id", "flags": "flag_type", "scores": "id_number"}[self.kind]
         return uds1.RowError(self.source, line, field_name, f"duplicate key: already given on line {first_line}")
 
-    def _values(self, line: int, record: Any) -> dict[str, Any]:
-        token = identity.subject_token(self.key.key, record.id_type, record.canonical_id)
-        common = {
-            "subject_token": token,
-            "key_epoch": self.key.epoch,
-            "masked_id": identity.masked_id(record.canonical_id),
-            "id_type": record.id_type,
-            "import_run": self.run_id,
-            "import_line": line,
-        }
-        if self.kind == "loans":
-            return {**common, **{name: getattr(record, name) for name in _LOAN_FIELDS}}
-        if self.kind == "flags":
-            return {**common, "flag_type": record.flag_type, "flagged_on": record.flagged_on, "status": record.status}
-        return {**common, "score": record.score, "scored_on": record.scored_on}
+
+def _key_getter(indexes: list[int]) -> Callable[[Row], Any]:
+    """The upsert key of a row: the value itself for a one-column key (as the
+    database returns it), a tuple for a composite key."""
+    if len(indexes) == 1:
+        index = indexes[0]
+        return lambda row: row[index]
+    return lambda row: tuple(row[i] for i in indexes)
 
 
-def _upsert_sql(table: Table, placeholder: str) -> str:
-    """INSERT … ON CONFLICT (key) DO UPDATE: the same text on SQLite ≥ 3.24 and PostgreSQL."""
-    columns = [c.name for c in table.columns]
+def _upsert_sql(table: Table, columns: tuple[str, ...], placeholder: str) -> str:
+    """INSERT … ON CONFLICT (key) DO UPDATE, the same text on SQLite ≥ 3.24 and
+    PostgreSQL. A row this run already wrote is left alone (and not counted),
+    which is how a key repeated across chunks shows up."""
     keys = [c.name for c in table.primary_key.columns]
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in keys)
     return (
         f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([placeholder] * len(columns))}) "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
+        f"WHERE {table.name}.import_run <> excluded.import_run"
     )
 
 
-_LOAN_FIELDS = (
-    "loan_id", "subject_type", "product_type", "principal_fen", "balance_fen", "annual_rate_e4",
-    "term_months", "repayment_method", "opened_on", "due_on", "status", "overdue_days",
-    "overdue_amount_fen", "guarantee_type", "updated_on",
-)
+_COLUMNS: dict[str, tuple[str, ...]] = {
+    "loans": (
+        "loan_id", "subject_token", "key_epoch", "masked_id", "subject_type", "id_type", "product_type",
+        "principal_fen", "balance_fen", "annual_rate_e4", "term_months", "repayment_method", "opened_on",
+        "due_on", "status", "overdue_days", "overdue_amount_fen", "guarantee_type", "updated_on",
+        "import_run", "import_line",
+    ),
+    "flags": ("subject_token", "flag_type", "key_epoch", "masked_id", "id_type", "flagged_on", "status",
+              "import_run", "import_line"),
+    "scores": ("subject_token", "key_epoch", "masked_id", "id_type", "score", "scored_on", "import_run",
+               "import_line"),
+}
+
+
+def _token_and_mask(key: bytes, id_type: str, canonical: str) -> tuple[bytes, str]:
+    """The subject token (SPEC §3) and the masked ID of a validated record.
+    ``canonical`` comes from uds1's validation, which canonicalised it, so the
+    form check of identity.subject_token is not repeated per row; the token is
+    the same HMAC (tests/test_import.py compares them)."""
+    token = hmac.digest(key, b"UDS1|" + id_type.encode() + b"|" + canonical.encode(), "sha256")
+    return token, canonical[:6] + "********" + canonical[14:]
+
+
+def _loan_row(r: uds1.LoanRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
+    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
+    opened_on, due_on, updated_on = (
+        (r.opened_on.isoformat(), r.due_on.isoformat(), r.updated_on.isoformat()) if sqlite
+        else (r.opened_on, r.due_on, r.updated_on)
+    )
+    return (
+        r.loan_id, token, epoch, masked, r.subject_type, r.id_type, r.product_type, r.principal_fen,
+        r.balance_fen, r.annual_rate_e4, r.term_months, r.repayment_method, opened_on, due_on, r.status,
+        r.overdue_days, r.overdue_amount_fen, r.guarantee_type, updated_on, run_id, line,
+    )
+
+
+def _flag_row(r: uds1.FlagRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
+    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
+    flagged_on = r.flagged_on.isoformat() if sqlite else r.flagged_on
+    return (token, r.flag_type, epoch, masked, r.id_type, flagged_on, r.status, run_id, line)
+
+
+def _score_row(r: uds1.ScoreRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
+    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
+    scored_on = r.scored_on.isoformat() if sqlite else r.scored_on
+    return (token, epoch, masked, r.id_type, r.score, scored_on, run_id, line)
+
+
+_ROW_MAKERS: dict[str, Callable[..., Row]] = {"loans": _loan_row, "flags": _flag_row, "scores": _score_row}
 
 
 class _RejectWriter:
