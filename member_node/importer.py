@@ -8,7 +8,6 @@ asking the database, not by remembering keys in memory."""
 from __future__ import annotations
 
 import csv
-import hmac
 import json
 import os
 import tempfile
@@ -20,10 +19,11 @@ from typing import Any, TextIO
 
 from sqlalchemy import Connection, Engine, Table, and_, delete, func, insert, select, tuple_
 
-from alliance import uds1
+from alliance import identity, uds1
 from alliance.errors import InvalidInput, UsageError
 from alliance.matching_key import MatchingKey
-from alliance_member import store
+from alliance_member import import_rows, store
+from alliance_member.import_rows import Row
 
 CHUNK_ROWS = 5000
 # A snapshot may remove at most this share of the book without --allow-shrink.
@@ -91,13 +91,18 @@ def import_file(
                 insert(store.import_runs).values(kind=kind, source=path.name, started_at=datetime.now(timezone.utc))
             ).inserted_primary_key[0]
             book_before = conn.execute(select(func.count()).select_from(table)).scalar_one() if snapshot else 0
-            writer = _Upserter(conn, table, kind, matching_key, run_id, source=str(path))
-            for row in uds1.iter_rows(path, kind, today=today, display_name=str(path)):
+            writer = _Upserter(conn, table, kind, run_id, source=str(path))
+            spec = import_rows.RowSpec(
+                path=path, kind=kind, display_name=str(path), today=today or identity.shanghai_today(),
+                key=matching_key.key, epoch=matching_key.epoch, run_id=run_id, sqlite=writer.is_sqlite,
+                keep_raw=rejects is not None,
+            )
+            for line, row, raw, errors in import_rows.rows(spec):
                 result.rows_read += 1
-                if row.record is None:
-                    reject(row.errors, row.raw)
+                if row is None:
+                    reject(errors, raw)
                 else:
-                    for dup_error, dup_raw in writer.add(row.line, row.record, row.raw):
+                    for dup_error, dup_raw in writer.add(line, row, raw):
                         reject([dup_error], dup_raw)
                 if on_progress is not None and result.rows_read % 1000 == 0:
                     on_progress(result.rows_read)
@@ -187,8 +192,6 @@ class _DryRun(Exception):
 
 
 Duplicate = tuple[uds1.RowError, "dict[str, str] | None"]
-# One row as the upsert binds it, in _COLUMNS[kind] order.
-Row = tuple[Any, ...]
 
 
 class _Upserter:
@@ -203,23 +206,21 @@ class _Upserter:
     as it is: no per-row dicts and no SQLAlchemy parameter processing, which
     would cost more than validation and hashing together."""
 
-    def __init__(self, conn: Connection, table: Table, kind: str, key: MatchingKey, run_id: int, *, source: str) -> None:
-        self.conn, self.table, self.kind, self.key, self.run_id, self.source = conn, table, kind, key, run_id, source
+    def __init__(self, conn: Connection, table: Table, kind: str, run_id: int, *, source: str) -> None:
+        self.conn, self.table, self.kind, self.run_id, self.source = conn, table, kind, run_id, source
         self.key_columns = list(table.primary_key.columns)
         self.is_sqlite = conn.engine.dialect.name == "sqlite"
-        self.columns = _COLUMNS[kind]
+        self.columns = import_rows.COLUMNS[kind]
         if set(self.columns) != {c.name for c in table.columns}:  # a migration changed the table: say so, loudly
             raise AssertionError(f"importer columns for {kind} do not match table {table.name}")
         self.upsert_sql = _upsert_sql(table, self.columns, "?" if self.is_sqlite else "%s")
-        self.make_row = _ROW_MAKERS[kind]
         self.line_index = self.columns.index("import_line")
         key_names = [c.name for c in self.key_columns]
         self.key_of = _key_getter([self.columns.index(name) for name in key_names])
         self.pending: dict[Any, tuple[Row, dict[str, str] | None]] = {}
         self.written = 0
 
-    def add(self, line: int, record: Any, raw: dict[str, str] | None) -> list[Duplicate]:
-        row = self.make_row(record, self.key.key, self.key.epoch, self.run_id, line, self.is_sqlite)
+    def add(self, line: int, row: Row, raw: dict[str, str] | None) -> list[Duplicate]:
         db_key = self.key_of(row)
         earlier = self.pending.get(db_key)
         if earlier is not None:
@@ -281,57 +282,6 @@ def _upsert_sql(table: Table, columns: tuple[str, ...], placeholder: str) -> str
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates} "
         f"WHERE {table.name}.import_run <> excluded.import_run"
     )
-
-
-_COLUMNS: dict[str, tuple[str, ...]] = {
-    "loans": (
-        "loan_id", "subject_token", "key_epoch", "masked_id", "subject_type", "id_type", "product_type",
-        "principal_fen", "balance_fen", "annual_rate_e4", "term_months", "repayment_method", "opened_on",
-        "due_on", "status", "overdue_days", "overdue_amount_fen", "guarantee_type", "updated_on",
-        "import_run", "import_line",
-    ),
-    "flags": ("subject_token", "flag_type", "key_epoch", "masked_id", "id_type", "flagged_on", "status",
-              "import_run", "import_line"),
-    "scores": ("subject_token", "key_epoch", "masked_id", "id_type", "score", "scored_on", "import_run",
-               "import_line"),
-}
-
-
-def _token_and_mask(key: bytes, id_type: str, canonical: str) -> tuple[bytes, str]:
-    """The subject token (SPEC §3) and the masked ID of a validated record.
-    ``canonical`` comes from uds1's validation, which canonicalised it, so the
-    form check of identity.subject_token is not repeated per row; the token is
-    the same HMAC (tests/test_import.py compares them)."""
-    token = hmac.digest(key, b"UDS1|" + id_type.encode() + b"|" + canonical.encode(), "sha256")
-    return token, canonical[:6] + "********" + canonical[14:]
-
-
-def _loan_row(r: uds1.LoanRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    opened_on, due_on, updated_on = (
-        (r.opened_on.isoformat(), r.due_on.isoformat(), r.updated_on.isoformat()) if sqlite
-        else (r.opened_on, r.due_on, r.updated_on)
-    )
-    return (
-        r.loan_id, token, epoch, masked, r.subject_type, r.id_type, r.product_type, r.principal_fen,
-        r.balance_fen, r.annual_rate_e4, r.term_months, r.repayment_method, opened_on, due_on, r.status,
-        r.overdue_days, r.overdue_amount_fen, r.guarantee_type, updated_on, run_id, line,
-    )
-
-
-def _flag_row(r: uds1.FlagRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    flagged_on = r.flagged_on.isoformat() if sqlite else r.flagged_on
-    return (token, r.flag_type, epoch, masked, r.id_type, flagged_on, r.status, run_id, line)
-
-
-def _score_row(r: uds1.ScoreRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    scored_on = r.scored_on.isoformat() if sqlite else r.scored_on
-    return (token, epoch, masked, r.id_type, r.score, scored_on, run_id, line)
-
-
-_ROW_MAKERS: dict[str, Callable[..., Row]] = {"loans": _loan_row, "flags": _flag_row, "scores": _score_row}
 
 
 class _RejectWriter:
