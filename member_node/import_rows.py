@@ -27,8 +27,13 @@ from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
-from alliance import uds1
+from alliance import identity, uds1
 from alliance.errors import AllianceError
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 # A row as the upsert binds it, in COLUMNS[kind] order.
 Row = tuple[Any, ...]
@@ -38,7 +43,10 @@ Prepared = tuple[int, "Row | None", "dict[str, str] | None", "list[uds1.RowError
 # Files at least this large are validated in a worker process; below it,
 # starting one (a fresh interpreter, about 0.3 s) costs more than it saves.
 WORKER_MIN_BYTES = 8 << 20
-BATCH_ROWS = 2000
+BATCH_ROWS = 1000
+# The worker may run this far ahead of the importer (Linux lets a pipe hold up
+# to 1 MiB): it keeps validating while a chunk is being written to the store.
+PIPE_BYTES = 1 << 20
 _FRAME = struct.Struct("<I")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -84,7 +92,7 @@ def prepared_rows(spec: RowSpec) -> Iterator[Prepared]:
     )
     no_errors: list[uds1.RowError] = []
     for line, raw, record, errors in uds1.iter_rows(spec.path, spec.kind, today=spec.today,
-                                                    display_name=spec.display_name):
+                                                    display_name=spec.display_name, raw_of_valid_rows=keep_raw):
         if record is None:
             yield line, None, raw, errors
         else:
@@ -101,6 +109,7 @@ def _rows_from_worker(spec: RowSpec) -> Iterator[Prepared]:
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None
+        _enlarge_pipe(proc.stdout)
         proc.stdin.write(pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL))
         proc.stdin.close()
         while True:
@@ -120,6 +129,16 @@ def _rows_from_worker(spec: RowSpec) -> Iterator[Prepared]:
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+def _enlarge_pipe(stream: IO[bytes]) -> None:
+    """Best effort: where the pipe cannot grow, the worker only waits more."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is not None:
+        try:
+            fcntl.fcntl(stream.fileno(), set_size, PIPE_BYTES)
+        except OSError:
+            pass
 
 
 def _read_frame(stream: IO[bytes]) -> tuple[str, Any]:
@@ -157,38 +176,62 @@ def _worker_main() -> None:
 # --- rows ------------------------------------------------------------------
 
 
-def _token_and_mask(key: bytes, id_type: str, canonical: str) -> tuple[bytes, str]:
-    """The subject token (SPEC §3) and the masked ID of a validated record.
-    uds1's validation made ``canonical`` canonical, so identity.subject_token's
-    form check is not repeated per row; the HMAC is the same
-    (tests/test_import.py compares them)."""
-    token = hmac.digest(key, b"UDS1|" + id_type.encode() + b"|" + canonical.encode(), "sha256")
-    return token, canonical[:6] + "********" + canonical[14:]
+# "UDS1|" + id_type + "|", the HMAC message's prefix (SPEC §3), per id_type.
+_TOKEN_PREFIXES = {id_type: b"UDS1|" + id_type.encode("ascii") + b"|" for id_type in identity.ID_TYPES}
+
+
+def _token(key: bytes, id_type: str, canonical: str) -> bytes:
+    """The subject token (SPEC §3) of a validated record. uds1's validation
+    made ``canonical`` canonical, so identity.subject_token's form check is not
+    repeated per row; the HMAC is the same (tests/test_import_rows.py compares
+    them)."""
+    return hmac.digest(key, _TOKEN_PREFIXES[id_type] + canonical.encode("ascii"), "sha256")
+
+
+def _masked(canonical: str) -> str:
+    """identity.masked_id of a canonical (18-character) ID."""
+    return canonical[:6] + "********" + canonical[14:]
+
+
+def _iso(day: date) -> str:
+    """A date as SQLAlchemy stores it in SQLite: ISO text. A book repeats its
+    dates endlessly (uds1 hands out the same date objects), so the text is
+    remembered, within a bound."""
+    text = _ISO_DATES.get(day)
+    if text is None:
+        text = day.isoformat()
+        if len(_ISO_DATES) < 100_000:
+            _ISO_DATES[day] = text
+    return text
+
+
+_ISO_DATES: dict[date, str] = {}
 
 
 def _loan_row(r: uds1.LoanRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    opened_on, due_on, updated_on = (
-        (r.opened_on.isoformat(), r.due_on.isoformat(), r.updated_on.isoformat()) if sqlite
-        else (r.opened_on, r.due_on, r.updated_on)
-    )
+    canonical = r.canonical_id
+    if sqlite:
+        opened_on, due_on, updated_on = _iso(r.opened_on), _iso(r.due_on), _iso(r.updated_on)
+    else:
+        opened_on, due_on, updated_on = r.opened_on, r.due_on, r.updated_on
     return (
-        r.loan_id, token, epoch, masked, r.subject_type, r.id_type, r.product_type, r.principal_fen,
-        r.balance_fen, r.annual_rate_e4, r.term_months, r.repayment_method, opened_on, due_on, r.status,
-        r.overdue_days, r.overdue_amount_fen, r.guarantee_type, updated_on, run_id, line,
+        r.loan_id, _token(key, r.id_type, canonical), epoch, canonical[:6] + "********" + canonical[14:],
+        r.subject_type, r.id_type, r.product_type, r.principal_fen, r.balance_fen, r.annual_rate_e4,
+        r.term_months, r.repayment_method, opened_on, due_on, r.status, r.overdue_days, r.overdue_amount_fen,
+        r.guarantee_type, updated_on, run_id, line,
     )
 
 
 def _flag_row(r: uds1.FlagRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    flagged_on = r.flagged_on.isoformat() if sqlite else r.flagged_on
-    return (token, r.flag_type, epoch, masked, r.id_type, flagged_on, r.status, run_id, line)
+    flagged_on = _iso(r.flagged_on) if sqlite else r.flagged_on
+    return (_token(key, r.id_type, r.canonical_id), r.flag_type, epoch, _masked(r.canonical_id), r.id_type,
+            flagged_on, r.status, run_id, line)
 
 
 def _score_row(r: uds1.ScoreRecord, key: bytes, epoch: int, run_id: int, line: int, sqlite: bool) -> Row:
-    token, masked = _token_and_mask(key, r.id_type, r.canonical_id)
-    scored_on = r.scored_on.isoformat() if sqlite else r.scored_on
-    return (token, epoch, masked, r.id_type, r.score, scored_on, run_id, line)
+    scored_on = _iso(r.scored_on) if sqlite else r.scored_on
+    return (_token(key, r.id_type, r.canonical_id), epoch, _masked(r.canonical_id), r.id_type, r.score,
+            scored_on, run_id, line)
 
 
 _ROW_MAKERS: dict[str, Callable[..., Row]] = {"loans": _loan_row, "flags": _flag_row, "scores": _score_row}
