@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -100,15 +100,17 @@ def import_file(
                 key=matching_key.key, epoch=matching_key.epoch, run_id=run_id, sqlite=writer.is_sqlite,
                 keep_raw=rejects is not None,
             )
-            for line, row, raw, errors in import_rows.rows(spec):
-                result.rows_read += 1
-                if row is None:
-                    reject(errors, raw)
-                else:
-                    for dup_error, dup_raw in writer.add(line, row, raw):
-                        reject([dup_error], dup_raw)
-                if on_progress is not None and result.rows_read % 1000 == 0:
-                    on_progress(result.rows_read)
+            # closing: an error or Ctrl-C ends a worker at once, not when the traceback is freed
+            with closing(import_rows.rows(spec)) as prepared:
+                for line, row, raw, errors in prepared:
+                    result.rows_read += 1
+                    if row is None:
+                        reject(errors, raw)
+                    else:
+                        for dup_error, dup_raw in writer.add(line, row, raw):
+                            reject([dup_error], dup_raw)
+                    if on_progress is not None and result.rows_read % 1000 == 0:
+                        on_progress(result.rows_read)
             for dup_error, dup_raw in writer.flush():
                 reject([dup_error], dup_raw)
             result.rows_written = writer.written
