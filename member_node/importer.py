@@ -4,7 +4,9 @@ One database transaction per file: all-or-nothing by default, so an invalid
 row, Ctrl-C or a crash leaves the store exactly as it was. Rows stream through
 in chunks, so memory stays flat whatever the file size: duplicate keys within
 one file are found by tagging every written row with this import's run id and
-asking the database, not by remembering keys in memory."""
+asking the database, not by remembering keys in memory. Validation and tokens
+happen in import_rows, for a large file in a worker process that runs
+alongside the writes (SPEC §8: a million rows in 30 s on two cores)."""
 from __future__ import annotations
 
 import csv
