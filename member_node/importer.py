@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -160,7 +161,10 @@ def _sqlite_cache_for_import(conn: Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        dbapi.execute(f"PRAGMA cache_size={int(before)}")
+        try:
+            dbapi.execute(f"PRAGMA cache_size={int(before)}")
+        except sqlite3.Error:  # a broken connection: the pool discards it, and with it the setting
+            pass
 
 
 def check_arguments(path: Path, kind: str, *, skip_invalid: bool, snapshot: bool, reject_path: Path | None) -> None:
