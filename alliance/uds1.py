@@ -551,12 +551,14 @@ class _RowBuilder:
 
 
 def iter_rows(path: Path, kind: str, *, today: date | None = None,
-              display_name: str | None = None) -> Iterator[RowResult]:
+              display_name: str | None = None, raw_of_valid_rows: bool = True) -> Iterator[RowResult]:
     """Validate a UDS-1 file row by row, lazily: one RowResult per data row,
     with physical line numbers (a CSV header is line 1). ``today`` bounds birth
     dates in resident IDs (default: today in Asia/Shanghai, fixed for the whole
     file). The kind and suffix are checked at once; the header and rows as the
-    iterator advances."""
+    iterator advances. Without ``raw_of_valid_rows`` a valid row's ``raw`` may
+    be None (an invalid row always has it): the importer needs raw values only
+    for a reject file, and building them for a valid CSV row costs a dict."""
     if kind not in _SCHEMAS:
         raise InvalidInput(f"unknown UDS-1 kind {kind!r}; expected one of {', '.join(KINDS)}")
     name = display_name if display_name is not None else str(path)
@@ -569,7 +571,7 @@ def iter_rows(path: Path, kind: str, *, today: date | None = None,
         raise InvalidInput(f"{name}: unsupported file type {path.suffix!r}; UDS-1 files are .csv, .jsonl or .ndjson")
     if not path.is_file():
         raise InvalidInput(f"{name}: no such file")
-    return reader(path, _RowBuilder(kind, name, today or identity.shanghai_today()))
+    return reader(path, _RowBuilder(kind, name, today or identity.shanghai_today()), raw_of_valid_rows)
 
 
 def _open_text(path: Path, newline: str) -> io.TextIOWrapper:
@@ -589,7 +591,7 @@ def _lines(handle: io.TextIOWrapper, name: str) -> Iterator[str]:
         yield line
 
 
-def _csv_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
+def _csv_rows(path: Path, rows: _RowBuilder, raw_of_valid_rows: bool) -> Iterator[RowResult]:
     name = rows.path_name
     with _open_text(path, newline="") as handle:
         reader = csv.reader(_lines(handle, name), strict=True)
@@ -606,11 +608,14 @@ def _csv_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
                 line, last_line = last_line + 1, reader.line_num
                 if (not row or not row[0].strip()) and not "".join(row).strip():
                     continue  # a blank line, or a spreadsheet's row of empty cells: no data to import
-                raw = dict(zip(columns, row))
                 if len(row) != width:
-                    yield rows.row_error(line, f"has {len(row)} values, the header has {width} columns", raw)
+                    yield rows.row_error(line, f"has {len(row)} values, the header has {width} columns",
+                                         dict(zip(columns, row)))
                     continue
-                yield rows.build(line, raw, row if in_schema_order else [row[i] for i in order])
+                raw = dict(zip(columns, row)) if raw_of_valid_rows else None
+                result = rows.build(line, raw, row if in_schema_order else [row[i] for i in order])
+                yield result if raw is not None or result.record is not None else result._replace(
+                    raw=dict(zip(columns, row)))
         except csv.Error as exc:
             raise InvalidInput(f"{name}:{reader.line_num}: malformed CSV: {exc}") from None
 
@@ -667,7 +672,7 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON_DECODER = json.JSONDecoder(object_pairs_hook=_json_object)
 
 
-def _jsonl_rows(path: Path, rows: _RowBuilder) -> Iterator[RowResult]:
+def _jsonl_rows(path: Path, rows: _RowBuilder, raw_of_valid_rows: bool) -> Iterator[RowResult]:
     fields = rows.schema.fields
     decode = _JSON_DECODER.decode
     with _open_text(path, newline="\n") as handle:
