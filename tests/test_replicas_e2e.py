@@ -211,6 +211,14 @@ def test_replicas_survive_a_sigkill_mid_load(net: LocalAlliance) -> None:  # noq
     _an_orphaned_reservation_is_refused_as_a_replay(net, queriers["lender-c"], next(subjects))
     _replay_is_refused_on_the_other_replica(net, queriers["lender-b"], next(subjects))
 
+    # Every replica's checkpoints are consistent: the auditor keeps one from each in turn, each proven against the last.
+    sizes = []
+    for endpoint in (gw1, gw2, gw1):
+        out = _cli("--gateway", endpoint, "audit", "checkpoint", "--home", str(net.auditor_home), "--json")
+        assert out.returncode == 0, out.stderr
+        sizes.append(json.loads(out.stdout)["tree_size"])
+    assert sizes == sorted(sizes) and sizes[0] >= size
+
     verify = _cli("--gateway", f"{gw2},{gw1}", "audit", "verify", "--home", str(net.auditor_home), "--json")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     report = json.loads(verify.stdout)

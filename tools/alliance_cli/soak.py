@@ -174,6 +174,7 @@ class OpenLoop:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="soak")
         self.futures: list[Any] = []
         self.max_lag_s = 0.0
+        self._abort = threading.Event()
         self.t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="soak-dispatch", daemon=True)
         self._thread.start()
@@ -186,7 +187,8 @@ class OpenLoop:
                 return
             delay = at - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                if self._abort.wait(delay):
+                    return
             else:
                 self.max_lag_s = max(self.max_lag_s, -delay)
             self.futures.append(self.pool.submit(self.load.one))
@@ -196,6 +198,12 @@ class OpenLoop:
         self._thread.join()
         self.pool.shutdown(wait=True)
         return [f.result() for f in self.futures]
+
+    def abort(self) -> None:
+        """Stop offering load (the run failed); queries in flight finish."""
+        self._abort.set()
+        self._thread.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- memory ------------------------------------------------------------------
@@ -268,8 +276,8 @@ def run(seconds: int, *, members: int = DEFAULT_MEMBERS, db_url: str | None = No
         echo: Callable[[str], None] = print) -> dict[str, Any]:
     if seconds < 2:
         raise UsageError("--soak needs at least 2 seconds (the kill is midway, the restart after it)")
-    if members < 3:
-        raise UsageError("--soak needs at least 3 members (a querier and k = 2 others)")
+    if not 3 <= members <= 50:
+        raise UsageError(f"--soak takes 3 to 50 members (a querier and k = 2 others; all on this machine), not {members}")
     ids = [f"m{i:02d}" for i in range(members)]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="alliance-soak-")))
@@ -321,18 +329,23 @@ def _soak(net: LocalAlliance, dataset: synthetic.Dataset, seconds: int, *, concu
         warmup_s = _clamp(seconds * 0.1, 1, 60)
         loop = load.open_loop(rate, seconds, workers=max(16, 4 * concurrency))
         down_s = _clamp(seconds * 0.05, 1, 10)
-        time.sleep(max(0.0, loop.t0 + seconds / 2 - time.monotonic()))
-        kill_at = time.monotonic()
-        net.kill_gateway(0)
-        echo(f"SIGKILLed gateway-1 at {kill_at - loop.t0:.1f} s; restarting it in {down_s:.0f} s")
-        time.sleep(down_s)
-        restart_at = time.monotonic()
-        restarted = net.start_gateway(0)
-        serving_at = time.monotonic()
-        sampler.serving_since[restarted.pid] = serving_at
-        echo(f"gateway-1 serving again at {serving_at - loop.t0:.1f} s")
-        outcomes = loop.finish()
-        sampler.stop()
+        try:
+            time.sleep(max(0.0, loop.t0 + seconds / 2 - time.monotonic()))
+            kill_at = time.monotonic()
+            net.kill_gateway(0)
+            echo(f"SIGKILLed gateway-1 at {kill_at - loop.t0:.1f} s; restarting it in {down_s:.0f} s")
+            time.sleep(down_s)
+            restart_at = time.monotonic()
+            restarted = net.start_gateway(0)
+            serving_at = time.monotonic()
+            sampler.serving_since[restarted.pid] = serving_at
+            echo(f"gateway-1 serving again at {serving_at - loop.t0:.1f} s")
+            outcomes = loop.finish()
+        except BaseException:
+            loop.abort()
+            raise
+        finally:
+            sampler.stop()
         loadavg_end = os.getloadavg()
         echo("load done; reading the log from the database and running `alliance audit verify`…")
         acked = [o for o in outcomes if o.ok]
