@@ -35,6 +35,7 @@ def test_a_short_soak_passes_and_reports_every_figure() -> None:
     q = r["queries"]
     assert q["offered"] == q["acknowledged"] + q["errors"] + q["interrupted_by_kill"] > 0
     assert q["errors"] == 0 and q["error_rate"] == 0
+    assert q["failed_over"] >= max(1, q["interrupted_by_kill"])  # clients listing the killed replica first moved over
     assert r["offered_per_s"] == pytest.approx(0.8 * r["capacity"]["queries_per_s"], abs=0.01)
     log = r["log"]
     assert log["acknowledged"] == log["acknowledged_found"] == q["acknowledged"]

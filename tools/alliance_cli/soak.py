@@ -92,6 +92,10 @@ class Outcome:
     def ok(self) -> bool:
         return self.reason is None
 
+    @property
+    def failed_over(self) -> bool:
+        return len(set(self.targets)) > 1
+
 
 class Subjects:
     """Every query a fresh subject (no §5.3 pin decides who is asked): the
@@ -354,8 +358,9 @@ def _soak(net: LocalAlliance, dataset: synthetic.Dataset, seconds: int, *, concu
     finally:
         for querier, _ in queriers.values():
             querier.close()
-    interrupted = [o for o in outcomes
-                   if o.reason == "replayed_query_id" and o.targets[:1] == [killed] and len(o.targets) > 1]
+    # targets holds every gateway call of the query (trust syncs too); the client sticks to one replica
+    # until it fails over, so a query that failed over is one whose calls went to both
+    interrupted = [o for o in outcomes if o.reason == "replayed_query_id" and o.targets[:1] == [killed] and o.failed_over]
     errors = [o for o in outcomes if not o.ok and o not in interrupted]
     by_reason: dict[str, int] = {}
     for o in errors:
@@ -375,7 +380,7 @@ def _soak(net: LocalAlliance, dataset: synthetic.Dataset, seconds: int, *, concu
             "offered": len(outcomes), "acknowledged": len(acked), "errors": len(errors),
             "error_rate": round(len(errors) / max(1, len(outcomes)), 5), "errors_by_reason": by_reason,
             "interrupted_by_kill": len(interrupted),
-            "failed_over": sum(1 for o in outcomes if len(o.targets) > 1),
+            "failed_over": sum(1 for o in outcomes if o.failed_over),
             "achieved_per_s": round(len(acked) / seconds, 2),
             "max_start_lag_s": round(loop.max_lag_s, 2),
         },
