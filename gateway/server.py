@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import grpc
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from alliance import db, metrics as alliance_metrics, naive, paillier, pki, transport
+from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
@@ -124,12 +127,35 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     return server, port, service
 
 
+def single_gateway_lock(url: str) -> IO[str] | None:
+    """SPEC §12: SQLite stays single-gateway. A gateway serving a SQLite
+    database holds an exclusive lock on ``<database>.gateway-lock`` for its
+    lifetime (the kernel drops it when the process dies, even by SIGKILL);
+    a second `gateway serve` on the same file is refused clearly. Replicas
+    share a PostgreSQL database instead; None for those."""
+    parsed = make_url(db.normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.with_name(path.name + ".gateway-lock"), "a+", encoding="utf-8")  # noqa: SIM115 - held while serving
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"another `alliance gateway serve` is already serving the SQLite database {path}: SQLite serves "
+                         "one gateway only; run replicas on one PostgreSQL database (--db postgresql://…, SPEC §12)") from None
+    return handle
+
+
 def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = None, on_ready=None,  # type: ignore[no-untyped-def]
           metrics_listen: str | None = None) -> None:
     if metrics_listen:
         alliance_metrics.parse_listen(metrics_listen)  # a bad address fails before anything starts
     metrics = GatewayMetrics() if metrics_listen else None
     server, port, service = build_server(home_dir, db_url=db_url, listen=listen, metrics=metrics)
+    # after every argument check (a refused command changes no file), before anything is logged or served
+    lock = single_gateway_lock(service.engine.url.render_as_string(hide_password=False))  # noqa: F841 - held until exit
     endpoint = alliance_metrics.serve_metrics(metrics.registry, metrics_listen) if metrics is not None and metrics_listen else None
     log_gateway_started(service.engine, deadline_ms=service.config.deadline_ms, k_min=service.config.k_min)  # SPEC §6.2
     server.start()

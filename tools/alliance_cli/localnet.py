@@ -18,10 +18,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alliance import matching_key, pki, transport
-from alliance.errors import Unreachable
+from alliance.errors import Unreachable, UsageError
 from alliance_gateway import admin as admin_ops
 from alliance_gateway.home import GatewayHome
 from alliance_member import onboarding
+from alliance_member.gateway_client import GATEWAY_ENV
 
 HOST = "127.0.0.1"
 
@@ -52,8 +53,13 @@ class LocalAlliance:
     with_auditor: bool = True
     log_dir: Path | None = None
     witness_interval_s: float = 1.0  # SPEC §6.1 cut interval (10 s in production); members poll as often
+    gateway_replicas: int = 1  # SPEC §12: more than one `gateway serve` on one PostgreSQL database
 
     def __post_init__(self) -> None:
+        if self.gateway_replicas < 1:
+            raise UsageError(f"gateway_replicas is {self.gateway_replicas}; at least 1 gateway is needed")
+        if self.gateway_replicas > 1 and not (self.gateway_db_url or "").startswith("postgresql"):
+            raise UsageError("gateway replicas share one PostgreSQL database (SPEC §12): give a postgresql:// gateway_db_url")
         self.admin_home = self.root / "admin"
         self.gateway_home = self.root / "gateway"
         self.auditor_home: Path | None = self.root / "auditor" if self.with_auditor else None
@@ -63,6 +69,9 @@ class LocalAlliance:
             for mid in self.member_ids
         }
         self.gateway_process: subprocess.Popen | None = None
+        # replicas 2, 3, ...: same gateway home, own listen port (index 0 is gateway_endpoint / gateway_process)
+        self.replica_endpoints = [f"{HOST}:{free_port()}" for _ in range(self.gateway_replicas - 1)]
+        self.replica_processes: list[subprocess.Popen | None] = [None] * (self.gateway_replicas - 1)
         self.check_value = ""
 
     # -- lifecycle ----------------------------------------------------------
@@ -80,6 +89,8 @@ class LocalAlliance:
             ghome.write_config(cfg)
             self.gateway_process = self._spawn("gateway", ["gateway", "serve", "--home", str(self.gateway_home)])
             self.wait_serving(self.gateway_endpoint, gateway=True)
+            for i in range(1, self.gateway_replicas):
+                self.start_gateway(i)
             registry = admin_ops.Admin(self.admin_home)
             fingerprints = {}
             for m in self.members.values():
@@ -127,6 +138,8 @@ class LocalAlliance:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_file = (log_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "ALLIANCE_WITNESS_POLL_S": str(self.witness_interval_s)}
+        if self.gateway_replicas > 1:  # member nodes (feed, witness) fail over between replicas like any client
+            env[GATEWAY_ENV] = ",".join(self.gateway_endpoints)
         return subprocess.Popen(
             [sys.executable, "-m", "alliance_cli.main", "-v", *args], stdout=log_file, stderr=subprocess.STDOUT,
             env=env, start_new_session=True,
@@ -188,6 +201,35 @@ class LocalAlliance:
             for engine in engines.values():
                 engine.dispose()
 
+    # -- gateway replicas (SPEC §12) -------------------------------------------
+
+    @property
+    def gateway_endpoints(self) -> list[str]:
+        """Every replica's endpoint, the primary first (what `alliance --gateway` takes, comma-joined)."""
+        return [self.gateway_endpoint, *self.replica_endpoints]
+
+    def gateway_processes(self) -> list[subprocess.Popen | None]:
+        return [self.gateway_process, *self.replica_processes]
+
+    def start_gateway(self, index: int) -> subprocess.Popen:
+        """(Re)start replica ``index`` (0 is the primary) on its own port and wait until it serves."""
+        endpoint = self.gateway_endpoints[index]
+        name = "gateway" if index == 0 else f"gateway-{index + 1}"
+        process = self._spawn(name, ["gateway", "serve", "--home", str(self.gateway_home), "--listen", endpoint])
+        if index == 0:
+            self.gateway_process = process
+        else:
+            self.replica_processes[index - 1] = process
+        self.wait_serving(endpoint, gateway=True)
+        return process
+
+    def kill_gateway(self, index: int) -> None:
+        """SIGKILL replica ``index``: no clean shutdown, no flush, mid-request."""
+        process = self.gateway_processes()[index]
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
     def stop_member(self, member_id: str) -> None:
         _terminate(self.members[member_id].process)
 
@@ -200,7 +242,8 @@ class LocalAlliance:
     def stop(self) -> None:
         for m in self.members.values():
             _terminate(m.process)
-        _terminate(self.gateway_process)
+        for process in self.gateway_processes():
+            _terminate(process)
 
     def state(self) -> dict:
         return {

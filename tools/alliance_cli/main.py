@@ -887,15 +887,28 @@ def _member_counts(text: str) -> list[int]:
 @click.option("--masks", "mask_mode", type=click.Choice(["djn", "plain"]), default="djn", show_default=True,
               help="Member mask form: DJN short-exponent tables, or plain r^n for comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout (SPEC §8 shape); progress goes to stderr.")
+@click.option("--soak", "soak_s", type=click.IntRange(min=2), default=None, metavar="SECONDS",
+              help="Instead: a soak test (SPEC §12) of SECONDS at 80 %% of measured capacity through two gateway replicas "
+                   "on PostgreSQL, one SIGKILLed and restarted midway (one member count; default 4).")
+@click.option("--db", "db_url", default=None, metavar="URL",
+              help="--soak only: PostgreSQL server to create the replicas' database on (default: a throw-away server).")
 def bench_command(members: str, queries: int, light_queries: int, concurrency: int, naive_queries: int, screen: int,
-                  mask_mode: str, as_json: bool) -> None:
+                  mask_mode: str, as_json: bool, soak_s: int | None, db_url: str | None) -> None:
     """Benchmark latency, throughput and CPU against the naive-phe baseline (SPEC §8).
 
     \b
     Example:
       alliance bench --members 5,10 --concurrency 16 --json
       alliance bench --members 10 --screen 100000
+      alliance bench --soak 600 --json          # replicas under sustained load; exit 1 unless it passes
     """
+    if soak_s is not None or db_url is not None:
+        from alliance_cli import soak_cmd
+
+        soak_cmd.run(soak_s, db_url=db_url, members=members, members_given=click.get_current_context()
+                     .get_parameter_source("members") is not click.core.ParameterSource.DEFAULT,
+                     concurrency=concurrency, as_json=as_json)
+        return
     from alliance_cli import bench
 
     counts = _member_counts(members)
