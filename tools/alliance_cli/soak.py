@@ -39,7 +39,7 @@ from typing import Any
 from alliance import synthetic
 from alliance.errors import AllianceError, UsageError
 from alliance_cli import pg_throwaway, soak_log
-from alliance_cli.bench import percentile
+from alliance_cli.bench_load import percentile
 from alliance_cli.localnet import LocalAlliance
 from alliance_member import book
 from alliance_member.gateway_client import GatewayClient
