@@ -16,31 +16,12 @@ from sqlalchemy import select
 from alliance import db, identity, matching_key, uds1
 from alliance.errors import InvalidInput
 from alliance_member import import_rows, importer, store
+from tests.test_import import engine, loan  # noqa: F401 - the fixture and the row builder
 
 KEY = matching_key.MatchingKey(epoch=3, key=bytes(range(100, 132)))
 PERSON = "11010519491231002X"  # GB 11643 example; check character X by hand
 OTHER = "440524198001010013"
 ORG = "91350100M000100Y43"  # GB 32100 example
-
-
-@pytest.fixture
-def engine(db_url):  # type: ignore[no-untyped-def]
-    e = db.make_engine(db_url)
-    store.create_schema(e)
-    yield e
-    e.dispose()
-
-
-def loan(loan_id: str, id_number: str = PERSON, **over: str) -> dict[str, str]:
-    row = {
-        "loan_id": loan_id, "subject_type": "PERSON", "id_type": "RESIDENT_ID", "id_number": id_number,
-        "product_type": "CONSUMER", "principal": "10000.00", "balance": "4000.00", "annual_rate": "12.5",
-        "term_months": "12", "repayment_method": "EQUAL_INSTALLMENT", "opened_on": "2026-01-10",
-        "due_on": "2027-01-10", "status": "ACTIVE", "overdue_days": "0", "overdue_amount": "0",
-        "guarantee_type": "NONE", "updated_on": "2026-06-01",
-    }
-    row.update(over)
-    return row
 
 
 def mixed_rows() -> list[dict[str, str]]:
