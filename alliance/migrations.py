@@ -27,16 +27,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, column, inspect, select, table, text
 
 from alliance.errors import UsageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+# Alembic itself is imported only where a schema is created, upgraded or
+# compared: the check every command and server makes at start (a database at
+# `SchemaKind.head`?) is one query, and costs no import.
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class SchemaKind:
     script_location: Path  # the environment's folder (env.py, versions/)
     version_table: str
     baseline: str  # revision of the previous release's schema
+    head: str  # this release's revision; upgrade() checks it is the environment's head
     baseline_tables: frozenset[str]  # the tables that release created
     upgrade_command: str  # what an operator runs when a database is behind; "{home}" is filled in
     home_hint: str  # what "{home}" says when the home is not known, e.g. "<admin home>"
@@ -100,6 +104,8 @@ class UpgradeResult:
 
 def config(kind: SchemaKind, connection: Connection | None = None) -> Config:
     """An Alembic configuration built in code (no alembic.ini)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(kind.script_location))
     cfg.set_main_option("path_separator", "os")
@@ -111,14 +117,18 @@ def config(kind: SchemaKind, connection: Connection | None = None) -> Config:
 
 @cache
 def _script(kind: SchemaKind) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(config(kind))
 
 
 def head(kind: SchemaKind) -> str:
+    """The environment's head revision, which must be ``kind.head``."""
     heads = _script(kind).get_heads()
-    if len(heads) != 1:
-        raise RuntimeError(f"the {kind.name} migrations have {len(heads)} heads: {heads}")  # a packaging bug
-    return heads[0]
+    if list(heads) != [kind.head]:
+        raise RuntimeError(f"the {kind.name} migrations end at {', '.join(heads)}, not at the declared head {kind.head}: "
+                           "update SchemaKind.head with the new revision")
+    return kind.head
 
 
 def revisions(kind: SchemaKind) -> list[str]:
@@ -159,16 +169,19 @@ def state(conn: Connection, kind: SchemaKind) -> SchemaState:
     present = set(inspect(conn).get_table_names())
     revision = None
     if kind.version_table in present:
-        heads = MigrationContext.configure(conn, opts={"version_table": kind.version_table}).get_current_heads()
+        heads = conn.execute(select(column("version_num")).select_from(table(kind.version_table))).scalars().all()
         if len(heads) > 1:
             raise SchemaUnknown(f"the {kind.name} database records several schema revisions ({', '.join(heads)})")
         revision = heads[0] if heads else None
-    return SchemaState(revision, head(kind), frozenset(present & kind.tables()))
+    return SchemaState(revision, kind.head, frozenset(present & kind.tables()))
 
 
 def differences(conn: Connection, kind: SchemaKind) -> list[Any]:
     """Alembic's autogenerate diff between the database and today's models:
     empty when the migrations produce exactly the models' schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
     mc = MigrationContext.configure(conn, opts={
         "version_table": kind.version_table, "include_name": include_name(kind), "compare_type": True})
     return list(compare_metadata(mc, _merged(kind)))
@@ -197,9 +210,11 @@ def _locked(engine: Engine, kind: SchemaKind) -> Iterator[Connection]:
 
 
 def _create_at_head(conn: Connection, kind: SchemaKind) -> None:
+    from alembic import command
+
     for md in kind.metadata():
         md.create_all(conn)
-    command.stamp(config(kind, conn), "head")
+    command.stamp(config(kind, conn), head(kind))
 
 
 def _revision_known(kind: SchemaKind, revision: str) -> bool:
@@ -218,6 +233,9 @@ def _check_placeable(st: SchemaState, kind: SchemaKind) -> None:
 
 def upgrade(engine: Engine, kind: SchemaKind) -> UpgradeResult:
     """Bring the database to the head revision. Idempotent."""
+    from alembic import command
+
+    head(kind)
     with _locked(engine, kind) as conn:
         before = state(conn, kind)
         _check_placeable(before, kind)
@@ -230,7 +248,7 @@ def upgrade(engine: Engine, kind: SchemaKind) -> UpgradeResult:
             if before.revision is None:
                 command.stamp(cfg, kind.baseline)  # made by the previous release, before Alembic
                 stamped = True
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, kind.head)
         if kind.seed is not None:
             kind.seed(conn)
         after = state(conn, kind).revision

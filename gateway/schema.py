@@ -213,6 +213,7 @@ SCHEMA = migrations.SchemaKind(
     script_location=Path(__file__).resolve().parent / "migrations",
     version_table="alembic_version_gateway",
     baseline="gw_0001_v1",
+    head="gw_0002_v2",  # a new revision moves this
     baseline_tables=frozenset({"members", "key_shares", "inquiries", "log_head", "log_entries", "log_nodes"}),
     upgrade_command="alliance admin db upgrade --home {home}",
     home_hint="<admin home>",

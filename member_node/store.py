@@ -180,6 +180,7 @@ SCHEMA = migrations.SchemaKind(
     script_location=Path(__file__).resolve().parent / "migrations",
     version_table="alembic_version_member",
     baseline="mb_0001_v1",
+    head="mb_0002_v2",  # a new revision moves this
     baseline_tables=frozenset({"loans", "flags", "scores", "import_runs", "seen_queries", "pinned_credentials"}),
     upgrade_command="alliance member db upgrade --home {home}",
     home_hint="<member home>",

@@ -73,6 +73,13 @@ def _counts(engine: Engine, names: list[str]) -> dict[str, int]:
         return {n: conn.execute(select(func.count()).select_from(Table(n, md, autoload_with=conn))).scalar_one() for n in names}
 
 
+def test_each_environment_ends_at_the_declared_head_and_starts_at_the_baseline() -> None:
+    for kind, k in KINDS.items():
+        assert migrations.revisions(k) == [k.baseline, V2_REVISION[kind]]
+        assert migrations.head(k) == k.head == V2_REVISION[kind]
+        assert k.version_table == f"alembic_version_{kind}"
+
+
 # -- the previous release -----------------------------------------------------------
 
 def test_the_v1_schema_copy_is_the_schema_of_the_fixture_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
