@@ -190,8 +190,8 @@ def differences(conn: Connection, kind: SchemaKind) -> list[Any]:
 def _merged(kind: SchemaKind) -> MetaData:
     merged = MetaData()
     for md in kind.metadata():
-        for table in md.tables.values():
-            table.to_metadata(merged)
+        for t in md.tables.values():
+            t.to_metadata(merged)
     return merged
 
 
