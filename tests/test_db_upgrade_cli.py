@@ -93,9 +93,14 @@ def test_admin_db_upgrade_twice_says_already_up_to_date(v1: Path) -> None:
 
 @pytest.mark.slow
 def test_the_wheel_ships_both_environments_and_they_work_from_it(tmp_path: Path, v1: Path) -> None:
-    wheels = tmp_path / "wheels"
+    source, wheels = tmp_path / "source", tmp_path / "wheels"  # built from a copy: no build/ left in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("alliance", "gateway", "member_node", "tools/alliance_cli"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "--disable-pip-version-check", "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "--disable-pip-version-check", "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
