@@ -51,7 +51,9 @@ def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_
     conditional UPDATE is one statement, and the first insert of a day is
     guarded by the primary key."""
     where = and_(_q.member_id == member_id, _q.pool == pool, _q.day_start_ms == day_start_ms)
-    for _ in range(3):
+    if daily_quota < 1:
+        return None
+    for _ in range(8):
         with engine.begin() as conn:
             _fast(conn)
             row = conn.execute(
@@ -59,8 +61,13 @@ def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_
             ).first()
             if row is not None:
                 return int(row.used)
-            if conn.execute(select(_q.used).where(where)).first() is not None or daily_quota < 1:
+            used = conn.execute(select(_q.used).where(where)).scalar()
+            if used is not None and used >= daily_quota:
                 return None
+            if used is not None:
+                # The day's first row was committed by another query between
+                # the UPDATE and this read (READ COMMITTED): not used up, retry.
+                continue
         try:
             with engine.begin() as conn:
                 _fast(conn)

@@ -423,3 +423,34 @@ def test_docs_list_every_refusal_reason_with_its_status_and_exit_code() -> None:
     documented = {reason: (status, int(code)) for reason, status, code, _ in rows}
     assert documented == {reason: (status.name, code) for reason, (status, code) in REFUSALS.items()}
     assert set(documented) == KNOWN_REASONS
+
+
+@pytest.mark.postgres
+def test_a_days_first_slot_committed_between_update_and_read_is_not_a_used_up_quota(pg_url) -> None:  # type: ignore[no-untyped-def]
+    """Two replicas take a member's first slots of the day at once: the
+    other's INSERT commits after this UPDATE found no row but before this
+    transaction reads the row (READ COMMITTED sees it). One slot of 5 is
+    used, so this query gets slot 2, not `quota_exceeded` (seen in the
+    replica e2e test as 'daily quota of 100000 queries used up')."""
+    from sqlalchemy import event, insert
+
+    engine, other = db.make_engine(pg_url), db.make_engine(pg_url)
+    schema.create_schema(engine)
+    day = 20_000 * 86_400_000
+    raced: list[str] = []
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _another_replica_commits_the_first_slot(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        if not raced and statement.lstrip().upper().startswith("UPDATE QUOTA_USAGE"):
+            raced.append(statement)
+            with other.begin() as c2:
+                c2.execute(insert(schema.quota_usage).values(member_id="mq", pool="daily", day_start_ms=day, used=1))
+
+    try:
+        assert reservations.reserve_quota_slot(engine, "mq", day, 5) == 2
+        assert raced, "the race was staged"
+        assert reservations.quota_used(engine, "mq", day) == 2
+        assert reservations.reserve_quota_slot(engine, "mq", day + 86_400_000, 0) is None  # a zero quota stays refused
+    finally:
+        engine.dispose()
+        other.dispose()
