@@ -26,6 +26,20 @@ def _port_open(endpoint: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+def _reconciled(home: str, timeout_s: float = 45.0) -> dict:
+    """`alliance member reconcile --min-age-s 0 --json`, until every answer
+    is under a witnessed checkpoint (one witness interval after the queries)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run([sys.executable, "-m", "alliance_cli.main", "member", "reconcile", "--home", home,
+                              "--min-age-s", "0", "--json"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        if doc["checked"] == doc["reconciled"] or time.monotonic() > deadline:
+            return doc
+        time.sleep(1)
+
+
 def test_demo_with_data_state_file_and_sigterm(tmp_path: Path) -> None:
     data = tmp_path / "data"
     synthetic.write_alliance_dataset(data, ["alpha", "beta", "gamma"], seed=3, as_of=date(2026, 6, 30))
@@ -56,6 +70,13 @@ def test_demo_with_data_state_file_and_sigterm(tmp_path: Path) -> None:
              "--consent-id", "C", "--consent-sha256", "00" * 32, "--json"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["members_asked"] == 2
+        # SPEC §6.2 / issue 8: every answer a demo member gave is in the log (once witnessed)
+        reconciled = 0
+        for member_id, member in state["members"].items():
+            doc = _reconciled(member["home"])
+            assert doc["ok"] is True and doc["missing"] == [] and doc["checked"] == doc["reconciled"], (member_id, doc)
+            reconciled += doc["reconciled"]
+        assert reconciled >= 2, "beta and gamma answered alpha's query at least"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
