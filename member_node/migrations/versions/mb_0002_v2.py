@@ -1,6 +1,7 @@
 """v2: the answer journal and reconcile marks (SPEC §6.2), alerts (§5.1,
 §6.1, §6.2, §9), monitoring reports (§9), and the membership feed with its
-state and trust roots (§5.1). Only new tables: v1's are unchanged.
+state, its witnessed checkpoint (§6.1) and trust roots (§5.1). Only new
+tables: v1's are unchanged.
 
 A table a pre-Alembic v2 build already created is left as it is, so such a
 database upgrades too (stamped at the baseline, then this revision).
@@ -18,7 +19,8 @@ down_revision = "mb_0001_v1"
 branch_labels = None
 depends_on = None
 
-TABLES = ("answer_journal", "reconcile_marks", "alerts", "monitor_reports", "membership_feed", "feed_state", "trust_roots")
+TABLES = ("answer_journal", "reconcile_marks", "alerts", "monitor_reports", "membership_feed", "feed_state", "feed_witnessed",
+          "trust_roots")
 
 
 def _absent(name: str) -> bool:
@@ -80,6 +82,15 @@ def upgrade() -> None:
             sa.Column("membership_count", sa.BigInteger, nullable=False),
             sa.Column("verified_at_ms", sa.BigInteger, nullable=False),
             sa.Column("witnessed_at_ms", sa.BigInteger, nullable=True),
+        )
+    if _absent("feed_witnessed"):  # the newest checkpoint cosigned by a witness quorum (§6.1)
+        op.create_table(
+            "feed_witnessed",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("checkpoint", sa.Text, nullable=False),
+            sa.Column("size", sa.BigInteger, nullable=False),
+            sa.Column("membership_count", sa.BigInteger, nullable=False),
+            sa.Column("accepted_at_ms", sa.BigInteger, nullable=False),
         )
     if _absent("trust_roots"):
         op.create_table(
