@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, insert, select, update
 
-from alliance import checkpoint, db, pki
+from alliance import checkpoint, db, migrations, pki
 from alliance.errors import InvalidInput, Refused, UsageError
 from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
@@ -105,12 +105,16 @@ def init_alliance(
 class Admin:
     """Registry operations for an initialised admin home."""
 
-    def __init__(self, admin_dir: Path, *, db_url: str | None = None, ca_passphrase: bytes | None = None) -> None:
+    def __init__(self, admin_dir: Path, *, db_url: str | None = None, ca_passphrase: bytes | None = None,
+                 check_schema: bool = True) -> None:
+        """``check_schema``: refuse a database older than this release
+        (SchemaOutdated); only :meth:`upgrade_db` goes without."""
         self.home = AdminHome(admin_dir)
         self.ca_passphrase = ca_passphrase
         self.config = self.home.config()
         self.engine: Engine = db.make_engine(db_url or self.config.db_url, durable=True)
-        schema.create_schema(self.engine)
+        if check_schema:
+            schema.create_schema(self.engine, admin_dir)
 
     def add(self, join_request: bytes, *, daily_quota: int | None = None, expected_role: str | None = None) -> bytes:
         """Check a join request, register the member, log the issued
@@ -223,16 +227,19 @@ class Admin:
         return policy, seq
 
     def upgrade_db(self) -> dict[str, Any]:
-        """SPEC §6.4: bring a v1 registry and log to v2 (new tables; a
-        `v2_started` entry, after which v2 rules apply) and give a v1 gateway
-        certificate the reserved gateway name v2 clients check (§5.2), for
-        the gateway's existing key. Idempotent."""
+        """SPEC §6.4, §12: bring the database to this release's schema
+        (Alembic: a v1 database is stamped at the baseline, then upgraded),
+        then the log to v2 (a `v2_started` entry, after which v2 rules apply),
+        and give a v1 gateway certificate the reserved gateway name v2
+        clients check (§5.2), for the gateway's existing key. Idempotent."""
         gateway = GatewayHome(Path(self.config.gateway_home))
         gateway_cfg = gateway.config()
+        migrated = migrations.upgrade(self.engine, schema.SCHEMA)
         with self.engine.begin() as conn:
             before = audit_log.v2_started_seq(conn)
             seq = audit_log.start_v2(conn, deadline_ms=gateway_cfg.deadline_ms)
-        return {"v2_started_seq": seq, "already_v2": before is not None, "gateway_certificate_reissued": self._renew_gateway_cert(gateway)}
+        return {"schema": migrated, "v2_started_seq": seq, "already_v2": before is not None,
+                "gateway_certificate_reissued": self._renew_gateway_cert(gateway)}
 
     def _renew_gateway_cert(self, gateway: GatewayHome) -> bool:
         cert = pki.load_cert_pem(gateway.tls_cert)

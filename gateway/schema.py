@@ -4,10 +4,13 @@ with its stored Merkle node hashes. Nothing here is secret: the gateway holds
 no Paillier private key, no matching key and no raw ID (SPEC §1)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Index,
     Integer,
@@ -19,7 +22,8 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+from alliance import migrations
 
 metadata = MetaData()
 
@@ -195,15 +199,32 @@ log_nodes = Table(
 )
 
 
-def create_schema(engine: Engine) -> None:
-    """Idempotent, and safe when several gateway processes start at once."""
-    try:
-        metadata.create_all(engine)
-    except (IntegrityError, ProgrammingError):
-        metadata.create_all(engine)  # another process created the tables first
-    try:
-        with engine.begin() as conn:
-            if conn.execute(select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
-                conn.execute(insert(log_head).values(id=1, size=0))
-    except IntegrityError:
-        pass  # another process inserted the head row first
+def _seed(conn: Connection) -> None:
+    """The log's single head row (size 0 for a new log)."""
+    if conn.execute(select(log_head.c.size).where(log_head.c.id == 1)).first() is None:
+        conn.execute(insert(log_head).values(id=1, size=0))
+
+
+# SPEC §12: the schema's versions, kept by Alembic (alliance/migrations.py,
+# the environment in ./migrations). A change to the tables above needs a new
+# revision there; tests/test_migrations.py fails until it has one.
+SCHEMA = migrations.SchemaKind(
+    name="gateway",
+    script_location=Path(__file__).resolve().parent / "migrations",
+    version_table="alembic_version_gateway",
+    baseline="gw_0001_v1",
+    head="gw_0002_v2",  # a new revision moves this
+    baseline_tables=frozenset({"members", "key_shares", "inquiries", "log_head", "log_entries", "log_nodes"}),
+    upgrade_command="alliance admin db upgrade --home {home}",
+    home_hint="<admin home>",
+    metadata=lambda: (metadata,),
+    seed=_seed,
+)
+
+
+def create_schema(engine: Engine, admin_home: Path | None = None) -> None:
+    """A new database is created at the current schema; one at the current
+    schema is used as it is; an older one is refused (SchemaOutdated: run
+    `alliance admin db upgrade`, for ``admin_home`` when known). Safe when
+    several gateways start at once."""
+    migrations.ensure_current(engine, SCHEMA, admin_home)

@@ -87,7 +87,10 @@ trust_roots = Table(
 
 
 def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
+    """The member database's schema, these tables included (alliance_member.store)."""
+    from alliance_member import store
+
+    store.create_schema(engine)
 
 
 class FeedError(CryptoError):

@@ -81,7 +81,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     if not home.is_joined():
         raise UsageError(f"{home_dir} has not joined the alliance yet (run `alliance member join`)")
     engine = db.make_engine(home.db_url(db_url))
-    store.create_schema(engine)
+    store.create_schema(engine, home_dir)  # refuses a database older than this release (SPEC §12)
     workers: list = [] if background is None else background
     if webhook is not None:
         from alliance_member.webhook import Webhook

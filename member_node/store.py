@@ -5,6 +5,7 @@ made with; only rows of the current epoch are ever used to answer."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     select,
 )
 
+from alliance import db, migrations
 from alliance.report import FlagFacts, LoanFacts, ScoreFacts
 
 metadata = MetaData()
@@ -163,8 +165,47 @@ monitor_reports = Table(
 BOOK_TABLES = {"loans": loans, "flags": flags, "scores": scores}
 
 
-def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
+def _member_metadata() -> tuple[MetaData, ...]:
+    from alliance_member import feed  # feed's tables live beside the book
+
+    return (metadata, feed.metadata)
+
+
+# SPEC §12: the member database's versions (this file's tables and
+# alliance_member.feed's), kept by Alembic (alliance/migrations.py, the
+# environment in ./migrations). A change to the tables needs a new revision
+# there; tests/test_migrations.py fails until it has one.
+SCHEMA = migrations.SchemaKind(
+    name="member",
+    script_location=Path(__file__).resolve().parent / "migrations",
+    version_table="alembic_version_member",
+    baseline="mb_0001_v1",
+    head="mb_0002_v2",  # a new revision moves this
+    baseline_tables=frozenset({"loans", "flags", "scores", "import_runs", "seen_queries", "pinned_credentials"}),
+    upgrade_command="alliance member db upgrade --home {home}",
+    home_hint="<member home>",
+    metadata=_member_metadata,
+)
+
+
+def create_schema(engine: Engine, home: Path | None = None) -> None:
+    """A new database is created at the current schema; one at the current
+    schema is used as it is; an older one is refused (SchemaOutdated: run
+    `alliance member db upgrade`, for ``home`` when known)."""
+    migrations.ensure_current(engine, SCHEMA, home)
+
+
+def upgrade_db(home_dir: Path, db_url: str | None = None) -> migrations.UpgradeResult:
+    """`alliance member db upgrade` (SPEC §12): bring the member's database to
+    this release's schema; a database made by the previous release is
+    stamped at the baseline first. Idempotent."""
+    from alliance_member.home import MemberHome
+
+    engine = db.make_engine(MemberHome(home_dir).db_url(db_url))
+    try:
+        return migrations.upgrade(engine, SCHEMA)
+    finally:
+        engine.dispose()
 
 
 # Built once: the answer path only binds parameters (SQLAlchemy then reuses

@@ -246,7 +246,7 @@ def walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, bool]
 
 
 def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, bool]]:
-    """audit *, matching-key *, rotate-keys, set-quota, sponsor, reconcile, admin policy, admin db upgrade, gateway serve."""
+    """audit *, matching-key *, rotate-keys, set-quota, sponsor, reconcile, admin policy, admin/member db upgrade, gateway serve."""
     h, a, b, aud, gw = str(w["home"]), str(w["admin"]), str(w["joined"]), str(w["auditor"]), str(w["gateway"])
     nohome = str(w["root"] / "nohome")
     rep = ["audit", "report", "--home", aud, "--from", "2026-06-01", "--to", "2026-06-30"]
@@ -311,6 +311,9 @@ def more_walk_cases(w: dict[str, Path]) -> list[tuple[str, list[str], int, str, 
         ("db upgrade in a member home", ["admin", "db", "upgrade", "--home", h], 2, "not an initialised admin home", False),
         ("db upgrade with a missing passphrase file", ["admin", "db", "upgrade", "--home", a, "--passphrase-file",
                                                        str(w["root"] / "nopass.txt")], 3, "no such file", False),
+        ("member db upgrade in a missing home", ["member", "db", "upgrade", "--home", nohome], 2, "not an initialised member home", False),
+        ("member db upgrade a bad --db", ["member", "db", "upgrade", "--home", h, "--db", "no-such-scheme"], 2,
+         "not a database URL", False),
         ("gateway serve a missing home", ["gateway", "serve", "--home", nohome], 2, "not an initialised gateway home", False),
         ("gateway serve a member home", ["gateway", "serve", "--home", h], 2, "not an initialised gateway home", False),
         ("gateway serve --listen without a port", ["gateway", "serve", "--home", gw, "--listen", "nohost"], 2, "host:port", False),
@@ -411,7 +414,7 @@ def command_tree():  # type: ignore[no-untyped-def]
 
 def test_the_walk_finds_every_command_group_and_leaf() -> None:
     paths = {" ".join(p) for p, _ in command_tree()}
-    for expected in ("admin init", "admin member set-quota", "admin db upgrade", "admin auditor add", "gateway serve",
+    for expected in ("admin init", "admin member set-quota", "admin db upgrade", "member db upgrade", "admin auditor add", "gateway serve",
                      "member matching-key install", "member sponsor", "member reconcile", "audit report", "demo", "bench"):
         assert expected in paths
 

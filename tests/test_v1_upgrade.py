@@ -56,8 +56,12 @@ def test_a_v1_log_upgrades_and_still_verifies(v1: Path) -> None:
     out = cli("admin", "db", "upgrade", "--home", str(v1 / "admin"))
     assert out.returncode == 0, out.stderr
     assert "v2_started logged as entry 9" in out.stdout and "reissued" in out.stdout
+    assert "gateway database: upgraded from the previous release's schema" in out.stdout  # SPEC §12, before the log step
     again = cli("admin", "db", "upgrade", "--home", str(v1 / "admin"))
-    assert again.returncode == 0 and "already v2" in again.stdout
+    assert again.returncode == 0 and "already v2" in again.stdout and "already up to date" in again.stdout
+    for m in ("lender-a", "lender-b", "lender-c"):  # SPEC §12: v2 member nodes refuse a v1 database until upgraded
+        member_db = cli("member", "db", "upgrade", "--home", str(v1 / "members" / m))
+        assert member_db.returncode == 0 and "upgraded from the previous release's schema" in member_db.stdout, member_db.stderr
     after = _entries(v1)
     assert after[: len(before)] == before  # nothing rewritten
     assert after[len(before)]["kind"] == "v2_started" and after[len(before)]["v"] == 2

@@ -3,7 +3,7 @@
 by one (and a few other plausible slips), run the report-rule tests against each
 mutant, and show that at least one test fails for every one.
 
-    .venv/bin/python tools/mutation_check.py [-k NAME] [--fuzz]
+    .venv/bin/python tools/mutation_check.py [-k NAME] [--fuzz | --migrations]
 
 Each mutant is applied to the source file in place and restored in a `finally`
 (the original bytes are put back even on Ctrl-C); the script refuses to start
@@ -95,6 +95,31 @@ FUZZ_MUTANTS = [
            "        except ZeroDivisionError as exc:", (FUZZ + "::test_fuzz_gateway_rpc_bytes",)),
 ]
 
+# Schema-migration slips (SPEC §12), caught by tests/test_migrations.py (run
+# under tools/with_postgres.sh to cover PostgreSQL too). `--migrations` selects these.
+MIGRATIONS = ("tests/test_migrations.py",)
+GW_V2 = "gateway/migrations/versions/gw_0002_v2.py"
+MB_V2 = "member_node/migrations/versions/mb_0002_v2.py"
+MIGRATION_MUTANTS = [
+    Mutant("member v2 revision drops a column", MB_V2,
+           '            sa.Column("witnessed_at_ms", sa.BigInteger, nullable=True),\n', "", MIGRATIONS),
+    Mutant("member v2 revision: a nullable column NOT NULL", MB_V2,
+           'sa.Column("witnessed_at_ms", sa.BigInteger, nullable=True)', 'sa.Column("witnessed_at_ms", sa.BigInteger, nullable=False)',
+           MIGRATIONS),
+    Mutant("gateway v2 revision forgets an index", GW_V2,
+           '        op.create_index("ix_cosignatures_member", "cosignatures", ["member_id", "size"])\n', "", MIGRATIONS),
+    Mutant("gateway v2 revision: a column one type off", GW_V2,
+           'sa.Column("cut_at_ms", sa.BigInteger, nullable=False)', 'sa.Column("cut_at_ms", sa.Integer, nullable=False)', MIGRATIONS),
+    Mutant("a model column added without a revision", "member_node/store.py",
+           '    Column("details", String(8192), nullable=False),  # canonical JSON\n',
+           '    Column("details", String(8192), nullable=False),  # canonical JSON\n    Column("severity", String(16), nullable=True),\n',
+           MIGRATIONS),
+    Mutant("a v1 database not stamped at the baseline", "alliance/migrations.py",
+           "                command.stamp(cfg, kind.baseline)", "                pass", MIGRATIONS),
+    Mutant("an older database taken as current", "alliance/migrations.py",
+           "        return self.revision == self.head", "        return self.revision is not None or bool(self.tables)", MIGRATIONS),
+]
+
 
 def _clean(path: Path) -> bool:
     out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
@@ -123,8 +148,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-k", help="only mutants whose name contains this")
     ap.add_argument("--fuzz", action="store_true", help="the crash/half-write mutants against the fuzz tests")
+    ap.add_argument("--migrations", action="store_true", help="the schema-migration mutants against tests/test_migrations.py")
     args = ap.parse_args()
-    mutants = [m for m in (FUZZ_MUTANTS if args.fuzz else MUTANTS) if not args.k or args.k in m.name]
+    chosen = FUZZ_MUTANTS if args.fuzz else MIGRATION_MUTANTS if args.migrations else MUTANTS
+    mutants = [m for m in chosen if not args.k or args.k in m.name]
     dirty = sorted({m.path for m in mutants if not _clean(ROOT / m.path)})
     if dirty:
         print(f"refusing: uncommitted changes in {', '.join(dirty)}", file=sys.stderr)

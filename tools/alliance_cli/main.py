@@ -323,32 +323,6 @@ def admin_policy_set(home: Path, db_url: str | None, key: str, value: str) -> No
     click.echo(f"{key} = {shown} (logged as entry {seq}; gateways apply it within seconds)")
 
 
-@admin.group("db")
-def admin_db() -> None:
-    """The gateway database: registry and audit log."""
-
-
-@admin_db.command("upgrade")
-@HOME
-@DB
-@PASSPHRASE
-def admin_db_upgrade(home: Path, db_url: str | None, passphrase_file: Path | None) -> None:
-    """Bring a v1 registry and log to v2 (SPEC §6.4): new tables, and a
-    `v2_started` entry after which the v2 rules apply. Safe to run twice.
-
-    \b
-    Example:
-      alliance admin db upgrade --home admin --passphrase-file ca-pass.txt
-    """
-    result = _admin(home, db_url, passphrase_file, signs=True).upgrade_db()
-    if result["already_v2"]:
-        click.echo(f"already v2: the log's v2_started entry is {result['v2_started_seq']}")
-    else:
-        click.echo(f"upgraded: v2_started logged as entry {result['v2_started_seq']}; v2 rules apply from here on")
-    if result["gateway_certificate_reissued"]:
-        click.echo("the gateway certificate was reissued with the reserved gateway name; restart `alliance gateway serve`")
-
-
 @admin.group("auditor")
 def admin_auditor() -> None:
     """Issue auditor credentials."""
@@ -903,6 +877,7 @@ from alliance_cli.audit_cmds import audit; cli.add_command(audit)  # noqa: E402,
 from alliance_cli.reconcile_cmd import reconcile_command; member.add_command(reconcile_command)  # noqa: E402,E702
 from alliance_cli.disclosure_cmds import audit_monthly_report, member_disclose; member.add_command(member_disclose); audit.add_command(audit_monthly_report)  # noqa: E402,E702,E501
 from alliance_cli import monitor_cmds; monitor_cmds.register(member)  # noqa: E402,E702
+from alliance_cli import db_cmds; db_cmds.register(admin, member, PASSPHRASE)  # noqa: E402,E702
 
 
 def _database_problem(exc: Exception) -> str | None:
