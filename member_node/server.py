@@ -14,7 +14,7 @@ from alliance import db, masks, matching_key, paillier, pki, transport
 from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
-from alliance_member import onboarding, store, witness
+from alliance_member import book_status, onboarding, store, witness
 from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.feed import FeedRefresher
 from alliance_member.gateway_client import GatewayClient
@@ -97,6 +97,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     refresher = FeedRefresher(feed)
     refresher.refresh_once()
     refresher.start()
+    _send_book_status(home, engine)  # SPEC §10: at start (also resends one an import could not send)
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
@@ -106,6 +107,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         mask_pools=mask_pools,
         after_answer=application_alerts.submit,
         metrics=metrics,
+        book_status=book_status.StatusSource(home_dir),
     )
     if metrics is not None:
         metrics.bind(engine=engine, mask_pools=mask_pools, feed_age=feed.age_s)
@@ -143,6 +145,14 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
         worker.close()
     if endpoint is not None:
         endpoint.close()
+
+
+def _send_book_status(home: MemberHome, engine: Engine) -> None:
+    """Sign the book's current status, save it for the answers, and send it;
+    a gateway that cannot be reached now costs a warning, never the start."""
+    body, signature = book_status.make(home, engine)
+    result = book_status.send(home, body, signature)
+    (log.info if result.sent else log.warning)("%s", result.line())
 
 
 def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:

@@ -75,7 +75,8 @@ def running_alliance(backend: str, tmp_path_factory: pytest.TempPathFactory, mem
     books imported, on SQLite or PostgreSQL; stopped afterwards."""
     from alliance import synthetic
     from alliance_cli.localnet import LocalAlliance
-    from alliance_member import book
+    from alliance_member import book, book_status
+    from alliance_member.querier import today_shanghai
 
     root = tmp_path_factory.mktemp(f"alliance-{backend}")
     gateway_db, member_dbs, created = None, {}, []
@@ -87,13 +88,16 @@ def running_alliance(backend: str, tmp_path_factory: pytest.TempPathFactory, mem
         urls, created = pg_databases(["gateway", *members])
         gateway_db = urls.pop("gateway")
         member_dbs = urls
-    dataset = synthetic.write_alliance_dataset(root / "data", members, seed=42, as_of=as_of)
+    # Exported today (SPEC §10): the books are fresh whatever the reports' as-of date.
+    dataset = synthetic.write_alliance_dataset(root / "data", members, seed=42, as_of=as_of, book_date=today_shanghai())
     net = LocalAlliance(root, members, gateway_db_url=gateway_db, member_db_urls=member_dbs, deadline_ms=2000)
     net.start()
     try:
         for m in members:
             for kind in ("loans", "flags", "scores"):
                 book.import_book(net.members[m].home, root / "data" / m / f"{kind}.csv", kind)
+            sent = book_status.refresh(net.members[m].home)  # SPEC §10: as `alliance member import` does
+            assert sent is not None and sent.sent, sent
         yield net, dataset
     finally:
         net.stop()

@@ -44,7 +44,7 @@ from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
 from alliance_member import importer, store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
+from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query, log_book_status
 from tests.conftest import _fresh_pg_database
 
 pytestmark = pytest.mark.fuzz
@@ -521,6 +521,8 @@ class Alliance:
                     endpoint=m.member_id, credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
                     fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
                     paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=10**9, updated_at_ms=0))
+        for m in self.members.values():
+            log_book_status(self.engine, m)  # SPEC §10: fresh books, so they may query
         self.member_services: dict[str, MemberService] = {}
         token = identity.subject_token(MK.key, *SUBJECT)
         for mid in ("ma", "mb", "mc"):

@@ -20,7 +20,7 @@ import phe
 
 from alliance import masks, report, synthetic
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
+from alliance_member import book, book_status
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,12 +84,13 @@ def run(member_counts: list[int], *, queries: int, concurrency: int, naive_queri
 def _bench_ours(root: Path, n: int, *, queries: int, concurrency: int, echo: Callable[[str], None]) -> dict[str, Any]:
     ids = [f"m{i:02d}" for i in range(n)]
     as_of = today_shanghai()
-    dataset = synthetic.write_alliance_dataset(root / "data", ids, seed=8, as_of=as_of)
+    dataset = synthetic.write_alliance_dataset(root / "data", ids, seed=8, as_of=as_of, book_date=as_of)  # fresh books (SPEC §10)
     echo(f"starting gateway + {n} member processes (mutual TLS, SQLite)…")
     with LocalAlliance(root, ids, with_auditor=False) as alliance:
         for mid in ids:
             for kind in ("loans", "flags", "scores"):
                 book.import_book(alliance.members[mid].home, root / "data" / mid / f"{kind}.csv", kind)
+            book_status.refresh(alliance.members[mid].home)  # SPEC §10: as `alliance member import` does
         # SPEC §8: every query a fresh subject, so no §5.3 pin decides who is asked. Known subjects first
         # (members hold records for them), then valid subjects no book holds; the work per query is the same.
         seq_n = max(10, queries // 4)

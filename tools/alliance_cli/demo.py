@@ -20,7 +20,7 @@ from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, InvalidInput, UsageError
 from alliance_cli import output
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
+from alliance_member import book, book_status
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
 
 DEMO_MEMBERS = ["lender-a", "lender-b", "lender-c"]
@@ -49,7 +49,8 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
     else:
         member_ids = DEMO_MEMBERS
         data_dir = work_dir / "data"
-        dataset = synthetic.write_alliance_dataset(data_dir, member_ids, seed=2016, as_of=as_of)
+        # exported today, so every member's book is fresh (SPEC §10: only fresh books may query)
+        dataset = synthetic.write_alliance_dataset(data_dir, member_ids, seed=2016, as_of=as_of, book_date=as_of)
     echo(f"building a local alliance in {work_dir}: gateway + {len(member_ids)} members (mutual TLS, SQLite)")
     alliance = LocalAlliance(work_dir, member_ids)
     stop = threading.Event()
@@ -63,6 +64,10 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
                 if path.exists():
                     result = book.import_book(alliance.members[mid].home, path, kind, on_error=_print_error)
                     echo(f"  {mid}: imported {result.rows_written} {kind}")
+                    if kind == "loans":  # SPEC §10: the signed book status, as `alliance member import` sends it
+                        sent = book_status.refresh(alliance.members[mid].home)
+                        if sent is not None:
+                            echo(f"  {mid}: {sent.line()}")
         if state_file is not None:
             write_atomic(state_file, json.dumps(alliance.state(), indent=2).encode())
             echo(f"state written to {state_file}")
