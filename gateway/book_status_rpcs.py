@@ -28,6 +28,7 @@ from alliance.errors import CryptoError, InvalidInput
 from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema
+from alliance_gateway.entries import QueryContext
 from alliance_gateway.refusals import QueryFailure
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -154,11 +155,11 @@ class BookStatusRpcs:
             checkpoint=note,
         )
 
-    def _check_book(self, ctx: "object", member_id: str) -> None:
+    def _check_book(self, ctx: QueryContext, member_id: str) -> None:
         """SPEC §10: only a member with a fresh, non-empty logged book may
         query; the entry states what it was judged by, fresh or not."""
         logged = self.book_statuses.get(member_id)  # type: ignore[attr-defined]
         stated, stale = judge(logged, member_id, ctx.received_ms, self.policy.get())  # type: ignore[attr-defined]
-        ctx.querier_book = stated  # type: ignore[attr-defined]
+        ctx.querier_book = stated
         if stale is not None:
             raise QueryFailure("stale_book", stale)

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, insert, select
 
-from alliance import db, identity, paillier, pki, report, signing, uds1
+from alliance import book_status, db, identity, paillier, pki, report, signing, uds1
 from alliance.errors import AllianceError, InvalidIdNumber, Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema
@@ -630,6 +630,8 @@ def _valid_gateway_requests(a: Alliance) -> dict[str, list[bytes]]:
         "GetQueryProofs": [pb.GetQueryProofsRequest(from_index=0, max_entries=5).SerializeToString()],
         "GetPolicy": [pb.GetPolicyRequest().SerializeToString()],
         "PostDisclosure": [_signed_statement(pb.SignedDisclosure, signing.DISCLOSURE, q, None, body=b'{"month":"2026-01"}')],
+        "PostBookStatus": [_signed_statement(pb.SignedBookStatus, signing.BOOK_STATUS, q, None, body=book_status.BookStatus(
+            "mq", q.body.serial, datetime.now(timezone.utc).date(), 3, int(time.time() * 1000)).encode())],
     }
 
 

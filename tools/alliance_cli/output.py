@@ -163,13 +163,13 @@ def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
         if r.get("endpoint"):
             details += f"  endpoint {r['endpoint']}"
         click.echo(f"  {details}")
-        if r.get("role") == "member":
-            click.echo(f"  {book_line(r)}")
         groups = str(r["fingerprint"]).split(":")
         half = (len(groups) + 1) // 2
         click.echo(f"  fingerprint {':'.join(groups[:half])}")
         if groups[half:]:
             click.echo(f"              {':'.join(groups[half:])}")
+        if r.get("role") == "member":
+            click.echo(f"  {book_line(r)}")
 
 
 def key_values(row: dict[str, Any]) -> None:
