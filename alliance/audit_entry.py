@@ -23,9 +23,11 @@ V1_MEMBERSHIP_KINDS = ("credential_issued", "member_suspended", "member_resumed"
 # Every membership entry (SPEC §5.1 feed: numbered by membership_seq in v2).
 MEMBERSHIP_KINDS = V1_MEMBERSHIP_KINDS + ("v2_started", "member_sponsored", "policy_changed", "matching_key_created")
 OTHER_V2_KINDS = ("refusals_suppressed", "gateway_started")
-V2_KINDS = ("v2_started", "member_sponsored", "policy_changed", "matching_key_created", "disclosure") + OTHER_V2_KINDS  # only in "v": 2 entries
+V2_KINDS = ("v2_started", "member_sponsored", "policy_changed", "matching_key_created", "disclosure",
+            "book_status") + OTHER_V2_KINDS  # only in "v": 2 entries
 DISCLOSURE_KINDS = ("disclosure",)  # SPEC §11: a member's signed monthly figures (not a membership change)
-KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS + DISCLOSURE_KINDS
+BOOK_STATUS_KINDS = ("book_status",)  # SPEC §10: a member's signed book date and loan count (not a membership change)
+KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS + DISCLOSURE_KINDS + BOOK_STATUS_KINDS
 
 
 def encode(entry: dict[str, Any]) -> bytes:

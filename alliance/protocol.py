@@ -141,5 +141,8 @@ def verify_query_signature(query: pb.SignedQuery, ed25519_public_key: bytes) -> 
         raise Refused(str(exc), reason="bad_signature") from None
 
 
-def answer_message(body: pb.QueryRequestBody, body_bytes: bytes, ciphertext: bytes) -> bytes:
-    return signing.member_answer_message(body.query_id, signing.sha256(body_bytes), signing.sha256(ciphertext))
+def answer_message(body: pb.QueryRequestBody, body_bytes: bytes, ciphertext: bytes, book_status: bytes = b"") -> bytes:
+    """What a member signs for its answer (signing.member_answer_message);
+    ``book_status``: the exact bytes of the status the answer carries (SPEC §10)."""
+    return signing.member_answer_message(body.query_id, signing.sha256(body_bytes), signing.sha256(ciphertext),
+                                         signing.sha256(book_status) if book_status else b"")

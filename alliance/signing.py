@@ -21,6 +21,7 @@ MATCHING_KEY_SHARE = b"alliance/v1/matching-key-share\x00"
 SPONSORSHIP = b"alliance/v1/sponsorship\x00"
 MATCHING_KEY_CREATED = b"alliance/v1/matching-key-created\x00"
 DISCLOSURE = b"alliance/v1/disclosure\x00"  # SPEC §11 monthly figures (alliance/disclosure.py)
+BOOK_STATUS = b"alliance/v1/book-status\x00"  # SPEC §10 book date and loan count (alliance/book_status.py)
 
 ED25519_SIGNATURE_SIZE = 64
 
@@ -52,7 +53,16 @@ def _length_prefixed(*parts: bytes) -> bytes:
     return b"".join(struct.pack(">I", len(p)) + p for p in parts)
 
 
-def member_answer_message(query_id: str, request_digest: bytes, ciphertext_sha256: bytes) -> bytes:
+def member_answer_message(query_id: str, request_digest: bytes, ciphertext_sha256: bytes,
+                          book_status_sha256: bytes = b"") -> bytes:
     """Bytes a member signs for its answer: (query id, SHA-256 of the request
-    body, SHA-256 of the ciphertext), each length-prefixed."""
-    return _length_prefixed(query_id.encode("utf-8"), request_digest, ciphertext_sha256)
+    body, SHA-256 of the ciphertext), each length-prefixed; an answer that
+    carries the member's book status (SPEC §10) appends, as a fourth
+    length-prefixed part, the SHA-256 of the status's exact bytes. Answers
+    without a status keep the three-part form, so older signatures still
+    verify, and a status can be neither added to nor stripped from a signed
+    answer (the part count is in the bytes)."""
+    parts = [query_id.encode("utf-8"), request_digest, ciphertext_sha256]
+    if book_status_sha256:
+        parts.append(book_status_sha256)
+    return _length_prefixed(*parts)

@@ -16,7 +16,7 @@ import calendar
 import csv
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -172,13 +172,19 @@ def unknown_subjects(rng: random.Random, n: int) -> list[Subject]:
 
 
 def write_alliance_dataset(out_dir: Path, member_ids: Sequence[str], *, seed: int, people: int = 60,
-                           orgs: int = 12, as_of: date) -> Dataset:
+                           orgs: int = 12, as_of: date, book_date: date | None = None) -> Dataset:
     """Write ``out_dir/<member>/{loans,flags,scores}.csv`` for each member and
     return what was written. The first persons carry the scenarios every
     dataset must contain (each DPD bucket, settled, written off, the 30/90-day
     windows, after as-of; with fewer than 9 persons organisations take the
     rest); person 0 has a check character X and a 19xx birth date, is held by
-    up to three members and is written in every variant spelling."""
+    up to three members and is written in every variant spelling.
+
+    ``book_date``: the day the books were exported (SPEC §10 freshness):
+    every ACTIVE loan opened by then was updated that day, as a lender's
+    daily export refreshes balances and overdue days, so each member's book
+    date is ``book_date``. None leaves each loan's own last-update date
+    (on or before ``as_of``; a loan opened after it, on its opening day)."""
     if not member_ids:
         raise ValueError("write_alliance_dataset needs at least one member")
     rng = random.Random(seed)
@@ -201,6 +207,10 @@ def write_alliance_dataset(out_dir: Path, member_ids: Sequence[str], *, seed: in
                 flags.append(_flag(rng, id_type, canonical, as_of, *flag))
             if index < 2 or rng.random() < 0.7:
                 scores.append(_score(rng, id_type, canonical, as_of, after_as_of=index == 1))
+    if book_date is not None:
+        for loans, _, _ in books.values():
+            loans[:] = [replace(r, updated_on=book_date) if r.status == "ACTIVE" and r.opened_on <= book_date else r
+                        for r in loans]
     for member in member_ids:
         _write_book(out_dir / member, books[member], rng, spell_all={subjects[0][1]} if subjects else set())
     subject_list = tuple(

@@ -266,11 +266,12 @@ class Admin:
     def list(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(schema.members).order_by(schema.members.c.member_id)).all()
-        return [_public_view(r) for r in rows]
+            books = _books(conn)
+        return [_public_view(r, books.get(r.member_id)) for r in rows]
 
     def show(self, member_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            return _public_view(self._get(conn, member_id))
+            return _public_view(self._get(conn, member_id), _books(conn).get(member_id))
 
     @staticmethod
     def _get(conn: Any, member_id: str) -> Any:
@@ -280,7 +281,15 @@ class Admin:
         return row
 
 
-def _public_view(row: Any) -> dict[str, Any]:
+def _books(conn: Any) -> dict[str, Any]:
+    """Each member's latest logged book status (SPEC §10)."""
+    return {r.member_id: r for r in conn.execute(select(schema.book_status)).all()}
+
+
+def _public_view(row: Any, book: Any = None) -> dict[str, Any]:
+    """``book``: the member's latest logged book status row, if any: its
+    book date (null: no loans, or no status logged) and loan count (null:
+    no status logged)."""
     return {
         "member_id": row.member_id,
         "name": row.name,
@@ -290,6 +299,8 @@ def _public_view(row: Any) -> dict[str, Any]:
         "credential_serial": row.credential_serial,
         "fingerprint": pki.format_fingerprint(bytes(row.fingerprint)),
         "daily_quota": row.daily_quota,
+        "book_date": book.book_date if book is not None else None,
+        "book_loans": book.loans if book is not None else None,
     }
 
 

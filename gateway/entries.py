@@ -28,6 +28,7 @@ class QueryContext:
     rules: dict[str, Any] | None = None
     oversized: list[dict[str, Any]] = field(default_factory=list)
     answer_set: list[str] | None = None
+    querier_book: dict[str, Any] | None = None  # SPEC §10: the book status and policy the querier was judged by
 
 
 _Context = QueryContext  # the name tests and tools/bench_audit.py know
@@ -80,10 +81,7 @@ def query_entry(ctx: QueryContext, seq: int, when: str, outcome: str, failure: Q
         "consent_sha256": body.consent_sha256.hex() if body else None,
         "members_asked": list(ctx.asked),
         "members_answered": [r.member_id for r in ctx.receipts],
-        "answers": [
-            {"member_id": r.member_id, "ciphertext_sha256": r.ciphertext_sha256.hex(), "signature": r.signature.hex()}
-            for r in ctx.receipts
-        ],
+        "answers": [_answer(r) for r in ctx.receipts],
         "dropped": [{"member_id": d["member_id"], "reason": d["reason"][: log_rules.MAX_DROP_REASON_CHARS]} for d in ctx.dropped],
         "k_min": k_min,
         "inquiries_30d": ctx.inquiries_30d,
@@ -95,7 +93,16 @@ def query_entry(ctx: QueryContext, seq: int, when: str, outcome: str, failure: Q
         entry["rules"] = dict(ctx.rules or {})
         entry["oversized"] = list(ctx.oversized)
         entry["answer_set"] = list(ctx.answer_set) if ctx.answer_set is not None else None
+        if ctx.querier_book is not None:
+            entry["querier_book"] = dict(ctx.querier_book)
     return entry
+
+
+def _answer(r: pb.AnswerReceipt) -> dict[str, Any]:
+    a = {"member_id": r.member_id, "ciphertext_sha256": r.ciphertext_sha256.hex(), "signature": r.signature.hex()}
+    if r.book_status:  # SPEC §10: the member's book status, covered by its answer signature
+        a["book_status"] = r.book_status.hex()
+    return a
 
 
 _query_entry = query_entry

@@ -25,6 +25,7 @@ REFUSALS: dict[str, tuple[grpc.StatusCode, int]] = {
     "unknown_purpose": (grpc.StatusCode.PERMISSION_DENIED, 4),
     "replayed_query_id": (grpc.StatusCode.ALREADY_EXISTS, 4),
     "monitoring_disabled": (grpc.StatusCode.PERMISSION_DENIED, 4),
+    "stale_book": (grpc.StatusCode.PERMISSION_DENIED, 4),
     "quota_exceeded": (grpc.StatusCode.RESOURCE_EXHAUSTED, 4),
     "malformed_request": (grpc.StatusCode.INVALID_ARGUMENT, 3),
     "too_few_members": (grpc.StatusCode.UNAVAILABLE, 5),

@@ -101,6 +101,19 @@ policy = Table(
     Column("updated_at_ms", BigInteger, nullable=False),
 )
 
+# v2 (SPEC §10): each member's latest logged book status (the `book_status`
+# entry at ``seq``), written in that entry's own transaction; what the
+# `stale_book` rule reads.
+book_status = Table(
+    "book_status",
+    metadata,
+    Column("member_id", String(64), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("book_date", String(10), nullable=True),  # YYYY-MM-DD; null when the book holds no loans
+    Column("loans", BigInteger, nullable=False),
+    Column("logged_at_ms", BigInteger, nullable=False),
+)
+
 # v2 (SPEC §5.3): the set of members reports on a token may cover, written in
 # the same transaction as the entry that creates or extends it.
 answer_pins = Table(
@@ -213,7 +226,7 @@ SCHEMA = migrations.SchemaKind(
     script_location=Path(__file__).resolve().parent / "migrations",
     version_table="alembic_version_gateway",
     baseline="gw_0001_v1",
-    head="gw_0002_v2",  # a new revision moves this
+    head="gw_0003_book_status",  # a new revision moves this
     baseline_tables=frozenset({"members", "key_shares", "inquiries", "log_head", "log_entries", "log_nodes"}),
     upgrade_command="alliance admin db upgrade --home {home}",
     home_hint="<admin home>",

@@ -23,9 +23,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
 
-from alliance import log_rules, naive, paillier, protocol, report, signing
+from alliance import book_status, log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
-from alliance.errors import CryptoError, Refused, UsageError
+from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
 from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
@@ -33,6 +33,7 @@ from alliance_gateway import audit_log, reservations, schema
 from alliance_gateway import metrics as gateway_metrics
 from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
+from alliance_gateway.book_status_rpcs import BookStatusCache, BookStatusRpcs
 from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.membership_rpcs import MembershipRPCs
@@ -68,7 +69,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs, pb_grpc.GatewayServicer):
+class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRpcs, WitnessRpcs, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -93,6 +94,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
         self.clock = clock
         self.limiter = limiter or RefusalLimiter()
         self.policy = PolicyCache(engine, config.registry_refresh_ms)
+        self.book_statuses = BookStatusCache(engine, config.registry_refresh_ms)  # SPEC §10
         self.reserve_engine = reservations.reservation_engine(engine)
         self.rules = log_rules.query_rules(config.deadline_ms)
         if config.k_min < 2:
@@ -363,6 +365,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             raise QueryFailure(exc.reason, str(exc)) from None
         if body.paillier_key_fingerprint != paillier.PaillierPublicKey.from_bytes(querier.paillier_n).fingerprint():
             raise QueryFailure("foreign_key", "the request's Paillier key is not the querier's registered key")
+        self._check_book(ctx, querier.member_id)  # SPEC §10: stale_book
         return querier, body
 
     def _fan_out(self, ctx: _Context, targets: list[MemberRecord], querier: MemberRecord, pk: paillier.PaillierPublicKey) -> dict[str, Any]:
@@ -427,15 +430,21 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, WitnessRpcs,
             ciphertext: Any = naive.decode(pk, response.ciphertext, len(report.REPORT_FIELDS))
         else:
             ciphertext = paillier.decode_ciphertext(pk, response.ciphertext)
+        if response.book_status:  # SPEC §10: the member's book status, covered by the answer signature
+            try:
+                book_status.check_answer_status(response.book_status, member.member_id)
+            except InvalidInput as exc:
+                raise CryptoError(str(exc)) from None
         signing.verify(
             member.ed25519_public_key,
             signing.MEMBER_ANSWER,
-            protocol.answer_message(ctx.body, ctx.query.body, response.ciphertext),
+            protocol.answer_message(ctx.body, ctx.query.body, response.ciphertext, response.book_status),
             response.signature,
             what=f"answer of {member.member_id}",
         )
         ctx.receipts.append(
-            pb.AnswerReceipt(member_id=member.member_id, ciphertext_sha256=signing.sha256(response.ciphertext), signature=response.signature)
+            pb.AnswerReceipt(member_id=member.member_id, ciphertext_sha256=signing.sha256(response.ciphertext), signature=response.signature,
+                             book_status=response.book_status)
         )
         return ciphertext
 

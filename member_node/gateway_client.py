@@ -179,6 +179,10 @@ class GatewayClient:
         """SPEC §11: log this member's signed monthly figures."""
         return self._call("PostDisclosure", signed)
 
+    def post_book_status(self, signed: pb.SignedBookStatus) -> pb.LoggedStatementResponse:
+        """SPEC §10: log this member's signed book date and loan count."""
+        return self._call("PostBookStatus", signed)
+
     # -- witnessing (SPEC §6.1) ------------------------------------------------
 
     def witness_checkpoint(self, old_size: int) -> tuple[str, list[bytes]]:

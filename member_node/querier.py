@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alliance import checkpoint, db, identity, matching_key, merkle, naive, paillier, pki, protocol, report, signing, uds1
+from alliance import (book_status, checkpoint, db, identity, matching_key, merkle, naive, paillier, pki, protocol, report,
+                      signing, uds1)
+from alliance.policy import Policy
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
@@ -173,7 +175,8 @@ class Querier:
 
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
         audit = self.check_receipt(signed, response)
-        summed = self.check_answers(signed, response)
+        statuses: dict[str, book_status.BookStatus | None] = {}
+        summed = self.check_answers(signed, response, statuses=statuses)
         if self.naive_baseline:
             sums = naive.decrypt_figures(self.private_key, response.aggregate_ciphertext, len(report.REPORT_FIELDS), summed)
         else:
@@ -187,6 +190,7 @@ class Querier:
             "complete": response.complete,
             "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
             "audit": audit,
+            "coverage": coverage_of(signed, response, statuses).to_json(),
         }
 
     @staticmethod
@@ -202,7 +206,8 @@ class Querier:
             raise CryptoError(f"gateway returned a sum over {len(receipts)} member(s); at least {MIN_SUMMANDS} are required")
         return len(receipts)
 
-    def check_answers(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse, *, every_asked: bool = False) -> int:
+    def check_answers(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse, *, every_asked: bool = False,
+                      statuses: dict[str, "book_status.BookStatus | None"] | None = None) -> int:
         """Before anything is decrypted (SPEC §5.4): the receipts match the
         logged entry exactly, and at least k of them (every asked member's,
         for a precheck) carry a valid answer signature by a member this
@@ -226,6 +231,8 @@ class Querier:
                     log.warning("query %s: answer receipt of %s has no valid signature", query_id, receipt.member_id)
                     continue
             valid += 1
+            if statuses is not None:  # SPEC §10: only a status its member's valid signature covers counts
+                statuses[receipt.member_id] = _answer_status(receipt)
         needed = len(response.asked_member_ids) if every_asked else MIN_SUMMANDS
         if valid < needed:
             raise CryptoError(f"gateway response: {valid} valid answer signature(s) from trusted members; "
@@ -488,17 +495,47 @@ def _check_entry_answers(response: pb.GatewayQueryResponse) -> None:
     try:
         entry = json.loads(response.audit.entry)
         logged = sorted(
-            (a["member_id"], bytes.fromhex(a["ciphertext_sha256"]), bytes.fromhex(a["signature"])) for a in entry["answers"]
+            (a["member_id"], bytes.fromhex(a["ciphertext_sha256"]), bytes.fromhex(a["signature"]),
+             bytes.fromhex(a.get("book_status", ""))) for a in entry["answers"]
         )
         answered = sorted(entry["members_answered"])
         asked = list(entry["members_asked"])
     except (KeyError, TypeError, ValueError, AttributeError):
         raise CryptoError("audit receipt: the logged entry does not list the answers") from None
-    carried = sorted((r.member_id, r.ciphertext_sha256, r.signature) for r in response.answers)
+    carried = sorted((r.member_id, r.ciphertext_sha256, r.signature, r.book_status) for r in response.answers)
     if logged != carried or answered != sorted(r.member_id for r in response.answers):
         raise CryptoError("audit receipt: the logged answers differ from the answers in the response")
     if asked != list(response.asked_member_ids):
         raise CryptoError("audit receipt: the logged members asked differ from the response's")
+
+
+def _answer_status(receipt: pb.AnswerReceipt) -> "book_status.BookStatus | None":
+    """The status a validly signed answer carries; None when it carries none
+    or one that does not parse or name its member (counted as stale)."""
+    if not receipt.book_status:
+        return None
+    try:
+        return book_status.check_answer_status(receipt.book_status, receipt.member_id)
+    except AllianceError:
+        return None
+
+
+def coverage_of(signed: pb.SignedQuery, response: pb.GatewayQueryResponse,
+                statuses: dict[str, "book_status.BookStatus | None"]) -> book_status.Coverage:
+    """SPEC §10 `coverage` over the answering members, from the statuses in
+    their validly signed answers (a receipt without one counts as stale),
+    judged on the report's as-of date by the `max_book_age_days` the logged
+    entry states (the policy default for an entry of an older gateway)."""
+    body = pb.QueryRequestBody.FromString(signed.body)
+    reference = date.fromisoformat(body.as_of)
+    max_age = Policy().max_book_age_days
+    try:
+        stated = json.loads(response.audit.entry).get("querier_book") or {}
+        if isinstance(stated.get("max_book_age_days"), int) and not isinstance(stated["max_book_age_days"], bool):
+            max_age = stated["max_book_age_days"]
+    except (ValueError, AttributeError):
+        pass
+    return book_status.coverage([statuses.get(r.member_id) for r in response.answers], reference, max_age)
 
 
 def _error_from_query_error(err: pb.QueryError) -> AllianceError:

@@ -143,8 +143,10 @@ def _answer_is_ours(answer: dict[str, Any], row: JournalRow, public_key: Ed25519
         return False
     try:
         signature = bytes.fromhex(answer.get("signature") or "")
+        status = bytes.fromhex(answer.get("book_status") or "")  # SPEC §10: covered by the answer signature
         signing.verify(public_key, signing.MEMBER_ANSWER,
-                       signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256),
+                       signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256,
+                                                     signing.sha256(status) if status else b""),
                        signature, what="own answer signature")
     except (ValueError, CryptoError):
         return False

@@ -14,7 +14,7 @@ from alliance import db, masks, matching_key, naive, paillier, pki, transport
 from alliance import metrics as alliance_metrics
 from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
-from alliance_member import onboarding, store, witness
+from alliance_member import book_status, onboarding, store, witness
 from alliance_member.application_alerts import ApplicationAlerts
 from alliance_member.feed import FeedRefresher
 from alliance_member.feed_memo import FeedMemo
@@ -98,6 +98,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     refresher = FeedRefresher(feed)
     refresher.refresh_once()
     refresher.start()
+    _send_book_status(home, engine)  # SPEC §10: at start (also resends one an import could not send)
     service = MemberService(
         member_id=cfg.member_id,
         engine=engine,
@@ -108,6 +109,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         after_answer=application_alerts.submit,
         metrics=metrics,
         naive_baseline=naive.enabled(),
+        book_status=book_status.StatusSource(home_dir),
     )
     if service.naive_baseline:
         log.warning("%s=naive: answering with the SPEC §8 naive baseline (benchmark only)", naive.ENV)
@@ -147,6 +149,14 @@ def serve(home_dir: Path, *, db_url: str | None = None, listen: str | None = Non
         worker.close()
     if endpoint is not None:
         endpoint.close()
+
+
+def _send_book_status(home: MemberHome, engine: Engine) -> None:
+    """Sign the book's current status, save it for the answers, and send it;
+    a gateway that cannot be reached now costs a warning, never the start."""
+    body, signature = book_status.make(home, engine)
+    result = book_status.send(home, body, signature)
+    (log.info if result.sent else log.warning)("%s", result.line())
 
 
 def _start_reconciler(home_dir: Path, db_url: str | None) -> Reconciler:

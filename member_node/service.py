@@ -159,9 +159,11 @@ class MemberService(pb_grpc.MemberNodeServicer):
         after_answer: Callable[[AnswerNotice], None] | None = None,
         metrics: member_metrics.MemberMetrics | None = None,
         naive_baseline: bool = False,
+        book_status: Callable[[], bytes] | None = None,
     ) -> None:
         self.member_id = member_id
         self.naive_baseline = naive_baseline  # SPEC §8 bench baseline only (alliance.naive): phe per figure
+        self.book_status = book_status  # SPEC §10: the signed status's exact bytes, carried in every answer
         self.metrics = metrics or member_metrics.NULL  # SPEC §12
         self.engine = engine
         self.trust = trust
@@ -237,9 +239,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
                 plaintext = paillier.pack(figures)
                 ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
             journal_answer(conn, body.query_id, query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
-        signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext))
+        status = self.book_status() if self.book_status is not None else b""
+        signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext, status))
         notice = AnswerNotice(bytes(query.subject_token), key.epoch, body.purpose, body.mode, now_ms)
-        return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature), notice
+        return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature, book_status=status), notice
 
     def _figures(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> list[int]:
         """Unknown subjects give all-zero figures: the same single ciphertext."""

@@ -84,3 +84,21 @@ def signed_query(querier: EnrolledMember, *, mode: int = pb.QUERY_MODE_REPORT, s
         mode=mode, paillier_key_fingerprint=fingerprint or querier.public_key.fingerprint(),
         timestamp_ms=timestamp_ms if timestamp_ms is not None else int(time.time() * 1000), precheck_ciphertext=enc_x,
     ), querier.signing_key)
+
+
+def log_book_status(engine, member: EnrolledMember, *, book_date: date | None = None, loans: int = 100,  # type: ignore[no-untyped-def]
+                    made_at_ms: int | None = None) -> int:
+    """Log a signed SPEC §10 book status for ``member`` in a gateway database,
+    as PostBookStatus does (default: a fresh book dated today, Asia/Shanghai)."""
+    from zoneinfo import ZoneInfo
+
+    from alliance import book_status
+    from alliance_gateway import book_status_rpcs
+
+    if book_date is None and loans:
+        book_date = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    status = book_status.BookStatus(member.member_id, member.body.serial, book_date, loans,
+                                    made_at_ms if made_at_ms is not None else int(time.time() * 1000))
+    body, signature = book_status.sign(member.signing_key, status)
+    with engine.begin() as conn:
+        return book_status_rpcs.record(conn, member.member_id, body, signature, status)

@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,21 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
             run("member", "matching-key", "install", "--home", str(homes[m]), "--from", "bank-a",
                 "--fingerprint", fingerprints["bank-a"], "--check-value", check)
         data = tmp_path / "data"
-        dataset = synthetic.write_alliance_dataset(data, MEMBERS, seed=11, as_of=AS_OF)
+        today = datetime.now(ZoneInfo("Asia/Shanghai")).date()  # SPEC §10: the books are exported today, so fresh
+        dataset = synthetic.write_alliance_dataset(data, MEMBERS, seed=11, as_of=AS_OF, book_date=today)
         for m in MEMBERS:
             for kind in ("loans", "flags", "scores"):
-                run("member", "import", "--home", str(homes[m]), "--kind", kind, str(data / m / f"{kind}.csv"))
+                out = run("member", "import", "--home", str(homes[m]), "--kind", kind, str(data / m / f"{kind}.csv"))
+                if kind == "loans":  # the signed book status goes to the gateway after a loans import
+                    loans = len(dataset.books[m].loans)
+                    assert re.search(rf"^book status: book date {today}, {loans} loan\(s\); logged by the gateway at entry \d+$",
+                                     out.stdout, re.M), out.stdout + out.stderr
             procs.append(serve("member", "serve", "--home", str(homes[m]), log=tmp_path / f"{m}.log"))
+        listing = json.loads(run("admin", "member", "list", "--home", str(admin), "--json").stdout)
+        assert {r["member_id"]: (r["book_date"], r["book_loans"]) for r in listing} == {
+            m: (today.isoformat(), len(dataset.books[m].loans)) for m in MEMBERS}
+        assert f"book as of {today}, {len(dataset.books['bank-a'].loans):,} loan(s)" in run(
+            "admin", "member", "list", "--home", str(admin)).stdout
         for m in MEMBERS:
             _wait_for_port(int(json.loads((homes[m] / "member.json").read_text())["listen"].rsplit(":", 1)[1]))
         # one subject -> report, checked against the files
@@ -100,6 +111,8 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
                  "--purpose", "LOAN_APPROVAL", "--consent-id", "C-9", "--consent-sha256", "cd" * 32, "--as-of", AS_OF.isoformat()]
         report = json.loads(_retry(lambda: run(*query, "--json")).stdout)
         assert report["members_asked"] == 2 and report["complete"] is True
+        # SPEC §10: both answering books are dated today, and fresh for a report as of AS_OF (earlier)
+        assert report["coverage"] == {"oldest_book_as_of": today.isoformat(), "stale_members": 0}
         expected = independent.expected_report(data, ["bank-b", "bank-c"], s.id_type, s.canonical_id, AS_OF)
         assert {k: v for k, v in report["report"].items() if k != "inquiries_30d"} == expected
         human = run(*query).stdout  # the human table: summary first, subject masked, own book excluded
@@ -112,6 +125,7 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         assert f"subject {s.id_type} {s.canonical_id[:6]}********{s.canonical_id[14:]}, as of {AS_OF}, purpose LOAN_APPROVAL" in human
         assert s.canonical_id not in human and "your own book is not included" in human
         assert "outstanding balance (¥)" in human
+        assert f"coverage: oldest answering book as of {today}; no stale books" in human.splitlines()
         # precheck
         pre = json.loads(run("member", "precheck", *query[2:], "--amount", "1", "--json").stdout)
         assert set(pre) == {"query_id", "within_cap", "audit"} and pre["within_cap"] is True
@@ -131,6 +145,7 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         assert out.returncode == 3
         lines = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(lines) == 6 and sum("error" in x for x in lines) == 1
+        assert all(x["coverage"] == {"oldest_book_as_of": today.isoformat(), "stale_members": 0} for x in lines if "report" in x)
         assert out.stderr.strip().splitlines()[-1] == "5 screened, 1 failed, output in stdout"
         assert sorted(x["line"] for x in lines) == [2, 3, 4, 5, 6, 7]
         by_line = {x["line"]: x for x in lines}
@@ -159,6 +174,22 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         bad.write_text("\n".join([rows[0], rows[1].replace("ACTIVE", "OPEN", 1)]) + "\n")
         out = run("member", "import", "--home", str(homes["bank-a"]), "--kind", "loans", str(bad), ok=False)
         assert out.returncode == 3 and f"{bad}:2: status:" in out.stderr
+        # SPEC §10: a book whose newest update is older than max_book_age_days may not query (exit 4), however
+        # recently it was imported; it keeps answering
+        old = tmp_path / "old.csv"
+        cols = rows[0].split(",")
+        first = next(r.split(",") for r in rows[1:] if r.split(",")[cols.index("opened_on")] <= "2026-01-05")
+        first[cols.index("updated_on")] = "2026-01-05"
+        old.write_text(rows[0] + "\n" + ",".join(first) + "\n")
+        out = run("member", "import", "--home", str(homes["bank-a"]), "--kind", "loans", "--snapshot", "--allow-shrink", str(old))
+        assert "book status: book date 2026-01-05, 1 loan(s); logged by the gateway" in out.stdout, out.stdout + out.stderr
+        refused = run(*query, "--json", ok=False)
+        assert refused.returncode == 4 and "stale_book" in refused.stderr and "stale since 2026-01-13" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        other = json.loads(_retry(lambda: run("member", "query", "--home", str(homes["bank-b"]), *query[4:], "--json")).stdout)
+        assert other["members_answered"] == 2  # bank-a still answers
+        # bank-a's book (2026-01-05) is more than 7 days older than the report's as-of date: stale in coverage
+        assert other["coverage"] == {"oldest_book_as_of": "2026-01-05", "stale_members": 1}
         # key rotation from the command line: endorsed by the current key, one pending at a time
         out = run("member", "rotate-keys", "--home", str(homes["bank-c"]))
         new_fingerprint = re.search(r"new fingerprint: (\S+)", out.stdout).group(1)
@@ -170,6 +201,12 @@ def test_operator_and_members_from_the_command_line(tmp_path: Path, dbs: dict[st
         run("member", "join", "--home", str(homes["bank-c"]), "--bundle", str(tmp_path / "bank-c.rotated.bundle"))
         shown = json.loads(run("admin", "member", "show", "--home", str(admin), "bank-c", "--json").stdout)
         assert shown["fingerprint"] == new_fingerprint and shown["status"] == "active"
+        assert (shown["book_date"], shown["book_loans"]) == (today.isoformat(), len(dataset.books["bank-c"].loans))
+        # an import while the gateway is unreachable succeeds and says the status could not be sent
+        os.killpg(procs[0].pid, signal.SIGTERM)
+        procs[0].wait(10)
+        out = run("member", "import", "--home", str(homes["bank-b"]), "--kind", "loans", str(data / "bank-b" / "loans.csv"))
+        assert out.returncode == 0 and "could not be sent to the gateway" in out.stderr and "sent again when" in out.stderr
     finally:
         for p in procs:
             if p.poll() is None:

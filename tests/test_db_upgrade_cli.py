@@ -82,10 +82,11 @@ def test_admin_db_upgrade_twice_says_already_up_to_date(v1: Path) -> None:
     first = cli("admin", "db", "upgrade", "--home", str(v1 / "admin"))
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == (
-        "gateway database: upgraded from the previous release's schema to revision gw_0002_v2 (applied gw_0002_v2)")
+        "gateway database: upgraded from the previous release's schema to revision gw_0003_book_status "
+        "(applied gw_0002_v2, gw_0003_book_status)")
     second = cli("admin", "db", "upgrade", "--home", str(v1 / "admin"))
     assert second.returncode == 0, second.stderr
-    assert second.stdout.splitlines() == ["gateway database: already up to date (revision gw_0002_v2)",
+    assert second.stdout.splitlines() == ["gateway database: already up to date (revision gw_0003_book_status)",
                                           "log: already v2, its v2_started entry is 9"]
     listing = cli("admin", "member", "list", "--home", str(v1 / "admin"), "--json")
     assert listing.returncode == 0, listing.stderr
@@ -104,7 +105,7 @@ def test_the_wheel_ships_both_environments_and_they_work_from_it(tmp_path: Path,
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for package, revisions in (("alliance_gateway", ("gw_0001_v1", "gw_0002_v2")), ("alliance_member", ("mb_0001_v1", "mb_0002_v2"))):
+    for package, revisions in (("alliance_gateway", ("gw_0001_v1", "gw_0002_v2", "gw_0003_book_status")), ("alliance_member", ("mb_0001_v1", "mb_0002_v2"))):
         assert {f"{package}/migrations/env.py", *(f"{package}/migrations/versions/{r}.py" for r in revisions)} <= names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -38,7 +38,7 @@ from alliance_member import disclosure as member_disclosure
 from alliance_member import monthly_report as member_monthly_report
 from alliance_member import store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, EnrolledMember, signed_query
+from tests.alliance_fixtures import MK, EnrolledMember, log_book_status, signed_query
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 IN_CI = os.environ.get("CI") == "true"
@@ -363,6 +363,8 @@ def _queries_in_month(gw) -> None:  # type: ignore[no-untyped-def]
         s.clock = lambda: mid_month
     ts = int(mid_month * 1000)
     m = gw.members
+    for who in m:  # SPEC §10: books fresh on the day the queries are made
+        log_book_status(gw.svc.engine, m[who], book_date=datetime.fromtimestamp(mid_month, tz=SHANGHAI).date())
 
     def run(q, who: str, kind: str) -> None:  # type: ignore[no-untyped-def]
         try:

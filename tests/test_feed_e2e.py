@@ -21,7 +21,7 @@ from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_cli.localnet import free_port
 from alliance_member.home import MemberHome
-from tests.conftest import running_alliance
+from tests.conftest import import_fresh_loans, running_alliance, wait_views_cover
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +55,8 @@ def outsider(alliance, tmp_path_factory):  # type: ignore[no-untyped-def]
     assert cli("member", "join", "--home", str(home), "--bundle", str(bundle)).returncode == 0
     founder = MemberHome(net.members["lender-a"].home)
     matching_key.save(MemberHome(home).matching_key, matching_key.load(founder.matching_key))
+    # SPEC §10: a fresh book, so what stops it is the trust rule; then every member's view holds its credential
+    wait_views_cover(net, import_fresh_loans(home, home.parent / "data") + 1)
     return home, fingerprint
 
 

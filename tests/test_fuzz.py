@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, func, insert, select
 
-from alliance import db, identity, paillier, pki, report, signing, uds1
+from alliance import book_status, db, identity, paillier, pki, report, signing, uds1
 from alliance.errors import AllianceError, InvalidIdNumber, Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log, schema
@@ -44,7 +44,7 @@ from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
 from alliance_member import importer, store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
+from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query, log_book_status
 from tests.conftest import _fresh_pg_database
 
 pytestmark = pytest.mark.fuzz
@@ -521,6 +521,8 @@ class Alliance:
                     endpoint=m.member_id, credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
                     fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
                     paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=10**9, updated_at_ms=0))
+        for m in self.members.values():
+            log_book_status(self.engine, m)  # SPEC §10: fresh books, so they may query
         self.member_services: dict[str, MemberService] = {}
         token = identity.subject_token(MK.key, *SUBJECT)
         for mid in ("ma", "mb", "mc"):
@@ -628,6 +630,8 @@ def _valid_gateway_requests(a: Alliance) -> dict[str, list[bytes]]:
         "GetQueryProofs": [pb.GetQueryProofsRequest(from_index=0, max_entries=5).SerializeToString()],
         "GetPolicy": [pb.GetPolicyRequest().SerializeToString()],
         "PostDisclosure": [_signed_statement(pb.SignedDisclosure, signing.DISCLOSURE, q, None, body=b'{"month":"2026-01"}')],
+        "PostBookStatus": [_signed_statement(pb.SignedBookStatus, signing.BOOK_STATUS, q, None, body=book_status.BookStatus(
+            "mq", q.body.serial, datetime.now(timezone.utc).date(), 3, int(time.time() * 1000)).encode())],
     }
 
 

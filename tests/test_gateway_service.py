@@ -25,7 +25,7 @@ from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService, QueryFailure
 from alliance_member import store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
+from tests.alliance_fixtures import MK, SUBJECT, LocalCA, log_book_status, signed_query
 
 
 class FakeRpcError(grpc.RpcError):
@@ -83,6 +83,8 @@ def gateway(members, ca, tmp_path, db_url):  # type: ignore[no-untyped-def]
                 credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
                 fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
                 paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=3, updated_at_ms=0))
+    for m in members.values():
+        log_book_status(engine, m)  # SPEC §10: fresh books, so they may query
     services = {}
     for mid in ("ma", "mb", "mc"):
         mengine = db.make_engine(db.sqlite_url(tmp_path / f"{mid}.db"))

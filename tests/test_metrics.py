@@ -24,7 +24,7 @@ from alliance_gateway.service import GatewayService, QueryFailure
 from alliance_member import importer, store
 from alliance_member.metrics import MemberMetrics
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, LocalCA, signed_query
+from tests.alliance_fixtures import MK, LocalCA, signed_query, log_book_status
 from tests.test_gateway_service import FakeStub, process
 
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -82,6 +82,8 @@ def alliance(members, ca, tmp_path):  # type: ignore[no-untyped-def]
                 credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
                 fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
                 paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=100, updated_at_ms=0))
+    for m in members.values():
+        log_book_status(engine, m)  # SPEC §10: fresh books, so they may query
     endpoints: list[metrics.MetricsEndpoint] = []
     services, member_metrics, engines, stubs = {}, {}, {}, {}
     for mid in ("ma", "mb", "mc"):

@@ -22,7 +22,9 @@ from tests import v1_schema
 
 KINDS: dict[str, SchemaKind] = {"gateway": schema.SCHEMA, "member": store.SCHEMA}
 # Written out, not read from the migrations: what each release's schema is called.
-V2_REVISION = {"gateway": "gw_0002_v2", "member": "mb_0002_v2"}
+V2_REVISION = {"gateway": "gw_0003_book_status", "member": "mb_0002_v2"}  # each kind's head
+# every revision after the baseline, in order (SPEC §10 added gw_0003_book_status)
+AFTER_BASELINE = {"gateway": ("gw_0002_v2", "gw_0003_book_status"), "member": ("mb_0002_v2",)}
 UPGRADE_COMMAND = {"gateway": "alliance admin db upgrade", "member": "alliance member db upgrade"}
 KIND_PARAM = pytest.mark.parametrize("kind", ["gateway", "member"])
 
@@ -75,7 +77,7 @@ def _counts(engine: Engine, names: list[str]) -> dict[str, int]:
 
 def test_each_environment_ends_at_the_declared_head_and_starts_at_the_baseline() -> None:
     for kind, k in KINDS.items():
-        assert migrations.revisions(k) == [k.baseline, V2_REVISION[kind]]
+        assert migrations.revisions(k) == [k.baseline, *AFTER_BASELINE[kind]]
         assert migrations.head(k) == k.head == V2_REVISION[kind]
         assert k.version_table == f"alembic_version_{kind}"
 
@@ -111,7 +113,7 @@ def test_a_v1_database_upgrades_to_exactly_the_current_schema_and_keeps_its_rows
 
     result = migrations.upgrade(engine, k)
     assert (result.before, result.after, result.stamped_baseline, result.created) == (None, V2_REVISION[kind], True, False)
-    assert result.applied == (V2_REVISION[kind],)
+    assert result.applied == AFTER_BASELINE[kind]
     _assert_exactly_current(engine, k)
     assert _counts(engine, list(counts)) == counts
     with engine.connect() as conn:  # every v1 row as it was

@@ -17,6 +17,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
 
@@ -177,14 +178,19 @@ def _independent_valid(net: Any, signed: pb.SignedQuery, response: pb.GatewayQue
     keys, digest, valid = _member_keys(net), hashlib.sha256(signed.body).digest(), 0
     qid = pb.QueryRequestBody.FromString(signed.body).query_id
     for r in response.answers:
-        msg = b"alliance/v1/member-answer\x00" + b"".join(
-            len(p).to_bytes(4, "big") + p for p in (qid.encode(), digest, r.ciphertext_sha256))
+        parts = (qid.encode(), digest, r.ciphertext_sha256) + ((hashlib.sha256(r.book_status).digest(),) if r.book_status else ())
+        msg = b"alliance/v1/member-answer\x00" + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
         try:
             keys[r.member_id].verify(r.signature, msg)
             valid += 1
         except Exception:  # noqa: BLE001
             pass
     return valid
+
+
+def _status_hash(answer: dict) -> bytes:
+    status = bytes.fromhex(answer.get("book_status", ""))
+    return hashlib.sha256(status).digest() if status else b""
 
 
 def _garble(entry: dict, members: list[str]) -> None:
@@ -200,7 +206,7 @@ def _mirror_answers(entry: dict, r: pb.GatewayQueryResponse) -> None:
     del r.answers[:]
     for a in entry["answers"]:
         r.answers.add(member_id=a["member_id"], ciphertext_sha256=bytes.fromhex(a["ciphertext_sha256"]),
-                      signature=bytes.fromhex(a["signature"]))
+                      signature=bytes.fromhex(a["signature"]), book_status=bytes.fromhex(a.get("book_status", "")))
 
 
 def _forging(gw: MaliciousGateway, edit: Callable[[dict], None]) -> None:
@@ -265,7 +271,7 @@ def test_fewer_than_k_valid_signatures_is_refused_before_decrypting(alliance, ev
             digest = hashlib.sha256(bytes.fromhex(entry["request_body"])).digest()
             for m in ("lender-c", "lender-d"):
                 by_id[m]["signature"] = stranger.sign(signing.MEMBER_ANSWER + signing.member_answer_message(
-                    qid, digest, bytes.fromhex(by_id[m]["ciphertext_sha256"]))).hex()
+                    qid, digest, bytes.fromhex(by_id[m]["ciphertext_sha256"]), _status_hash(by_id[m]))).hex()
         elif how == "swapped":  # lender-b's valid signature in the other receipts
             for m in ("lender-c", "lender-d"):
                 by_id[m]["signature"] = by_id["lender-b"]["signature"]
@@ -327,7 +333,7 @@ def test_an_impostor_credential_minted_by_the_ca_does_not_count(alliance, evil) 
         for a in entry["answers"]:
             if a["member_id"] in impostor_keys:
                 a["signature"] = impostor_keys[a["member_id"]].sign(signing.MEMBER_ANSWER + signing.member_answer_message(
-                    qid, hashlib.sha256(body).digest(), bytes.fromhex(a["ciphertext_sha256"]))).hex()
+                    qid, hashlib.sha256(body).digest(), bytes.fromhex(a["ciphertext_sha256"]), _status_hash(a))).hex()
 
     _forging(gw, edit)
     spy = _NoDecrypt(q)
@@ -554,3 +560,44 @@ def test_a_garbled_carried_consistency_proof_is_refused(alliance, evil) -> None:
     response.audit.consistency_proof[0] = bytes(32)
     with pytest.raises(_merkle.ProofError):
         q.read_report(signed, response)
+
+
+# -- SPEC §10: the book status inside every answer ----------------------------------
+
+
+def test_every_answer_carries_a_book_status_and_the_report_its_coverage(alliance, evil) -> None:  # type: ignore[no-untyped-def]
+    net, dataset = alliance
+    q, _ = evil
+    s = _subject(dataset)
+    signed, _ = q._signed(Subject(s.id_type, s.canonical_id), "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)
+    response = q.client.query(signed)
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()  # the fixture's books are exported today
+    for r in response.answers:
+        status = json.loads(r.book_status)
+        assert (status["member_id"], status["book_date"], status["loans"]) == (
+            r.member_id, today, len(dataset.books[r.member_id].loans))
+    assert _independent_valid(net, signed, response) == 3
+    assert q.read_report(signed, response)["coverage"] == {"oldest_book_as_of": today, "stale_members": 0}
+
+
+@pytest.mark.parametrize("how", ["older", "fresher"])
+def test_a_book_status_altered_by_the_gateway_breaks_its_answer_signature(alliance, evil, how: str) -> None:  # type: ignore[no-untyped-def]
+    net, dataset = alliance
+    q, gw = evil
+    s = _subject(dataset)
+
+    def edit(entry: dict) -> None:  # the gateway rewrites two members' book dates in the log and the receipts alike
+        for a in entry["answers"]:
+            if a["member_id"] in ("lender-c", "lender-d"):
+                status = json.loads(bytes.fromhex(a["book_status"]))
+                status["book_date"] = "2020-01-01" if how == "older" else "2099-01-01"
+                a["book_status"] = json.dumps(status, sort_keys=True, separators=(",", ":")).encode().hex()
+
+    _forging(gw, edit)
+    spy = _NoDecrypt(q)
+    signed, _ = q._signed(Subject(s.id_type, s.canonical_id), "LOAN_APPROVAL", CONSENT, AS_OF, pb.QUERY_MODE_REPORT)
+    forged = gw.query(signed)
+    assert _independent_valid(net, signed, forged) == 1 and forged.members_answered == 3
+    with pytest.raises(CryptoError, match="1 valid answer signature"):
+        q.read_report(signed, forged)
+    assert spy.calls == 0

@@ -32,7 +32,7 @@ from alliance_gateway.service import GatewayService
 from alliance_member import reconcile as rec
 from alliance_member import store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, LocalCA, signed_query
+from tests.alliance_fixtures import MK, LocalCA, signed_query, log_book_status
 
 MEMBERS = ("mq", "ma", "mb", "mc")
 
@@ -74,6 +74,8 @@ class Alliance:
                     credential=m.credential.SerializeToString(), credential_serial=m.body.serial,
                     fingerprint=m.body.member_fingerprint, ed25519_public_key=m.body.ed25519_public_key,
                     paillier_n=m.body.paillier_n, tls_cert_sha256=m.body.tls_cert_sha256, daily_quota=1000, updated_at_ms=0))
+        for m in members.values():
+            log_book_status(self.engine, m)  # SPEC §10: fresh books, so they may query
         self.services: dict[str, MemberService] = {}
         self.stubs: dict[str, Stub] = {}
         for mid in MEMBERS:

@@ -20,7 +20,7 @@ from alliance_gateway import schema
 from alliance_gateway.home import GatewayHome
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
-from tests.conftest import running_alliance
+from tests.conftest import import_fresh_loans, running_alliance, wait_views_cover
 
 pytestmark = pytest.mark.e2e
 
@@ -164,6 +164,8 @@ def _mint(net, tmp_path_factory, member_id: str):  # type: ignore[no-untyped-def
     assert add.returncode == 0, add.stderr
     assert cli("member", "join", "--home", str(home), "--bundle", str(bundle)).returncode == 0
     matching_key.save(MemberHome(home).matching_key, matching_key.load(MemberHome(net.members["lender-a"].home).matching_key))
+    # SPEC §10: a fresh book, so what stops it is the trust rule; then every member's view holds its credential
+    wait_views_cover(net, import_fresh_loans(home, home.parent / "data") + 1)
     return MemberHome(home)
 
 

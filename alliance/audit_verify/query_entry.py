@@ -39,7 +39,7 @@ class Query:
     signature: bytes
     asked: list[str]
     answered: list[str]
-    answers: list[tuple[str, bytes, bytes]]  # (member id, ciphertext SHA-256, signature)
+    answers: list[tuple[str, bytes, bytes, bytes]]  # (member id, ciphertext SHA-256, signature, book status or b"")
     dropped: list[str]
     k_min: int
     inquiries_30d: int
@@ -49,6 +49,7 @@ class Query:
     rules: EntryRules | None = None  # v2 entries only, as are the fields below
     oversized: list[Oversized] = dataclass_field(default_factory=list)
     answer_set: tuple[str, ...] | None = None
+    querier_book: dict[str, Any] | None = None  # SPEC §10: what the querier was judged by (books.py checks it)
 
     @property
     def v2(self) -> bool:
@@ -68,7 +69,9 @@ def parse_query(seq: int, e: dict[str, Any], started: Rules | None = None) -> Qu
     for a in field(e, "answers", list):  # the bulk of an entry: checked inline
         if type(a) is not dict or type(a.get("member_id")) is not str:
             raise Bad("an answer is not an object naming its member")
-        answers.append((a["member_id"], cast(bytes, hex_field(a, "ciphertext_sha256", size=32)), cast(bytes, hex_field(a, "signature"))))
+        status = hex_field(a, "book_status") if "book_status" in a else b""  # SPEC §10, v2 answers
+        answers.append((a["member_id"], cast(bytes, hex_field(a, "ciphertext_sha256", size=32)), cast(bytes, hex_field(a, "signature")),
+                        status or b""))
     dropped = []
     for d in field(e, "dropped", list):
         if not isinstance(d, dict):
@@ -107,7 +110,8 @@ def _request(e: dict[str, Any], started: Rules | None) -> tuple[bytes, bytes, di
             if not shortest <= len(data) <= longest:
                 raise Bad(f"{name} of {len(data)} bytes is over its bound, yet logged in full")
         logged[name] = data or b""
-    fields = {"rules": parse_entry_rules(e, started), "oversized": oversized, "answer_set": parse_answer_set(e)}
+    fields = {"rules": parse_entry_rules(e, started), "oversized": oversized, "answer_set": parse_answer_set(e),
+              "querier_book": field(e, "querier_book", dict, nullable=True) if "querier_book" in e else None}
     return logged["request_body"], logged["request_signature"], fields
 
 

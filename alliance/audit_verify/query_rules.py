@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alliance import protocol, signing
+from alliance.audit_verify import books
 from alliance.audit_verify.fields import (
     CREDENTIAL_SLACK_S,
     INQUIRY_WINDOW_MS,
@@ -58,6 +59,7 @@ class QueryRules:
         self.ledger = ledger
         self.v2: V2 | None = None  # set at the log's v2_started entry
         self.chains: Chains | None = None  # sponsorship chains (v2 queries must come from a trusted credential)
+        self.books = books.Books(membership)  # SPEC §10: logged book statuses
         self.members = membership.members
         self.by_serial = membership.by_serial
         self.tokens: dict[bytes, list[tuple[int, str, str | None, bool]]] = {}  # (received, querier, purpose, v2)
@@ -84,6 +86,7 @@ class QueryRules:
         if body is not None:
             jobs.extend(self._answer_jobs(q, body))
         if v2 is not None:
+            self.books.judge(q, self.ledger)  # SPEC §10: stale_book, and no accepted query from a stale book
             self._answer_set(q, v2.pins, pin)
             if q.asked and q.reason != "too_few_members":  # the fanned_out rule: it reached the members
                 self.ledger.fanned_out(seq, q.querier_id, q.received_ms, _pool(q))
@@ -268,6 +271,8 @@ class QueryRules:
         if reason == "quota_exceeded" and q.v2:
             self.ledger.quota_refusal(q.seq, q.querier_id, q.received_ms, _pool(q))  # needs the fanned-out entries around it
             return True
+        if reason == "stale_book":
+            return q.querier_book is not None  # what it states is judged by Books.judge
         if reason == "monitoring_disabled":
             return _pool(q) == MONITORING and any(
                 not p.monitoring for p in self.ledger.policy_during(q.received_ms - STATE_GRACE_MS, q.received_ms))
@@ -300,11 +305,17 @@ class QueryRules:
         first = signing.MEMBER_ANSWER + signing.member_answer_message(body.query_id, digest, q.answers[0][1])
         prefix = first[: -len(q.answers[0][1])]
         jobs = []
-        for member_id, ciphertext_sha256, signature in q.answers:
+        for member_id, ciphertext_sha256, signature, status in q.answers:
             member = self.members.get(member_id)
             if member is None or member.role != "member":
                 raise Bad(f"answer from {member_id}, which is not a member")
-            jobs.append((q.seq, member.keys_since(q.window_start), prefix + ciphertext_sha256, signature, True, member.bad_answer))
+            if status:  # SPEC §10: the answer's book status is covered by its signature (a fourth part)
+                books.check_answer_status(status, member_id)
+                message = signing.MEMBER_ANSWER + signing.member_answer_message(body.query_id, digest, ciphertext_sha256,
+                                                                                signing.sha256(status))
+            else:
+                message = prefix + ciphertext_sha256
+            jobs.append((q.seq, member.keys_since(q.window_start), message, signature, True, member.bad_answer))
         return jobs
 
     def _account(self, q: Query, body: pb.QueryRequestBody | None, querier: Member | None) -> None:

@@ -8,9 +8,9 @@ REASONS_BEFORE_PARSE = frozenset({"unauthenticated", "wrong_role", "unknown_memb
 PARSE_REASONS = frozenset({"malformed_request", "unknown_purpose", "missing_consent"})
 REASONS_AFTER_SIGNATURE = frozenset(
     {"stale_timestamp", "token_mismatch", "foreign_key", "quota_exceeded", "too_few_members", "too_few_answers",
-     "incomplete_precheck", "replayed_query_id", "answer_set_changed", "monitoring_disabled"}
+     "incomplete_precheck", "replayed_query_id", "answer_set_changed", "monitoring_disabled", "stale_book"}
 )
-V2_ONLY_REASONS = frozenset({"replayed_query_id", "answer_set_changed", "monitoring_disabled"})  # refused in version 1 entries
+V2_ONLY_REASONS = frozenset({"replayed_query_id", "answer_set_changed", "monitoring_disabled", "stale_book"})  # refused in version 1 entries
 KNOWN_REASONS = (REASONS_BEFORE_PARSE | PARSE_REASONS | REASONS_AFTER_SIGNATURE
                  | {"querier_mismatch", "stale_credential", "bad_signature"})
 V1_REASONS = KNOWN_REASONS - V2_ONLY_REASONS
@@ -34,4 +34,6 @@ REASON_RULES = {
     "replayed_query_id": "the request was never sent to members, and another entry has its query id",
     "answer_set_changed": "a pin was live and the members that answered are not exactly it less the querier",
     "monitoring_disabled": "it is a POST_LOAN_MONITORING request and the logged policy had monitoring off",
+    "stale_book": ("the entry states the querier's latest logged book status and the logged max_book_age_days, "
+                   "and by them the book was empty, absent or older than allowed on the day received"),
 }

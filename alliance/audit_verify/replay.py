@@ -70,6 +70,8 @@ class Replay:
             self.suppressed[peer] += count
         elif kind == "disclosure":  # SPEC §11: signed by the member's key of the time (monthly-report checks the rest)
             jobs = self._disclosure(seq, e)
+        elif kind == "book_status":  # SPEC §10: signed by the member's credential it names; judged against by queries
+            jobs = self.queries.books.book_status(seq, e)
         elif kind == GATEWAY_STARTED:
             check_gateway_started(e)
         elif kind == POLICY_CHANGED:

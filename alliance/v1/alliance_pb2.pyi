@@ -183,24 +183,28 @@ class MemberQueryRequest(_message.Message):
     def __init__(self, query: _Optional[_Union[SignedQuery, _Mapping]] = ..., querier_credential: _Optional[bytes] = ...) -> None: ...
 
 class MemberQueryResponse(_message.Message):
-    __slots__ = ("member_id", "ciphertext", "signature")
+    __slots__ = ("member_id", "ciphertext", "signature", "book_status")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    BOOK_STATUS_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     ciphertext: bytes
     signature: bytes
-    def __init__(self, member_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    book_status: bytes
+    def __init__(self, member_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., book_status: _Optional[bytes] = ...) -> None: ...
 
 class AnswerReceipt(_message.Message):
-    __slots__ = ("member_id", "ciphertext_sha256", "signature")
+    __slots__ = ("member_id", "ciphertext_sha256", "signature", "book_status")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    BOOK_STATUS_FIELD_NUMBER: _ClassVar[int]
     member_id: str
     ciphertext_sha256: bytes
     signature: bytes
-    def __init__(self, member_id: _Optional[str] = ..., ciphertext_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    book_status: bytes
+    def __init__(self, member_id: _Optional[str] = ..., ciphertext_sha256: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., book_status: _Optional[bytes] = ...) -> None: ...
 
 class AuditReceipt(_message.Message):
     __slots__ = ("present", "leaf_index", "tree_size", "checkpoint", "inclusion_proof", "entry", "consistency_from", "consistency_proof")
@@ -561,6 +565,14 @@ class PolicyResponse(_message.Message):
     def __init__(self, policy_json: _Optional[str] = ...) -> None: ...
 
 class SignedDisclosure(_message.Message):
+    __slots__ = ("body", "signature")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    signature: bytes
+    def __init__(self, body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SignedBookStatus(_message.Message):
     __slots__ = ("body", "signature")
     BODY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]

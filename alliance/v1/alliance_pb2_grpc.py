@@ -132,6 +132,11 @@ class GatewayStub:
                 request_serializer=alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.SerializeToString,
                 response_deserializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
                 _registered_method=True)
+        self.PostBookStatus = channel.unary_unary(
+                '/alliance.v1.Gateway/PostBookStatus',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.SignedBookStatus.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -268,6 +273,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostBookStatus(self, request, context):
+        """v2 book status (members): log the caller's signed book date and loan
+        count (at serve start and after each loans import).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -364,6 +377,11 @@ def add_GatewayServicer_to_server(servicer, server):
             'PostDisclosure': grpc.unary_unary_rpc_method_handler(
                     servicer.PostDisclosure,
                     request_deserializer=alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.SerializeToString,
+            ),
+            'PostBookStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostBookStatus,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.SignedBookStatus.FromString,
                     response_serializer=alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.SerializeToString,
             ),
     }
@@ -882,6 +900,33 @@ class Gateway:
             target,
             '/alliance.v1.Gateway/PostDisclosure',
             alliance_dot_v1_dot_alliance__pb2.SignedDisclosure.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostBookStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.Gateway/PostBookStatus',
+            alliance_dot_v1_dot_alliance__pb2.SignedBookStatus.SerializeToString,
             alliance_dot_v1_dot_alliance__pb2.LoggedStatementResponse.FromString,
             options,
             channel_credentials,

@@ -26,7 +26,7 @@ from alliance import masks, naive, synthetic
 from alliance.errors import AllianceError
 from alliance_cli.bench_load import CpuMeter, check_refusals, closed_loop, open_loop
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
+from alliance_member import book, book_status
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
 
 LIGHT_LOAD_QPS = 2          # SPEC §8 "sequential": an open loop offering 2 queries/s
@@ -111,13 +111,14 @@ def _measure(n: int, *, naive_crypto: bool, light_queries: int, queries: int, co
     as_of = today_shanghai()
     with tempfile.TemporaryDirectory(prefix="alliance-bench-") as tmp, _crypto_env(naive_crypto):
         root = Path(tmp)
-        dataset = synthetic.write_alliance_dataset(root / "data", ids, seed=8, as_of=as_of)
+        dataset = synthetic.write_alliance_dataset(root / "data", ids, seed=8, as_of=as_of, book_date=as_of)  # fresh books (SPEC §10)
         echo(f"{label}: starting gateway + {n} member processes…")
         with LocalAlliance(root, ids, with_auditor=False, default_quota=BENCH_QUOTA, witness_interval_s=WITNESS_INTERVAL_S,
                            deadline_ms=NAIVE_DEADLINE_MS if naive_crypto else 2000) as alliance:
             for mid in ids:
                 for kind in ("loans", "flags", "scores"):
                     book.import_book(alliance.members[mid].home, root / "data" / mid / f"{kind}.csv", kind)
+                book_status.refresh(alliance.members[mid].home)  # SPEC §10: as `alliance member import` does
             subjects = _fresh_subjects(dataset, WARM_UP_QUERIES + light_queries + queries + screen, seed=8)
             consent = Consent("BENCH-CONSENT", hashlib.sha256(b"bench").digest())
             querier = Querier(alliance.members[ids[0]].home)

@@ -12,15 +12,18 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alliance import identity, pki, synthetic, uds1
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, InvalidInput, UsageError
+from alliance.policy import Policy
 from alliance_cli import output
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
+from alliance_member import book, book_status
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
 
 DEMO_MEMBERS = ["lender-a", "lender-b", "lender-c"]
@@ -49,7 +52,8 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
     else:
         member_ids = DEMO_MEMBERS
         data_dir = work_dir / "data"
-        dataset = synthetic.write_alliance_dataset(data_dir, member_ids, seed=2016, as_of=as_of)
+        # exported today, so every member's book is fresh (SPEC §10: only fresh books may query)
+        dataset = synthetic.write_alliance_dataset(data_dir, member_ids, seed=2016, as_of=as_of, book_date=as_of)
     echo(f"building a local alliance in {work_dir}: gateway + {len(member_ids)} members (mutual TLS, SQLite)")
     alliance = LocalAlliance(work_dir, member_ids)
     stop = threading.Event()
@@ -57,12 +61,20 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
     try:
         alliance.start()
         echo(f"gateway on {alliance.gateway_endpoint}; matching key handed over member to member (check value {alliance.check_value})")
+        book_dates: dict[str, Any] = {}
         for mid in member_ids:
             for kind in KINDS:
                 path = data_dir / mid / f"{kind}.csv"
                 if path.exists():
                     result = book.import_book(alliance.members[mid].home, path, kind, on_error=_print_error)
                     echo(f"  {mid}: imported {result.rows_written} {kind}")
+                    if kind == "loans":  # SPEC §10: the signed book status, as `alliance member import` sends it
+                        sent = book_status.refresh(alliance.members[mid].home)
+                        if sent is not None:
+                            echo(f"  {mid}: {sent.line()}")
+                            book_dates[mid] = sent.status.book_date
+        if dataset is None:
+            _let_given_books_query(alliance, book_dates, as_of, echo)
         if state_file is not None:
             write_atomic(state_file, json.dumps(alliance.state(), indent=2).encode())
             echo(f"state written to {state_file}")
@@ -81,6 +93,24 @@ def run(*, data_dir: Path | None, keep_running: bool, state_file: Path | None, w
         if tmp is not None:
             tmp.cleanup()
     echo("demo finished; every process stopped")
+
+
+def _let_given_books_query(alliance: LocalAlliance, book_dates: dict[str, Any], today: Any, echo: Callable[[str], None]) -> None:
+    """SPEC §10 in a throw-away alliance over given files: books older than
+    the default `max_book_age_days` would be refused `stale_book`, so the
+    demo raises the limit to the oldest given book's age (logged, like any
+    policy change) and says so. A member without loans stays unable to query."""
+    ages = [(today - d).days for d in book_dates.values() if d is not None]
+    limit = Policy().max_book_age_days
+    if not ages or max(ages) <= limit:
+        return
+    from alliance_gateway.admin import Admin
+
+    days = min(max(ages), 3650)
+    Admin(alliance.admin_home).policy_set("max_book_age_days", str(days))
+    echo(f"operator: `alliance admin policy set max_book_age_days {days}` (the given books are up to {max(ages)} days old; "
+         f"logged as policy_changed)")
+    time.sleep(1.2)  # the gateway re-reads the policy within a second
 
 
 def _print_error(error: object) -> None:

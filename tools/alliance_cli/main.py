@@ -621,6 +621,12 @@ def member_import(home: Path, db_url: str | None, kind: str, skip_invalid: bool,
                + (f", {result.rows_removed} removed (snapshot)" if snapshot else ""))
     if dry_run:
         click.echo("(dry run: nothing written)")
+    elif kind == "loans":  # SPEC §10: the book's date and loan count, signed, to the gateway (flags and scores do not change them)
+        from alliance_member import book_status
+
+        sent = book_status.refresh(home, db_url=db_url)
+        if sent is not None:
+            click.echo(sent.line(), err=not sent.sent)
     if result.rows_rejected:
         if result.reject_file is not None:
             click.echo(f"rejected rows written to {result.reject_file}", err=True)

@@ -104,6 +104,8 @@ def report_table(result: dict[str, Any], *, subject: str = "", as_of: str = "", 
         lines.append(ident)
     lines.append(f"{result['members_answered']} of {result['members_asked']} other members answered; "
                  "your own book is not included")
+    if result.get("coverage") is not None:  # SPEC §10
+        lines.append(coverage_line(result["coverage"]))
     for line in lines:  # never folded at the terminal's width: the summary is one line (SPEC §7), for `| head -1` too
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     table = Table(show_header=True, header_style="bold")
@@ -121,6 +123,23 @@ def report_table(result: dict[str, Any], *, subject: str = "", as_of: str = "", 
                   markup=False, highlight=False, soft_wrap=True)
 
 
+def coverage_line(c: dict[str, Any]) -> str:
+    """SPEC §10 coverage in one line, from the answers' signed book statuses."""
+    oldest = (f"oldest answering book as of {c['oldest_book_as_of']}" if c.get("oldest_book_as_of")
+              else "no answering member stated a book date")
+    stale = c.get("stale_members", 0)
+    return f"coverage: {oldest}; " + ("no stale books" if not stale else f"{stale} answering member(s) with a stale book")
+
+
+def book_line(r: dict[str, Any]) -> str:
+    """SPEC §10: a member's latest logged book status, for operators."""
+    if r.get("book_loans") is None:
+        return "book: no status logged yet"
+    if r.get("book_date") is None:
+        return "book: no loans imported"
+    return f"book as of {r['book_date']}, {r['book_loans']:,} loan(s)"
+
+
 def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
     """Members for an operator at 80 columns: one block per member, the
     fingerprint whole on two lines of 8 groups (read out by phone, never
@@ -129,7 +148,7 @@ def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
         click.echo("no members yet")
         return
     if wide:
-        cols = ("member_id", "name", "role", "status", "daily_quota", "endpoint", "fingerprint")
+        cols = ("member_id", "name", "role", "status", "daily_quota", "book_date", "book_loans", "endpoint", "fingerprint")
         cells = [[str(r[c]) for c in cols] for r in rows]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
         click.echo("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
@@ -149,6 +168,8 @@ def member_table(rows: list[dict[str, Any]], *, wide: bool = False) -> None:
         click.echo(f"  fingerprint {':'.join(groups[:half])}")
         if groups[half:]:
             click.echo(f"              {':'.join(groups[half:])}")
+        if r.get("role") == "member":
+            click.echo(f"  {book_line(r)}")
 
 
 def key_values(row: dict[str, Any]) -> None:
