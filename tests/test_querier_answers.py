@@ -471,7 +471,8 @@ def test_a_normal_sequence_of_queries_proves_each_checkpoint_once(alliance, evil
         assert isinstance(result, dict), result
         assert _figures(result) == _expected(dataset, s)
     assert len(gw.proof_calls) - before <= len(subjects)  # a streamed request's hint may be outrun: then one RPC
-    newest = screened[-1][1]["audit"]["checkpoint"]
+    # the gateway works on several subjects of a stream at once, so the last answer need not carry the newest checkpoint
+    newest = max((r["audit"]["checkpoint"] for _, r in screened), key=lambda c: checkpoint.open_checkpoint(c, q.verifier).size)
     q.close()
     assert (q.home.checkpoint).read_text(encoding="utf-8") == newest
 

@@ -26,7 +26,7 @@ from alliance_cli.localnet import LocalAlliance
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
-from tests.conftest import IN_CI, PG_URL, drop_pg_databases, pg_databases
+from tests.conftest import IN_CI, PG_URL, drop_pg_databases, import_fresh_loans, pg_databases
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -87,6 +87,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAlliance]:
                              deadline_ms=5000)  # a busy shared machine: no member dropped for lateness
     try:
         alliance.start()
+        work = tmp_path_factory.mktemp("replica-books")
+        for member in alliance.members.values():  # SPEC §10: fresh books, or every query is refused stale_book
+            import_fresh_loans(member.home, work)
         yield alliance
     finally:
         alliance.stop()

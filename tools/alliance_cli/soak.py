@@ -41,7 +41,7 @@ from alliance.errors import AllianceError, UsageError
 from alliance_cli import pg_throwaway, soak_log
 from alliance_cli.bench_load import percentile
 from alliance_cli.localnet import LocalAlliance
-from alliance_member import book
+from alliance_member import book, book_status
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.querier import Consent, Querier, Subject, today_shanghai
@@ -292,12 +292,13 @@ def run(seconds: int, *, members: int = DEFAULT_MEMBERS, db_url: str | None = No
             server, database = db_url, "the --db server"
         gateway_db = stack.enter_context(pg_throwaway.fresh_database(server))
         as_of = today_shanghai()
-        dataset = synthetic.write_alliance_dataset(tmp / "data", ids, seed=12, as_of=as_of)
+        dataset = synthetic.write_alliance_dataset(tmp / "data", ids, seed=12, as_of=as_of, book_date=as_of)  # fresh (SPEC §10)
         echo(f"starting 2 gateway replicas on one PostgreSQL database + {members} member processes (mutual TLS)…")
         net = stack.enter_context(LocalAlliance(tmp, ids, gateway_db_url=gateway_db, gateway_replicas=2))
         for mid in ids:
             for kind in ("loans", "flags", "scores"):
                 book.import_book(net.members[mid].home, tmp / "data" / mid / f"{kind}.csv", kind)
+            book_status.refresh(net.members[mid].home)  # SPEC §10: as `alliance member import` does
         result = _soak(net, dataset, seconds, concurrency=concurrency, echo=echo, database=database)
     return result
 
