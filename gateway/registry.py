@@ -36,10 +36,9 @@ class Registry:
         self._loaded_at = float("-inf")
         self._members: dict[str, MemberRecord] = {}
 
-    def snapshot(self, max_age_s: float | None = None) -> dict[str, MemberRecord]:
-        max_age_s = self.refresh_s if max_age_s is None else max_age_s
+    def snapshot(self) -> dict[str, MemberRecord]:
         with self._lock:
-            if time.monotonic() - self._loaded_at >= max_age_s:
+            if time.monotonic() - self._loaded_at >= self.refresh_s:
                 # The age counts from before the read: a row committed while the
                 # read ran is not covered by it.
                 started = time.monotonic()
