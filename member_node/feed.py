@@ -194,7 +194,7 @@ class MembershipFeed:
             state = self._state()
             kept = None if state is None else self.log_policy(state.checkpoint).checkpoint
             held = 0 if state is None else state.membership_count
-            last_index = self._last_index()
+            last_index = self._leaf_of(held - 1)
             src = self.source()
             expected, new, previous, accepted = held, [], kept, None
             while True:
@@ -371,10 +371,17 @@ class MembershipFeed:
         with self.engine.connect() as conn:
             return conn.execute(select(feed_state).where(feed_state.c.id == 1)).first()
 
-    def _last_index(self) -> int:
+    def _leaf_of(self, membership_seq: int) -> int:
+        """Leaf index of a held membership entry (-1 before the first). Read
+        by number, not as "the newest row": another process on this database
+        may have stored entries past the state this refresh started from."""
+        if membership_seq < 0:
+            return -1
         with self.engine.connect() as conn:
-            row = conn.execute(select(membership_feed.c.seq).order_by(membership_feed.c.membership_seq.desc()).limit(1)).first()
-        return -1 if row is None else int(row.seq)
+            seq = conn.execute(select(membership_feed.c.seq).where(membership_feed.c.membership_seq == membership_seq)).scalar()
+        if seq is None:
+            raise self._fail(f"membership entry {membership_seq} is counted by the kept state but not held")
+        return int(seq)
 
     def age_s(self) -> float:
         """How old the view is: since its checkpoint was last proven (or

@@ -299,6 +299,33 @@ def test_two_processes_refreshing_one_database_both_succeed_and_agree(alliance) 
     other.engine.dispose()
 
 
+def test_another_process_storing_entries_between_our_reads_of_the_state_is_no_fork(alliance) -> None:  # type: ignore[no-untyped-def]
+    """The race CI hit ("membership entry 15 at leaf 28 is out of order"):
+    this follower read its state, another process then stored the next
+    entries, and this one judged the order against the other's newest row
+    instead of the entry its own state ends at. It must refresh cleanly."""
+    service, members, feed, member, _, _ = alliance
+    other = _second_follower(feed)
+    status(service, "mq", "member_revoked")
+    real_state = feed._state
+
+    def state_then_the_other_process_stores() -> Any:
+        state = real_state()
+        feed._state = real_state
+        other.refresh()
+        return state
+
+    feed._state = state_then_the_other_process_stores
+    feed.refresh()
+    with feed.engine.connect() as conn:
+        rows = conn.execute(feed_mod.select(feed_mod.membership_feed).order_by(feed_mod.membership_feed.c.membership_seq)).all()
+        state = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
+    assert [r.membership_seq for r in rows] == list(range(len(rows)))
+    assert state.membership_count == len(rows) and state.size == service.log.signed_checkpoint()[0]
+    assert refused(member, members["mq"]) == "member_inactive"
+    other.engine.dispose()
+
+
 def test_a_row_stored_differently_by_another_process_is_a_fork_and_nothing_is_written(alliance) -> None:  # type: ignore[no-untyped-def]
     service, _, feed, _, _, _ = alliance
     status(service, "mq", "member_revoked")
