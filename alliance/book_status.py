@@ -19,6 +19,7 @@ days) exceeds ``max_book_age_days``. So with the default 7 a book dated
 1 December may query up to and including 8 December."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -52,9 +53,12 @@ class BookStatus:
         return audit_entry.encode(self.to_json())
 
 
+@functools.lru_cache(maxsize=4096)
 def parse(body: bytes) -> BookStatus:
     """The exact bytes of a status → BookStatus; refuses anything that is not
-    the canonical encoding of a well-formed status."""
+    the canonical encoding of a well-formed status. Memoised: every answer
+    of a member carries the same status until its next import, and the
+    result is immutable."""
     if len(body) > MAX_BODY_BYTES:
         raise InvalidInput(f"book status is {len(body)} bytes; at most {MAX_BODY_BYTES}")
     try:

@@ -4,6 +4,7 @@ the query is in the audit log it was promised to be in."""
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -322,7 +323,7 @@ class Querier:
         if cp.size != receipt.tree_size:
             raise CryptoError("audit receipt: checkpoint size differs from the receipt")
         try:
-            entry = json.loads(receipt.entry)
+            entry = _logged_entry(receipt.entry)
         except ValueError:
             raise CryptoError("audit receipt: the logged entry is not JSON") from None
         if not isinstance(entry, dict) or entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
@@ -488,12 +489,19 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _logged_entry(entry: bytes) -> Any:
+    """A receipt's entry, decoded once per report (three checks read it).
+    Callers only read the result: it is shared."""
+    return json.loads(entry)
+
+
 def _check_entry_answers(response: pb.GatewayQueryResponse) -> None:
     """The logged entry must list exactly the members asked and the answer
     receipts the response carries: what the querier decrypts is what
     auditors and members see in the log."""
     try:
-        entry = json.loads(response.audit.entry)
+        entry = _logged_entry(response.audit.entry)
         logged = sorted(
             (a["member_id"], bytes.fromhex(a["ciphertext_sha256"]), bytes.fromhex(a["signature"]),
              bytes.fromhex(a.get("book_status", ""))) for a in entry["answers"]
@@ -530,7 +538,7 @@ def coverage_of(signed: pb.SignedQuery, response: pb.GatewayQueryResponse,
     reference = date.fromisoformat(body.as_of)
     max_age = Policy().max_book_age_days
     try:
-        stated = json.loads(response.audit.entry).get("querier_book") or {}
+        stated = _logged_entry(response.audit.entry).get("querier_book") or {}
         if isinstance(stated.get("max_book_age_days"), int) and not isinstance(stated["max_book_age_days"], bool):
             max_age = stated["max_book_age_days"]
     except (ValueError, AttributeError):
