@@ -35,6 +35,15 @@ _PG_APPEND_LIMITS = (
 )
 
 
+# The append's statements, built once (SQLAlchemy then reuses their compiled
+# form without rebuilding a cache key per query).
+_BUMP_HEAD = (update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1)
+              .returning(schema.log_head.c.size))
+_INSERT_MEMBERSHIP = insert(schema.membership_index)
+_INSERT_ENTRY = insert(schema.log_entries)
+_INSERT_NODE = insert(schema.log_nodes)
+
+
 def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None, *,
            cache: "NodeCache | None" = None) -> tuple[int, bytes]:
     """Append one entry inside the caller's transaction; returns (seq, leaf hash).
@@ -48,10 +57,7 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None, *,
     never adds to it, since what it reads may be this transaction's own."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(_PG_APPEND_LIMITS)
-    seq = conn.execute(
-        update(schema.log_head).where(schema.log_head.c.id == 1).values(size=schema.log_head.c.size + 1)
-        .returning(schema.log_head.c.size)
-    ).scalar_one() - 1
+    seq = conn.execute(_BUMP_HEAD).scalar_one() - 1
     if now_ms is None:
         now_ms = int(time.time() * 1000)
     entry = build(seq, utc_timestamp(now_ms))
@@ -60,12 +66,12 @@ def append(conn: Connection, build: EntryBuilder, now_ms: int | None = None, *,
         mseq = conn.execute(select(func.count()).select_from(schema.membership_index)).scalar_one()
         if entry.get("v", 1) >= 2:
             entry["membership_seq"] = mseq
-        conn.execute(insert(schema.membership_index).values(membership_seq=mseq, seq=seq))
+        conn.execute(_INSERT_MEMBERSHIP, {"membership_seq": mseq, "seq": seq})
     data = audit_entry.encode(entry)
     leaf = merkle.leaf_hash(data)
-    conn.execute(insert(schema.log_entries).values(seq=seq, data=data))
+    conn.execute(_INSERT_ENTRY, {"seq": seq, "data": data})
     nodes = merkle.nodes_to_add(seq, leaf, _getter(conn, cache, populate=False))
-    conn.execute(insert(schema.log_nodes), [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
+    conn.execute(_INSERT_NODE, [{"level": l, "idx": i, "hash": h} for l, i, h in nodes])
     return seq, leaf
 
 
@@ -82,9 +88,13 @@ def entry_version(conn: Connection) -> int:
     return 1 if v2_started_seq(conn) is None else 2
 
 
+_MEMBERSHIP_COUNT = select(func.count()).select_from(schema.membership_index).where(schema.membership_index.c.seq < bindparam("size"))
+
+
 def membership_count(conn: Connection, size: int) -> int:
-    """How many membership entries the first ``size`` leaves hold."""
-    return conn.execute(select(func.count()).select_from(schema.membership_index).where(schema.membership_index.c.seq < size)).scalar_one()
+    """How many membership entries the first ``size`` leaves hold (every
+    receipt's checkpoint states it: the statement is built once)."""
+    return conn.execute(_MEMBERSHIP_COUNT, {"size": size}).scalar_one()
 
 
 def _backfill_v1_indexes(conn: Connection) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from alliance import db, log_rules
@@ -31,18 +31,25 @@ def _fast(conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
 
 
+_INSERT_QUERY_ID = insert(schema.query_ids)
+
+
 def reserve_query_id(engine: Engine, query_id: str, querier_id: str, now_ms: int) -> bool:
     """True when this query id is new; False when any replica saw it before."""
     try:
         with engine.begin() as conn:
             _fast(conn)
-            conn.execute(insert(schema.query_ids).values(query_id=query_id, querier_id=querier_id, reserved_at_ms=now_ms))
+            conn.execute(_INSERT_QUERY_ID, {"query_id": query_id, "querier_id": querier_id, "reserved_at_ms": now_ms})
     except IntegrityError:
         return False
     return True
 
 
 _q = schema.quota_usage.c
+_QUOTA_ROW = and_(_q.member_id == bindparam("b_member"), _q.pool == bindparam("b_pool"), _q.day_start_ms == bindparam("b_day"))
+_TAKE_SLOT = (update(schema.quota_usage).where(and_(_QUOTA_ROW, _q.used < bindparam("b_quota"))).values(used=_q.used + 1)
+              .returning(_q.used))
+_SLOTS_USED = select(_q.used).where(_QUOTA_ROW)
 
 
 def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_quota: int, pool: str = "daily") -> int | None:
@@ -50,18 +57,16 @@ def reserve_quota_slot(engine: Engine, member_id: str, day_start_ms: int, daily_
     when the quota is used up. Concurrent queries cannot overrun it: the
     conditional UPDATE is one statement, and the first insert of a day is
     guarded by the primary key."""
-    where = and_(_q.member_id == member_id, _q.pool == pool, _q.day_start_ms == day_start_ms)
+    key = {"b_member": member_id, "b_pool": pool, "b_day": day_start_ms}
     if daily_quota < 1:
         return None
     for _ in range(8):
         with engine.begin() as conn:
             _fast(conn)
-            row = conn.execute(
-                update(schema.quota_usage).where(and_(where, _q.used < daily_quota)).values(used=_q.used + 1).returning(_q.used)
-            ).first()
+            row = conn.execute(_TAKE_SLOT, {**key, "b_quota": daily_quota}).first()
             if row is not None:
                 return int(row.used)
-            used = conn.execute(select(_q.used).where(where)).scalar()
+            used = conn.execute(_SLOTS_USED, key).scalar()
             if used is not None and used >= daily_quota:
                 return None
             if used is not None:
@@ -106,8 +111,11 @@ class Pin:
 _p = schema.answer_pins.c
 
 
+_PIN_OF = select(_p.members, _p.expires_at_ms).where(_p.token_sha256 == bindparam("token"))
+
+
 def live_pin(conn: Connection, token_sha256: bytes, at_ms: int) -> Pin | None:
-    row = conn.execute(select(_p.members, _p.expires_at_ms).where(_p.token_sha256 == token_sha256)).first()
+    row = conn.execute(_PIN_OF, {"token": token_sha256}).first()
     if row is None or at_ms >= row.expires_at_ms:
         return None
     return Pin(tuple(m for m in row.members.split(",") if m), int(row.expires_at_ms))
