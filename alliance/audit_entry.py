@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from alliance.errors import VerificationFailed
+from alliance.errors import InvalidInput, VerificationFailed
 
 FORMAT_VERSION = 1
 FORMAT_VERSION_2 = 2  # entries after a log's v2_started entry (and that entry itself)
@@ -53,6 +53,34 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
     if index is not None and entry.get("seq") != index:
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)
     return entry
+
+
+def parse_canonical_statement(body: bytes, *, what: str, keys: set[str], max_bytes: int, format_: str,
+                              prefix: str, canonical_rules: str = "keys sorted, no white space, ASCII") -> dict[str, Any]:
+    """The exact bytes of a signed statement (book status, disclosure) → its
+    JSON object, refusing anything but the canonical encoding of an object
+    with exactly ``keys`` and ``"format": format_``. A signature covers
+    bytes, so only one encoding may ever mean a given statement.
+    ``what`` names the body in messages, ``prefix`` its fields."""
+    if len(body) > max_bytes:
+        raise InvalidInput(f"{what} is {len(body)} bytes; at most {max_bytes}")
+    try:
+        data = json.loads(body.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) != keys:
+        raise InvalidInput(f"{what} must hold exactly {sorted(keys)}")
+    try:
+        canonical = encode(data)
+    except TypeError as exc:
+        raise InvalidInput(f"{what}: {exc}") from None
+    if canonical != body:
+        raise InvalidInput(f"{what} is not canonical JSON ({canonical_rules})")
+    if data["format"] != format_:
+        raise InvalidInput(f"{prefix} format {data['format']!r} is not {format_!r}")
+    if not isinstance(data["member_id"], str) or not data["member_id"]:
+        raise InvalidInput(f"{prefix} member_id must be a non-empty string")
+    return data
 
 
 def _check_types(value: Any) -> None:

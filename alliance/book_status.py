@@ -20,7 +20,6 @@ days) exceeds ``max_book_age_days``. So with the default 7 a book dated
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -59,24 +58,8 @@ def parse(body: bytes) -> BookStatus:
     the canonical encoding of a well-formed status. Memoised: every answer
     of a member carries the same status until its next import, and the
     result is immutable."""
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInput(f"book status is {len(body)} bytes; at most {MAX_BODY_BYTES}")
-    try:
-        data = json.loads(body.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"book status is not JSON: {exc}") from None
-    if not isinstance(data, dict) or set(data) != _KEYS:
-        raise InvalidInput(f"book status must hold exactly {sorted(_KEYS)}")
-    try:
-        canonical = audit_entry.encode(data)
-    except TypeError as exc:
-        raise InvalidInput(f"book status: {exc}") from None
-    if canonical != body:
-        raise InvalidInput("book status is not canonical JSON (keys sorted, no white space, ASCII)")
-    if data["format"] != FORMAT:
-        raise InvalidInput(f"book status format {data['format']!r} is not {FORMAT!r}")
-    if not isinstance(data["member_id"], str) or not data["member_id"]:
-        raise InvalidInput("book status member_id must be a non-empty string")
+    data = audit_entry.parse_canonical_statement(body, what="book status", keys=_KEYS, max_bytes=MAX_BODY_BYTES,
+                                                 format_=FORMAT, prefix="book status")
     for name, top in (("credential_serial", 2**63), ("made_at_ms", 2**63), ("loans", MAX_LOANS)):
         v = data[name]
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < top:

@@ -12,7 +12,6 @@ white space, ASCII, integers only):
 signed with the member's Ed25519 key behind ``signing.DISCLOSURE``."""
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -202,24 +201,9 @@ class Statement:
 def parse_statement(body: bytes) -> Statement:
     """The exact bytes of a statement → Statement; refuses anything that is not
     the canonical encoding of a well-formed statement."""
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInput(f"disclosure body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
-    try:
-        data = json.loads(body.decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidInput(f"disclosure body is not JSON: {exc}") from None
-    if not isinstance(data, dict) or set(data) != _STATEMENT_KEYS:
-        raise InvalidInput(f"disclosure body must hold exactly {sorted(_STATEMENT_KEYS)}")
-    try:
-        canonical = audit_entry.encode(data)
-    except TypeError as exc:
-        raise InvalidInput(f"disclosure body: {exc}") from None
-    if canonical != body:
-        raise InvalidInput("disclosure body is not canonical JSON (keys sorted, no white space, ASCII, integers)")
-    if data["format"] != FORMAT:
-        raise InvalidInput(f"disclosure format {data['format']!r} is not {FORMAT!r}")
-    if not isinstance(data["member_id"], str) or not data["member_id"]:
-        raise InvalidInput("disclosure member_id must be a non-empty string")
+    data = audit_entry.parse_canonical_statement(body, what="disclosure body", keys=_STATEMENT_KEYS, max_bytes=MAX_BODY_BYTES,
+                                                 format_=FORMAT, prefix="disclosure",
+                                                 canonical_rules="keys sorted, no white space, ASCII, integers")
     if not isinstance(data["month"], str):
         raise InvalidInput("disclosure month must be YYYY-MM")
     parse_month(data["month"])

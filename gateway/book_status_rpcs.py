@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo
 import grpc
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from alliance import book_status, log_rules
-from alliance.errors import CryptoError, InvalidInput
+from alliance import book_status
+from alliance.errors import CryptoError
 from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
-from alliance_gateway import audit_log, schema
+from alliance_gateway import audit_log, schema, statement_admission
 from alliance_gateway.entries import QueryContext
 from alliance_gateway.refusals import QueryFailure
 
@@ -118,20 +118,7 @@ class BookStatusRpcs:
 
     def PostBookStatus(self, request: pb.SignedBookStatus, context: grpc.ServicerContext) -> pb.LoggedStatementResponse:
         member = self._require_active(context, ("member",), "post book statuses")  # type: ignore[attr-defined]
-        if len(request.signature) != log_rules.SIGNATURE_BYTES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"malformed book status: signature must be {log_rules.SIGNATURE_BYTES} bytes, got {len(request.signature)}")
-        try:
-            status = book_status.parse(request.body)
-        except InvalidInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed book status: {exc}")
-            raise  # unreachable: abort raises
-        if status.member_id != member.member_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"a book status names member {status.member_id!r}; {member.member_id} may state only its own")
-        if status.credential_serial != member.credential_serial:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"the book status names credential serial {status.credential_serial}, current is {member.credential_serial}")
+        status = statement_admission.admit(context, member, request, book_status.parse, what="book status", may="state only its own")
         now_ms = self._now_ms()  # type: ignore[attr-defined]
         if abs(now_ms - status.made_at_ms) > STATEMENT_FRESHNESS_MS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stale_timestamp: the book status was signed more than 5 minutes "

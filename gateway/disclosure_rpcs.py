@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo
 
 import grpc
 
-from alliance import disclosure, log_rules
-from alliance.errors import CryptoError, InvalidInput
+from alliance import disclosure
+from alliance.errors import CryptoError
 from alliance.v1 import alliance_pb2 as pb
-from alliance_gateway import audit_log
+from alliance_gateway import audit_log, statement_admission
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -28,20 +28,8 @@ class DisclosureRpcs:
 
     def PostDisclosure(self, request: pb.SignedDisclosure, context: grpc.ServicerContext) -> pb.LoggedStatementResponse:
         member = self._require_active(context, ("member",), "post disclosures")  # type: ignore[attr-defined]
-        if len(request.signature) != log_rules.SIGNATURE_BYTES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"malformed disclosure: signature must be {log_rules.SIGNATURE_BYTES} bytes, got {len(request.signature)}")
-        try:
-            statement = disclosure.parse_statement(request.body)
-        except InvalidInput as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed disclosure: {exc}")
-            raise  # unreachable: abort raises
-        if statement.member_id != member.member_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"a disclosure names member {statement.member_id!r}; {member.member_id} may disclose only its own figures")
-        if statement.credential_serial != member.credential_serial:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"the disclosure names credential serial {statement.credential_serial}, current is {member.credential_serial}")
+        statement = statement_admission.admit(context, member, request, disclosure.parse_statement, what="disclosure",
+                                              may="disclose only its own figures")
         now_ms = self._now_ms()  # type: ignore[attr-defined]
         _, last = disclosure.parse_month(statement.month)
         today = datetime.fromtimestamp(now_ms / 1000, tz=SHANGHAI).date()
