@@ -119,17 +119,19 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
         (each exactly as a single query: reserved, fanned out, logged before
         its answer); answers stream back in request order."""
         peer_id, peer_role, cert_sha256 = self._peer(context)
+        proofs = _StreamProofs(self.log)
         with ThreadPoolExecutor(SCREEN_IN_FLIGHT, thread_name_prefix="screen") as pool:
             pending: deque[Future[pb.GatewayQueryResponse]] = deque()
             try:
                 for request in request_iterator:
+                    proofs.start(request.known_tree_size)
                     kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
                     self._check_rate(context, peer_id, peer_role, kind)
                     pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))
                     while pending and (len(pending) >= SCREEN_IN_FLIGHT or pending[0].done()):
-                        yield pending.popleft().result()
+                        yield proofs.carry(pending.popleft().result())
                 while pending:
-                    yield pending.popleft().result()
+                    yield proofs.carry(pending.popleft().result())
             finally:
                 for fut in pending:
                     fut.cancel()  # the stream ended early: subjects not yet started are never sent
@@ -575,6 +577,39 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
+
+
+class _StreamProofs:
+    """Consistency proofs for one Screen stream. Its requests' size hints
+    are made before the answers to earlier subjects arrive, so they lag;
+    but the querier reads answers in stream order and keeps the largest
+    checkpoint seen, so the size it holds when it reads an answer is the
+    largest of the first hint and the sizes already streamed. Each receipt
+    carries the proof from that size: no extra round trip per subject
+    (a querier whose kept checkpoint moved otherwise asks, as before)."""
+
+    def __init__(self, log_reader: audit_log.LogReader) -> None:
+        self.log = log_reader
+        self.size: int | None = None
+
+    def start(self, hint: int) -> None:
+        if self.size is None:
+            self.size = hint if hint <= self.log.size() else 0  # a hint beyond the log proves nothing
+
+    def carry(self, response: pb.GatewayQueryResponse) -> pb.GatewayQueryResponse:
+        receipt = response.audit
+        if not receipt.present or not self.size:
+            if receipt.present:
+                self.size = receipt.tree_size
+            return response
+        if receipt.tree_size != self.size:
+            small, large = sorted((receipt.tree_size, self.size))
+            proof = self.log.consistency_proof(small, large)
+            del receipt.consistency_proof[:]
+            receipt.consistency_from = self.size
+            receipt.consistency_proof.extend(proof)
+        self.size = max(self.size, receipt.tree_size)
+        return response
 
 
 def _pin_message(pin: reservations.Pin, missing: list[str]) -> str:

@@ -269,3 +269,49 @@ def test_registry_sees_a_member_added_by_another_process_at_once(members, db_url
     record = registry.get("mq")  # at once: no rate limit on a miss (the CI failure of test_fake_member_…)
     assert record is not None and record.ed25519_public_key == m.body.ed25519_public_key
     engine.dispose()
+
+
+def _screen(svc: GatewayService, members, queries: list[pb.SignedQuery]) -> list[pb.GatewayQueryResponse]:  # type: ignore[no-untyped-def]
+    class Peer:
+        peer = ("mq", "member", members["mq"].body.tls_cert_sha256)
+
+        def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise AssertionError(f"stream aborted: {code} {details}")
+
+    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
+    return list(svc.Screen(iter(queries), Peer()))
+
+
+def test_a_screen_streams_each_receipt_with_the_proof_from_the_size_the_querier_holds(gateway) -> None:
+    """The querier reads a stream's answers in order and keeps the largest
+    checkpoint; every receipt must carry the consistency proof from exactly
+    that size (checked here with RFC 6962 verification, independently of the
+    gateway), so screening costs no extra round trip per subject."""
+    from alliance import checkpoint, merkle
+
+    svc, _, members = gateway
+    held = svc.log.size()
+    held_root = checkpoint.Checkpoint.parse(svc.log.signed_checkpoint(held)[1].split("\n\n")[0] + "\n").root_hash
+    queries = []
+    for _ in range(3):
+        q = signed_query(members["mq"])
+        q.known_tree_size = held  # made before any answer arrived: every hint is the same, stale size
+        queries.append(q)
+    responses = _screen(svc, members, queries)
+    assert all(r.audit.present for r in responses), responses
+    size, root = held, held_root
+    for r in responses:
+        cp = checkpoint.Checkpoint.parse(r.audit.checkpoint.split("\n\n")[0] + "\n")
+        assert r.audit.consistency_from == size
+        small, large = sorted([(size, root), (cp.size, cp.root_hash)])
+        merkle.verify_consistency(small[0], large[0], list(r.audit.consistency_proof), small[1], large[1])
+        if cp.size > size:
+            size, root = cp.size, cp.root_hash
+
+
+def test_a_screen_hint_beyond_the_log_is_ignored_not_fatal(gateway) -> None:
+    svc, _, members = gateway
+    q = signed_query(members["mq"])
+    q.known_tree_size = 10**12
+    (response,) = _screen(svc, members, [q])
+    assert response.audit.present and response.audit.consistency_from == 0 and not response.audit.consistency_proof
