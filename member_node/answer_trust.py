@@ -61,6 +61,7 @@ class AnswerTrust:
         self._keys: dict[str, TrustedKey] = {}
         self._refused_at: dict[str, float] = {}  # member id -> when its credential was last refused / re-fetched
         self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}  # one loader per member id at a time
 
     # -- the decision ---------------------------------------------------------
 
@@ -68,22 +69,37 @@ class AnswerTrust:
         """The key this querier checks ``member_id``'s answers with, or None
         when the member is not trusted (its answers then count for nothing)."""
         now = self.clock()
-        with self._lock:
-            cached = self._keys.get(member_id)
-            if cached is not None and now < cached.not_after:
-                return cached
-            refused_at = self._refused_at.get(member_id)
+        cached, refused_at = self._cached(member_id, now)
+        if cached is not None:
+            return cached
         if refused_at is not None and now - refused_at < REFETCH_AFTER_S:
             return None
-        trusted = self._load(member_id, now, pinned_first=True)
-        with self._lock:
-            if trusted is None:
-                self._keys.pop(member_id, None)
-                self._refused_at[member_id] = now
-            else:
-                self._keys[member_id] = trusted
-                self._refused_at.pop(member_id, None)
+        with self._loading(member_id):
+            # Concurrent reports all miss at once when the view moves: one
+            # thread loads, the others take what it found (single flight).
+            cached, refused_at = self._cached(member_id, now)
+            if cached is not None:
+                return cached
+            if refused_at is not None and now - refused_at < REFETCH_AFTER_S:
+                return None
+            trusted = self._load(member_id, now, pinned_first=True)
+            with self._lock:
+                if trusted is None:
+                    self._keys.pop(member_id, None)
+                    self._refused_at[member_id] = now
+                else:
+                    self._keys[member_id] = trusted
+                    self._refused_at.pop(member_id, None)
         return trusted
+
+    def _cached(self, member_id: str, now: float) -> tuple[TrustedKey | None, float | None]:
+        with self._lock:
+            cached = self._keys.get(member_id)
+            return (cached if cached is not None and now < cached.not_after else None), self._refused_at.get(member_id)
+
+    def _loading(self, member_id: str) -> threading.Lock:
+        with self._lock:
+            return self._load_locks.setdefault(member_id, threading.Lock())
 
     def refresh(self, member_id: str) -> TrustedKey | None:
         """A signature failed under the cached key: the member may have
