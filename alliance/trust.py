@@ -137,10 +137,16 @@ def replay(entries: Iterable[dict[str, Any]], roots: Iterable[Root] = (), *, fou
             previous = next((c for c in reversed(member.credentials) if c.trusted), None)
             if (mid, fp) in root_set:
                 state.trusted, state.how = True, "root"
+            elif previous is not None:
+                # SPEC §5.1(b): a later credential of a member that already has a trusted one is trusted only
+                # through a rotation its previous key endorsed; a sponsorship does not re-key a member (else one
+                # colluding member could hand the CA's keys any member's identity, and its witness key).
+                if consistent and _endorsed(previous, cred, body):
+                    state.trusted, state.how = True, "rotation"
+                elif (mid, fp) in sponsored:
+                    problems.append(f"entry {seq}: a sponsored credential of {mid} with keys its trusted credential did not endorse")
             elif (mid, fp) in sponsored:
                 state.trusted, state.how = True, "sponsored"
-            elif consistent and previous is not None and _endorsed(previous, cred, body):
-                state.trusted, state.how = True, "rotation"
             member.credentials.append(state)
             by_digest.setdefault(state.digest, state)
             # A rotation does not lift a suspension; revocation is final.
@@ -162,7 +168,8 @@ def replay(entries: Iterable[dict[str, Any]], roots: Iterable[Root] = (), *, fou
                 problems.append(f"entry {seq}: sponsorship body does not match the entry")
                 continue
             sponsored.add((mid, fp))
-            _mark(members.get(mid), fp, "sponsored")
+            if not _has_earlier_trusted(members.get(mid)):  # a sponsorship does not re-key a member (above)
+                _mark(members.get(mid), fp, "sponsored")
         elif kind == "matching_key_created" and founders_are_roots:
             key = _current_key(members.get(mid))
             try:
@@ -193,6 +200,11 @@ def _mark(member: MemberState | None, fp: bytes, how: str) -> None:
     credential stays superseded."""
     if member is not None and member.current is not None and member.current.fingerprint == fp and not member.current.trusted:
         member.current.trusted, member.current.how = True, how
+
+
+def _has_earlier_trusted(member: MemberState | None) -> bool:
+    """Whether a credential before the member's current one is trusted."""
+    return member is not None and any(c.trusted for c in member.credentials[:-1])
 
 
 def _current_key(member: MemberState | None) -> bytes | None:

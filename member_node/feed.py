@@ -247,6 +247,11 @@ class MembershipFeed:
         latest = self.view()
         witnessed = self.witnessed_view()
         eligible = witness_quorum.eligible_witnesses(witnessed if witnessed is not None else latest)
+        if witnessed is None:
+            # Bootstrap: the latest view is signed by the operator alone, which could suspend, revoke or omit
+            # this member's witnesses there (down to m = 1: no cosignature needed). Its roots, confirmed out of
+            # band, stay witnesses whatever that view says; one the view holds no key for cannot cosign.
+            eligible |= {mid for mid, _ in self.roots() if mid != self.member_id}
         witness_quorum.check_quorum(note, accepted.checkpoint, eligible=eligible, keys=witness_quorum.witness_keys(latest),
                                     deciding=self.member_id, now_s=int(self.clock()))
         return accepted

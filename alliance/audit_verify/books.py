@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from alliance import book_status, signing
+from alliance import book_status, log_rules, signing
 from alliance.audit_verify.fields import SHANGHAI, STATE_GRACE_MS, Bad, hex_field, time_ms
 from alliance.audit_verify.fields import field as entry_field
 from alliance.audit_verify.membership import Membership
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from alliance.audit_verify.ledger import Ledger
     from alliance.audit_verify.query_entry import Query
 
+STATUS_FRESHNESS_MS = 5 * 60 * 1000  # PostBookStatus's window (gateway/book_status_rpcs.py STATEMENT_FRESHNESS_MS)
 STATED_KEYS = {"seq", "book_date", "loans", "max_book_age_days", "judged_on"}
 
 
@@ -85,6 +86,10 @@ class Books:
         if cred is None or cred.member_id != member_id:
             raise Bad(f"the book status names credential serial {status.credential_serial}, never issued to {member_id}")
         when = time_ms(e.get("time"))
+        if abs(when - status.made_at_ms) > STATUS_FRESHNESS_MS + log_rules.LOCK_TIMEOUT_MS + STATE_GRACE_MS:
+            # the gateway refuses a status made more than 5 minutes from its clock: an older one logged again is a replay
+            raise Bad(f"the book status was made at {status.made_at_ms} ms, more than 5 minutes from the entry's time "
+                      f"({when} ms): a status the gateway would have refused, or an old one logged again")
         if status.book_date is not None and status.book_date > shanghai_date(when) + timedelta(days=1):
             raise Bad(f"book date {status.book_date.isoformat()} is after the entry's day {shanghai_date(when).isoformat()}")
         if member.role != "member":

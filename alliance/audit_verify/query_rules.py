@@ -31,6 +31,7 @@ from alliance.audit_verify.reasons import (
     REASON_RULES,
     REASONS_AFTER_SIGNATURE,
     REASONS_BEFORE_PARSE,
+    REASONS_WITH_MEMBERS_ASKED,
     V1_REASONS,
 )
 from alliance.audit_verify.signatures import SignatureJob
@@ -77,6 +78,11 @@ class QueryRules:
         body, parse_reason = (None, None) if q.oversized else self._parse_body(q)
         self._check_copies(q, body, parse_reason)
         check_fan_out(q)
+        if (q.v2 and q.asked and q.outcome == "refused" and q.reason not in REASONS_WITH_MEMBERS_ASKED
+                and not (q.reason == "malformed_request" and q.kind == "precheck" and not q.oversized)):
+            # e.g. an `unauthenticated` entry listing members asked: it would count against the named querier's
+            # quota (§5.4) without its signature, and holds no query id for the one-entry-per-id rule
+            raise Bad(f"refused {q.reason} with members asked, but the gateway refuses that before asking any member")
         querier = self.members.get(q.querier_id)
         pin = v2.pins.live(q.copies["subject_token_sha256"], q.received_ms) if v2 else None
         if q.outcome == "accepted":

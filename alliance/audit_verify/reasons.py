@@ -10,6 +10,9 @@ REASONS_AFTER_SIGNATURE = frozenset(
     {"stale_timestamp", "token_mismatch", "foreign_key", "quota_exceeded", "too_few_members", "too_few_answers",
      "incomplete_precheck", "replayed_query_id", "answer_set_changed", "monitoring_disabled", "stale_book"}
 )
+# Refusals an entry may show members asked for (v2): raised after the fan-out, or listing who would have been
+# asked (too_few_members, never sent). Every other refusal comes before any member is asked (gateway/service.py).
+REASONS_WITH_MEMBERS_ASKED = frozenset({"too_few_answers", "incomplete_precheck", "answer_set_changed", "too_few_members"})
 V2_ONLY_REASONS = frozenset({"replayed_query_id", "answer_set_changed", "monitoring_disabled", "stale_book"})  # refused in version 1 entries
 KNOWN_REASONS = (REASONS_BEFORE_PARSE | PARSE_REASONS | REASONS_AFTER_SIGNATURE
                  | {"querier_mismatch", "stale_credential", "bad_signature"})
