@@ -136,6 +136,11 @@ _HEAD_SIZE = select(schema.log_head.c.size).where(schema.log_head.c.id == 1)
 _ENTRY_DATA = select(schema.log_entries.c.data).where(schema.log_entries.c.seq == bindparam("seq"))
 
 
+def entry_data(conn: Connection, seq: int) -> bytes:
+    """One logged entry's bytes, read in the caller's transaction."""
+    return bytes(conn.execute(_ENTRY_DATA, {"seq": seq}).scalar_one())
+
+
 def _getter(conn: Connection, cache: "NodeCache | None" = None, *, populate: bool = True) -> Callable[[int, int], bytes]:
     def get(level: int, index: int) -> bytes:
         if cache is not None:

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import grpc
 from sqlalchemy import Connection, Engine, insert, select, update
 
-from alliance import book_status
+from alliance import audit_entry, book_status
 from alliance.errors import CryptoError
 from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
@@ -51,15 +51,29 @@ class Logged:
         return book_status.BookStatus(member_id, 0, self.book_date, self.loans, 0)
 
 
+class StaleStatus(Exception):
+    """A book status not newer than the member's latest logged one."""
+
+
 def record(conn: Connection, member_id: str, body: bytes, signature: bytes, status: book_status.BookStatus) -> int:
     """Log a checked status as a `book_status` entry and remember it as the
-    member's latest, in the caller's transaction; returns the entry's seq."""
+    member's latest, in the caller's transaction; returns the entry's seq.
+    Raises StaleStatus, and the caller's transaction must roll back, when
+    the member's latest logged status was made at the same time or later
+    (a replay, or two posts crossing): checked after the append took the
+    log's lock, so replicas log each member's statuses in the order made."""
     seq, _ = audit_log.append(conn, lambda s, when: {
         "v": 2, "kind": "book_status", "seq": s, "time": when, "member_id": member_id,
         "credential_serial": status.credential_serial,
         "book_date": status.book_date.isoformat() if status.book_date else None, "loans": status.loans,
         "body": body.hex(), "signature": signature.hex(),
     }, now_ms=None)  # time taken under the log's lock
+    previous = conn.execute(select(schema.book_status.c.seq).where(schema.book_status.c.member_id == member_id)).scalar()
+    if previous is not None:
+        made = book_status.parse(bytes.fromhex(audit_entry.decode(audit_log.entry_data(conn, previous), index=previous)["body"])).made_at_ms
+        if status.made_at_ms <= made:
+            raise StaleStatus(f"{member_id}'s logged book status (entry {previous}) was made at {made} ms, "
+                              f"not before this one ({status.made_at_ms} ms): only a newer status replaces it")
     values = {"seq": seq, "book_date": status.book_date.isoformat() if status.book_date else None,
               "loans": status.loans, "logged_at_ms": int(time.time() * 1000)}
     if conn.execute(update(schema.book_status).where(schema.book_status.c.member_id == member_id).values(**values)).rowcount == 0:
@@ -133,8 +147,12 @@ class BookStatusRpcs:
         except CryptoError as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         self._take_statement_slot(context, member.member_id)  # type: ignore[attr-defined]
-        with self.engine.begin() as conn:  # type: ignore[attr-defined]
-            seq = record(conn, member.member_id, request.body, request.signature, status)
+        try:
+            with self.engine.begin() as conn:  # type: ignore[attr-defined]
+                seq = record(conn, member.member_id, request.body, request.signature, status)
+        except StaleStatus as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"stale_status: {exc}")
+            raise  # unreachable: abort raises
         self.book_statuses.invalidate()  # type: ignore[attr-defined]
         size, note = self.log.signed_checkpoint(seq + 1)  # type: ignore[attr-defined]
         return pb.LoggedStatementResponse(

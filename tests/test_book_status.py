@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete, select
@@ -396,3 +397,25 @@ def test_protocol_answer_message_adds_a_fourth_part_only_with_a_status() -> None
     three = protocol.answer_message(body, b"b", b"c")
     four = protocol.answer_message(body, b"b", b"c", b"s")
     assert four.startswith(three) and four[len(three):] == (32).to_bytes(4, "big") + signing.sha256(b"s")
+
+
+def test_a_status_not_newer_than_the_logged_one_is_refused_and_nothing_is_logged(gateway, monkeypatch) -> None:  # noqa: F811
+    """Within the 5 minutes, an older signed status posted again (by the
+    operator, or two posts crossing) must not replace a newer book: the
+    gateway logs a member's statuses only in the order they were made."""
+    svc, _, members = gateway
+    monkeypatch.setattr(gateway_service, "peer_identity", lambda ctx: ctx.peer)
+    mq = members["mq"]
+    now_ms = int(datetime.now(SHANGHAI).timestamp() * 1000)
+    older = book_status.BookStatus("mq", mq.body.serial, today() - timedelta(days=30), 9, now_ms - 60_000)
+    newer = book_status.BookStatus("mq", mq.body.serial, today(), 9, now_ms)
+    first, ctx = _post(svc, mq, newer)
+    assert first is not None and not ctx.aborts
+    size = svc.log.size()
+    for status in (older, newer):  # an older one, and the very same one again
+        again, ctx = _post(svc, mq, status)
+        assert again is None and ctx.aborts[0][0] == grpc.StatusCode.FAILED_PRECONDITION and "stale_status" in ctx.aborts[0][1]
+    assert svc.log.size() == size
+    with svc.engine.connect() as conn:
+        assert conn.execute(select(schema.book_status.c.seq).where(schema.book_status.c.member_id == "mq")).scalar() == first.entry.index
+    assert _query(svc, members).members_answered == 3  # judged by the newer status still

@@ -69,3 +69,22 @@ def test_a_replayed_book_status_cannot_make_a_member_stale(bv) -> None:  # type:
     bv.query("m1", asked=[], outcome="refused", reason="stale_book", querier_book=bv.stated(replayed, old_day))
     entry, message = bv.bad_entry()
     assert entry == replayed, message
+
+
+def test_an_older_book_status_logged_again_within_five_minutes_is_named(bv) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """Operator. m1 imported a fresh book; two minutes earlier it had posted
+    a status of its month-old book. Within the 5-minute window the operator
+    logs that older signed status again, after the fresh one: m1 looks stale.
+    The gateway logs a member's statuses in the order they were made; the
+    auditor must name one that is not newer than the member's last."""
+    m1 = bv.people["m1"]
+    old_day = bv.day() - timedelta(days=30)
+    body, sig = book_status.sign(m1.signing_key, book_status.BookStatus("m1", m1.body.serial, old_day, 10, bv.clock - 120_000))
+    bv.book("m1", bv.day())
+    bv.tick(1000)
+    replayed = bv.append(lambda seq, when: {
+        "v": 2, "kind": "book_status", "seq": seq, "time": when, "member_id": "m1",
+        "credential_serial": m1.body.serial, "book_date": old_day.isoformat(), "loans": 10,
+        "body": body.hex(), "signature": sig.hex()})
+    entry, message = bv.bad_entry()
+    assert entry == replayed and "not after" in message, message

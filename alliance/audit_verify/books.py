@@ -44,6 +44,7 @@ class LoggedStatus:
     time_ms: int
     book_date: date | None
     loans: int
+    made_at_ms: int = 0
 
 
 def shanghai_date(ms: int) -> date:
@@ -94,7 +95,13 @@ class Books:
             raise Bad(f"book date {status.book_date.isoformat()} is after the entry's day {shanghai_date(when).isoformat()}")
         if member.role != "member":
             raise Bad(f"{member_id} is not a member; only members state a book status")
-        self.logged.setdefault(member_id, []).append(LoggedStatus(seq, when, status.book_date, status.loans))
+        earlier = self.logged.get(member_id)
+        if earlier and status.made_at_ms <= earlier[-1].made_at_ms:
+            # the gateway logs a member's statuses only in the order they were made: an older one
+            # logged again (even within the 5 minutes) would replace a newer book with a stale one
+            raise Bad(f"the book status was made at {status.made_at_ms} ms, not after {member_id}'s status at entry "
+                      f"{earlier[-1].seq} (made at {earlier[-1].made_at_ms} ms): an older status logged again")
+        self.logged.setdefault(member_id, []).append(LoggedStatus(seq, when, status.book_date, status.loans, status.made_at_ms))
         if self.first_seq is None:
             self.first_seq = seq
         return [(seq, (cred.ed25519,), signing.BOOK_STATUS + body, signature, True,
