@@ -176,6 +176,9 @@ class NodeCache:
             self._data[key] = value
 
 
+_NOTES_KEPT = 16
+
+
 class LogReader:
     """Read side for checkpoints and proofs; safe to use from many threads."""
 
@@ -186,6 +189,8 @@ class LogReader:
         self.signing_key = signing_key
         self.nodes = NodeCache()
         self._v2 = False
+        self._notes: dict[tuple[int, bool], str] = {}  # (size, v2) -> signed checkpoint, oldest first
+        self._notes_lock = threading.Lock()
 
     def size(self) -> int:
         with self.engine.connect() as conn:
@@ -196,29 +201,45 @@ class LogReader:
         with self.engine.connect() as conn:
             if size is None:
                 size = conn.execute(_HEAD_SIZE).scalar_one()
-            root = merkle.root_at(size, _getter(conn, self.nodes)) if size else merkle.EMPTY_ROOT
-            extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
-        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
-        return size, note
+            return size, self._note_at(conn, size, _getter(conn, self.nodes))
 
     def receipt(self, seq: int, known_size: int = 0) -> tuple[int, str, list[bytes], bytes, tuple[int, list[bytes]] | None]:
         """What a query's receipt carries, read over one connection (it was
-        six): size and signed checkpoint of the tree ending at leaf ``seq``,
-        the leaf's inclusion proof, the entry, and, when the querier's
-        ``known_size`` is another size within the log, (known_size, the
-        consistency proof between the two sizes)."""
-        size = seq + 1
+        six): size and signed checkpoint of the log as it is now (at least
+        up to leaf ``seq``), the leaf's inclusion proof in it, the entry, and,
+        when the querier's ``known_size`` is another size within the log,
+        (known_size, the consistency proof between the two sizes).
+
+        The log's current size rather than ``seq + 1``: queries committed
+        close together then share one checkpoint, signed once (cached), and
+        a querier with several in flight proves it once, not once each."""
         with self.engine.connect() as conn:
+            size = max(seq + 1, conn.execute(_HEAD_SIZE).scalar_one())
             get = _getter(conn, self.nodes)
-            root = merkle.root_at(size, get)
-            extensions = (f"membership {membership_count(conn, size)}",) if self._is_v2(conn) else ()
+            note = self._note_at(conn, size, get)
             inclusion = merkle.inclusion_proof(seq, size, get)
             entry = bytes(conn.execute(_ENTRY_DATA, {"seq": seq}).scalar_one())
             consistency = None
-            if 0 < known_size != size and known_size <= conn.execute(_HEAD_SIZE).scalar_one():
+            if 0 < known_size != size and known_size <= size:
                 consistency = (known_size, merkle.consistency_proof(min(known_size, size), max(known_size, size), get))
-        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
         return size, note, inclusion, entry, consistency
+
+    def _note_at(self, conn: Connection, size: int, get: Callable[[int, int], bytes]) -> str:
+        """The signed checkpoint of the first ``size`` leaves; a tree's
+        checkpoint never changes, so the last few are kept."""
+        key = (size, self._is_v2(conn))
+        with self._notes_lock:
+            note = self._notes.get(key)
+        if note is not None:
+            return note
+        root = merkle.root_at(size, get) if size else merkle.EMPTY_ROOT
+        extensions = (f"membership {membership_count(conn, size)}",) if key[1] else ()
+        note = checkpoint.sign_checkpoint(checkpoint.Checkpoint(self.origin, size, root, extensions), self.key_name, self.signing_key)
+        with self._notes_lock:
+            self._notes[key] = note
+            while len(self._notes) > _NOTES_KEPT:
+                del self._notes[next(iter(self._notes))]
+        return note
 
     def _is_v2(self, conn: Connection) -> bool:
         if not self._v2:
