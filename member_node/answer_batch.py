@@ -22,7 +22,7 @@ import logging
 import time
 
 import grpc
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from alliance import log_rules
@@ -113,12 +113,13 @@ def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcome
             with service.engine.begin() as conn:
                 ids = [a.body.query_id for _, a in admitted]
                 seen = set(conn.scalars(select(store.seen_queries.c.query_id).where(store.seen_queries.c.query_id.in_(ids))))
+                facts = _facts(conn, [a for i, a in admitted if a.body.query_id not in seen])
                 for i, a in admitted:
                     if a.body.query_id in seen:
                         refused[i] = replay_refusal(a.body.query_id)
                         continue
                     try:
-                        ciphertexts[i] = service.ciphertext(conn, a)  # reads only; a fresh mask each time
+                        ciphertexts[i] = service.ciphertext(conn, a, facts[(a.epoch, bytes(a.query.subject_token))])  # a fresh mask each
                     except Refused as exc:
                         refused[i] = exc
                     except Exception as exc:  # noqa: BLE001 - a bug costs this item
@@ -139,3 +140,13 @@ def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcome
             outcomes[i] = outcome
         return ciphertexts
     raise AssertionError("unreachable")
+
+
+def _facts(conn: Connection, admitted: list[Admitted]) -> dict[tuple[int, bytes], store.Facts]:
+    """Every subject of the batch, read in three statements per matching-key
+    epoch (one epoch, unless the key was rotated while the batch was checked)."""
+    out: dict[tuple[int, bytes], store.Facts] = {}
+    for epoch in {a.epoch for a in admitted}:
+        tokens = [bytes(a.query.subject_token) for a in admitted if a.epoch == epoch]
+        out.update({(epoch, t): f for t, f in store.subjects_facts(conn, tokens, epoch).items()})
+    return out

@@ -294,10 +294,13 @@ class MemberService(pb_grpc.MemberNodeServicer):
             raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
         return Admitted(query, body, pk, key.epoch)
 
-    def ciphertext(self, conn: Connection, admitted: Admitted) -> bytes:
+    def ciphertext(self, conn: Connection, admitted: Admitted, facts: store.Facts | None = None) -> bytes:
         """The one fixed-width ciphertext of the figures, under a fresh
-        single-use mask (reads the book only; the caller writes the rows)."""
-        figures = self._figures(conn, admitted.query.subject_token, admitted.epoch, admitted.body)
+        single-use mask (reads the book only; the caller writes the rows).
+        ``facts``: the subject's rows when the caller read them already (a batch)."""
+        if facts is None:
+            facts = store.subject_facts(conn, admitted.query.subject_token, admitted.epoch)
+        figures = self._figures(facts, admitted.body)
         pk = admitted.pk
         if self.naive_baseline and admitted.body.mode == pb.QUERY_MODE_REPORT:
             return naive.encrypt_figures(pk, figures)
@@ -313,10 +316,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
         notice = AnswerNotice(bytes(query.subject_token), admitted.epoch, body.purpose, body.mode, now_ms)
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature, book_status=status), notice
 
-    def _figures(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> list[int]:
+    def _figures(self, facts: store.Facts, body: pb.QueryRequestBody) -> list[int]:
         """Unknown subjects give all-zero figures: the same single ciphertext."""
         as_of = date.fromisoformat(body.as_of)
-        loans, flags, score = store.subject_facts(conn, token, epoch)
+        loans, flags, score = facts
         if body.mode == pb.QUERY_MODE_PRECHECK:
             balance = sum(l.balance_fen for l in loans if l.status == "ACTIVE" and l.opened_on <= as_of)
             return [balance]
