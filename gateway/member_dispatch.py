@@ -80,12 +80,14 @@ class MemberDispatcher:
     (or anything with awaitable ``Answer`` and ``AnswerBatch``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stub: Any, *, max_items: int = log_rules.MAX_BATCH_ITEMS,
-                 max_bytes: int = log_rules.MAX_BATCH_BYTES, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_bytes: int = log_rules.MAX_BATCH_BYTES, clock: Callable[[], float] = time.monotonic,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self._loop = loop
         self._stub = stub
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._clock = clock
+        self._on_batch = on_batch  # told each call's number of requests (gateway metrics)
         self._queue: deque[_Item] = deque()
         self._lock = threading.Lock()
         self._busy = False  # a pump task is sending, or is about to
@@ -145,6 +147,8 @@ class MemberDispatcher:
         return batch
 
     async def _send(self, batch: list[_Item]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
         if self._clock() < self._singles_until:
             await self._send_singles(batch)
             return

@@ -39,8 +39,9 @@ class AioMemberChannels:
     light load. ``stub(endpoint).Answer.future(request, timeout=…)`` returns
     a concurrent.futures.Future, as the service expects."""
 
-    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
+    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, metrics: GatewayMetrics | None = None) -> None:
         self._creds = (key_pem, cert_pem, ca_pem)
+        self._on_batch = metrics.member_batch if metrics is not None else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="member-fan-out", daemon=True)
         self._thread.start()
@@ -55,7 +56,7 @@ class AioMemberChannels:
                     return alliance_pb2_grpc.MemberNodeStub(transport.aio_secure_channel(endpoint, *self._creds))
 
                 aio_stub = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
-                stub = self._stubs[endpoint] = _DispatchStub(MemberDispatcher(self._loop, aio_stub))
+                stub = self._stubs[endpoint] = _DispatchStub(MemberDispatcher(self._loop, aio_stub, on_batch=self._on_batch))
             return stub
 
 
@@ -108,7 +109,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
     )
-    channels = AioMemberChannels(key_pem, cert_pem, ca_pem)
+    channels = AioMemberChannels(key_pem, cert_pem, ca_pem, metrics)
     service = GatewayService(
         engine=engine,
         registry=Registry(engine, cfg.registry_refresh_ms),

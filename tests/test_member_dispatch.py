@@ -18,6 +18,7 @@ import pytest
 from alliance import log_rules, report
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway.member_dispatch import MemberDispatcher
+from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.server import _DispatchStub
 from alliance_gateway.service import QueryFailure
 from alliance_member import service as member_service_mod
@@ -102,7 +103,8 @@ def test_an_idle_member_gets_each_request_at_once_alone(loop) -> None:  # type: 
 def test_requests_queued_while_a_call_is_in_flight_go_as_one_batch(loop) -> None:  # type: ignore[no-untyped-def]
     member = FakeMember()
     member.gate.clear()
-    d = MemberDispatcher(loop, member)
+    metrics = GatewayMetrics()
+    d = MemberDispatcher(loop, member, on_batch=metrics.member_batch)
     first = d.submit(req("q0"), 5.0)
     wait_for(lambda: len(member.batches) == 1)  # in flight, blocked
     rest = [d.submit(req(f"q{i}"), 5.0) for i in range(1, 6)]
@@ -111,6 +113,9 @@ def test_requests_queued_while_a_call_is_in_flight_go_as_one_batch(loop) -> None
     member.gate.set()
     assert [f.result(5).member_id for f in [first, *rest]] == [f"q{i}" for i in range(6)]  # position i answers request i
     assert member.batches == [["q0"], ["q1", "q2", "q3", "q4", "q5"]]
+    sample = metrics.registry.get_sample_value
+    assert (sample("alliance_gateway_member_batch_items_count"), sample("alliance_gateway_member_batch_items_sum")) == (2, 6)
+    assert sample("alliance_gateway_member_batch_items_bucket", {"le": "1.0"}) == 1
 
 
 def test_batches_are_bounded(loop) -> None:  # type: ignore[no-untyped-def]
