@@ -10,6 +10,11 @@ MAX_BODY_BYTES = 4096
 SIGNATURE_BYTES = 64
 TOKEN_BYTES = 32
 MAX_CREDENTIAL_BYTES = 8192
+# SPEC §8 AnswerBatch (gateway -> member): items per call, and bytes per call.
+# 64 items of the largest valid request (body, credential, signature, token,
+# framing: < 12.5 KiB) fit in 1 MiB, well inside gRPC's 4 MB message limit.
+MAX_BATCH_ITEMS = 64
+MAX_BATCH_BYTES = 1 << 20
 MAX_ENTRY_BYTES = 16384
 MAX_ENTRY_BYTES_PER_MEMBER = 1024
 MAX_DETAIL_CHARS = 512

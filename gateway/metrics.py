@@ -4,6 +4,7 @@
     alliance_gateway_refusals_total{kind,reason}             reason: a gateway refusal reason (refusals.REFUSALS) or rate_limited
     alliance_gateway_query_seconds{kind,outcome}             histogram of query handling, receipt to logged
     alliance_gateway_answers_dropped_total{member,reason}    reason: deadline_exceeded|malformed_answer|unreachable|refused|error
+    alliance_gateway_member_batch_items                      histogram of requests per call to a member (AnswerBatch, SPEC §8)
     alliance_gateway_log_size                                audit-log entries (read at scrape)
     alliance_gateway_mask_pools / _mask_pool_masks_available / _mask_pool_table_bytes / _mask_pool_misses
 
@@ -36,6 +37,9 @@ class GatewayMetrics:
                                  "aggregation, durable log append).", ["kind", "outcome"], buckets=m.LATENCY_BUCKETS, registry=r)
         self.dropped = Counter("alliance_gateway_answers_dropped", "Member answers dropped (never summed), by member "
                                "and normalised reason.", ["member", "reason"], registry=r)
+        # SPEC §8: how well the per-member dispatchers coalesce (1 = light load, no waiting).
+        self.batch_items = Histogram("alliance_gateway_member_batch_items", "Requests sent per call to a member "
+                                     "(AnswerBatch).", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         for kind in KINDS:  # the series exist (at 0) before the first query, so rate() works from the start
             for outcome in ("accepted", "refused"):
                 self.queries.labels(kind, outcome)
@@ -61,6 +65,9 @@ class GatewayMetrics:
         for d in dropped:
             self.dropped.labels(m.member_label(str(d.get("member_id", ""))), m.drop_reason(str(d.get("reason", "")))).inc()
 
+    def member_batch(self, items: int) -> None:
+        self.batch_items.observe(items)
+
     def rate_limited(self, kind: str) -> None:
         kind = m.bounded(kind, KINDS)
         self.queries.labels(kind, "rate_limited").inc()
@@ -80,6 +87,9 @@ class NullGatewayMetrics(GatewayMetrics):
         pass
 
     def rate_limited(self, kind: str) -> None:
+        pass
+
+    def member_batch(self, items: int) -> None:
         pass
 
 

@@ -20,6 +20,7 @@ from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
+from alliance_gateway.member_dispatch import MemberDispatcher
 from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.reconcile_rpcs import log_gateway_started
 from alliance_gateway.registry import Registry
@@ -30,46 +31,47 @@ log = logging.getLogger("alliance.gateway")
 
 class AioMemberChannels:
     """The gateway's fan-out on grpc.aio (SPEC §8): one event-loop thread and
-    one mutual-TLS channel per member endpoint. A query's calls are tasks on
-    that loop; grpc's synchronous futures instead start a channel thread
-    each time a channel that went idle gets a call, i.e. a thread per member
-    per query under light load. ``stub(endpoint).Answer.future(request,
-    timeout=…)`` returns a concurrent.futures.Future, as the service expects."""
+    one mutual-TLS channel per member endpoint, with one coalescing
+    dispatcher per member (member_dispatch.py): a member with a call in
+    flight gets the requests queued meanwhile as one AnswerBatch. grpc's
+    synchronous futures instead start a channel thread each time a channel
+    that went idle gets a call, i.e. a thread per member per query under
+    light load. ``stub(endpoint).Answer.future(request, timeout=…)`` returns
+    a concurrent.futures.Future, as the service expects."""
 
-    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes) -> None:
+    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, metrics: GatewayMetrics | None = None) -> None:
         self._creds = (key_pem, cert_pem, ca_pem)
+        self._on_batch = metrics.member_batch if metrics is not None else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="member-fan-out", daemon=True)
         self._thread.start()
-        self._stubs: dict[str, _AioStub] = {}
+        self._stubs: dict[str, _DispatchStub] = {}
         self._lock = threading.Lock()
 
-    def stub(self, endpoint: str) -> "_AioStub":
+    def stub(self, endpoint: str) -> "_DispatchStub":
         with self._lock:
             stub = self._stubs.get(endpoint)
             if stub is None:
                 async def make() -> Any:
                     return alliance_pb2_grpc.MemberNodeStub(transport.aio_secure_channel(endpoint, *self._creds))
 
-                stub = self._stubs[endpoint] = _AioStub(self._loop, asyncio.run_coroutine_threadsafe(make(), self._loop).result())
+                aio_stub = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+                stub = self._stubs[endpoint] = _DispatchStub(MemberDispatcher(self._loop, aio_stub, on_batch=self._on_batch))
             return stub
 
 
-class _AioStub:
-    def __init__(self, loop: asyncio.AbstractEventLoop, stub: Any) -> None:
-        self.Answer = _AioUnary(loop, stub.Answer)
+class _DispatchStub:
+    """What GatewayService._fan_out calls: ``Answer.future(request, timeout)``."""
 
-
-class _AioUnary:
-    def __init__(self, loop: asyncio.AbstractEventLoop, multicallable: Any) -> None:
-        self._loop = loop
-        self._call = multicallable
+    def __init__(self, dispatcher: MemberDispatcher) -> None:
+        self.Answer = self
+        self._dispatcher = dispatcher
 
     def future(self, request: Any, timeout: float | None = None) -> concurrent.futures.Future:
-        async def call() -> Any:
-            return await self._call(request, timeout=timeout)
+        return self._dispatcher.submit(request, timeout if timeout is not None else DEFAULT_TIMEOUT_S)
 
-        return asyncio.run_coroutine_threadsafe(call(), self._loop)
+
+DEFAULT_TIMEOUT_S = 2.0  # SPEC §5's default deadline, for a caller that gives none
 
 
 class MemberChannels:
@@ -107,7 +109,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
     )
-    channels = AioMemberChannels(key_pem, cert_pem, ca_pem)
+    channels = AioMemberChannels(key_pem, cert_pem, ca_pem, metrics)
     service = GatewayService(
         engine=engine,
         registry=Registry(engine, cfg.registry_refresh_ms),

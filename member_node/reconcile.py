@@ -61,8 +61,18 @@ _marks = store.reconcile_marks.c
 
 def journal_answer(conn: Connection, query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> None:
     """Record an answer; call inside the transaction that remembers the query id."""
-    conn.execute(_JOURNAL, {"query_id": query_id, "request_sha256": signing.sha256(request_body),
-                            "ciphertext_sha256": signing.sha256(ciphertext), "answered_at_ms": now_ms})
+    conn.execute(_JOURNAL, _journal_row(query_id, request_body, ciphertext, now_ms))
+
+
+def journal_rows(conn: Connection, answers: list[tuple[str, bytes, bytes]], now_ms: int) -> None:
+    """Record a batch's answers (query id, request body, ciphertext) in one
+    statement; call inside the transaction that remembers their query ids."""
+    conn.execute(_JOURNAL, [_journal_row(query_id, body, ciphertext, now_ms) for query_id, body, ciphertext in answers])
+
+
+def _journal_row(query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> dict[str, object]:
+    return {"query_id": query_id, "request_sha256": signing.sha256(request_body),
+            "ciphertext_sha256": signing.sha256(ciphertext), "answered_at_ms": now_ms}
 
 
 _JOURNAL = insert(store.answer_journal)  # built once (the answer path)

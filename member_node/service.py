@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
 
@@ -145,6 +146,16 @@ def _credential_name(credential: bytes) -> str:
         return f"sha256 {signing.sha256(credential).hex()[:16]}"
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed every check of ``MemberService.admit``."""
+
+    query: pb.SignedQuery
+    body: pb.QueryRequestBody
+    pk: paillier.PaillierPublicKey
+    epoch: int
+
+
 class MemberService(pb_grpc.MemberNodeServicer):
     def __init__(
         self,
@@ -177,30 +188,69 @@ class MemberService(pb_grpc.MemberNodeServicer):
     def Answer(self, request: pb.MemberQueryRequest, context: grpc.ServicerContext) -> pb.MemberQueryResponse:
         started = time.perf_counter()
         try:
-            peer_id, role, _ = peer_identity(context)
-            if role != "gateway":
-                raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
+            self._check_peer(context)
             response, notice = self.answer_with_notice(request)
             log.debug("answered in %.1f ms", 1000 * (time.perf_counter() - started))
-            if self.after_answer is not None:
-                hand_over = self.after_answer
-                # Runs when the RPC has terminated, i.e. after the answer was sent;
-                # the callee only enqueues (SPEC §9: answer timing never depends on it).
-                if not context.add_callback(lambda: hand_over(notice)):
-                    hand_over(notice)  # already terminated: the answer is out
+            self._hand_over_after_sending(context, [notice])
             self.metrics.answered(time.perf_counter() - started)
             return response
         except Refused as exc:
             self.metrics.refused(exc.reason, time.perf_counter() - started)
-            code = grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
             log.warning("refused a query: %s (%s)", exc, exc.reason)
-            context.abort(code, f"{exc.reason}: {exc}")
+            context.abort(refusal_code(exc), refusal_details(exc))
             raise  # unreachable
         except Exception:  # a bug must cost one answer, never the server, and must be seen
             log.exception("internal error answering a query")
             self.metrics.failed(time.perf_counter() - started)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error in the member node (see its log)")
+            context.abort(grpc.StatusCode.INTERNAL, INTERNAL_DETAILS)
             raise  # unreachable
+
+    def AnswerBatch(self, request: pb.MemberQueryBatch, context: grpc.ServicerContext) -> pb.MemberQueryBatchResponse:
+        """Many queries in one call (SPEC §8): item i answers request i, each
+        with exactly the checks and the answer of Answer; one bad item spoils
+        no other. The book is written in one transaction (answer_batch.py)."""
+        from alliance_member import answer_batch  # here: answer_batch imports this module
+
+        started = time.perf_counter()
+        answer_batch.check_batch_bounds(request, context)  # aborts INVALID_ARGUMENT
+        try:
+            self._check_peer(context)
+        except Refused as exc:  # the peer is the same for every item: the call is refused, each item counted
+            for _ in request.items:
+                self.metrics.refused(exc.reason, time.perf_counter() - started)
+            log.warning("refused a batch of %d queries: %s (%s)", len(request.items), exc, exc.reason)
+            context.abort(refusal_code(exc), refusal_details(exc))
+            raise  # unreachable
+        response, notices, outcomes = answer_batch.answer_batch(self, request)
+        self._hand_over_after_sending(context, notices)
+        elapsed = time.perf_counter() - started  # each item waited for the whole batch
+        for outcome in outcomes:
+            if outcome is None:
+                self.metrics.answered(elapsed)
+            elif isinstance(outcome, Refused):
+                self.metrics.refused(outcome.reason, elapsed)
+            else:
+                self.metrics.failed(elapsed)
+        return response
+
+    def _check_peer(self, context: grpc.ServicerContext) -> None:
+        peer_id, role, _ = peer_identity(context)
+        if role != "gateway":
+            raise Refused(f"{peer_id} ({role}) may not ask members; only the gateway may", reason="wrong_role")
+
+    def _hand_over_after_sending(self, context: grpc.ServicerContext, notices: list[AnswerNotice]) -> None:
+        if self.after_answer is None or not notices:
+            return
+        hand_over = self.after_answer
+
+        def all_notices() -> None:
+            for notice in notices:
+                hand_over(notice)
+
+        # Runs when the RPC has terminated, i.e. after the answer was sent;
+        # the callee only enqueues (SPEC §9: answer timing never depends on it).
+        if not context.add_callback(all_notices):
+            all_notices()  # already terminated: the answer is out
 
     def answer(self, request: pb.MemberQueryRequest) -> pb.MemberQueryResponse:
         return self.answer_with_notice(request)[0]
@@ -209,6 +259,18 @@ class MemberService(pb_grpc.MemberNodeServicer):
         """The answer, and what the application alerts (SPEC §9) may look at
         once it has been sent: token, epoch, purpose, mode, time; never the querier."""
         now_ms = int(self.clock() * 1000)
+        admitted = self.admit(request, now_ms)
+        with self.engine.begin() as conn:
+            self._remember_query_id(conn, admitted.body.query_id, now_ms)
+            ciphertext = self.ciphertext(conn, admitted)
+            journal_answer(conn, admitted.body.query_id, admitted.query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
+        return self.signed(admitted, ciphertext, now_ms)
+
+    def admit(self, request: pb.MemberQueryRequest, now_ms: int) -> Admitted:
+        """Every check that needs no write to this member's book: bounds,
+        matching key, the querier's credential (trust gate and pin), role,
+        serial, signature, freshness, token, epoch, key. Refused otherwise.
+        Shared by Answer and AnswerBatch (answer_batch.py)."""
         _check_bounds(request)
         key = self.matching_key()
         if key is None:
@@ -230,24 +292,34 @@ class MemberService(pb_grpc.MemberNodeServicer):
         pk = paillier.PaillierPublicKey.from_bytes(querier.paillier_n)
         if body.paillier_key_fingerprint != pk.fingerprint():
             raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
-        with self.engine.begin() as conn:
-            self._remember_query_id(conn, body.query_id, now_ms)
-            figures = self._figures(conn, query.subject_token, key.epoch, body)
-            if self.naive_baseline and body.mode == pb.QUERY_MODE_REPORT:
-                ciphertext = naive.encrypt_figures(pk, figures)
-            else:
-                plaintext = paillier.pack(figures)
-                ciphertext = paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
-            journal_answer(conn, body.query_id, query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
+        return Admitted(query, body, pk, key.epoch)
+
+    def ciphertext(self, conn: Connection, admitted: Admitted, facts: store.Facts | None = None) -> bytes:
+        """The one fixed-width ciphertext of the figures, under a fresh
+        single-use mask (reads the book only; the caller writes the rows).
+        ``facts``: the subject's rows when the caller read them already (a batch)."""
+        if facts is None:
+            facts = store.subject_facts(conn, admitted.query.subject_token, admitted.epoch)
+        figures = self._figures(facts, admitted.body)
+        pk = admitted.pk
+        if self.naive_baseline and admitted.body.mode == pb.QUERY_MODE_REPORT:
+            return naive.encrypt_figures(pk, figures)
+        plaintext = paillier.pack(figures)
+        return paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
+
+    def signed(self, admitted: Admitted, ciphertext: bytes, now_ms: int) -> tuple[pb.MemberQueryResponse, AnswerNotice]:
+        """Sign an answer whose rows are committed (never before: an answer
+        that is out must be in the journal)."""
+        body, query = admitted.body, admitted.query
         status = self.book_status() if self.book_status is not None else b""
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext, status))
-        notice = AnswerNotice(bytes(query.subject_token), key.epoch, body.purpose, body.mode, now_ms)
+        notice = AnswerNotice(bytes(query.subject_token), admitted.epoch, body.purpose, body.mode, now_ms)
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature, book_status=status), notice
 
-    def _figures(self, conn: Connection, token: bytes, epoch: int, body: pb.QueryRequestBody) -> list[int]:
+    def _figures(self, facts: store.Facts, body: pb.QueryRequestBody) -> list[int]:
         """Unknown subjects give all-zero figures: the same single ciphertext."""
         as_of = date.fromisoformat(body.as_of)
-        loans, flags, score = store.subject_facts(conn, token, epoch)
+        loans, flags, score = facts
         if body.mode == pb.QUERY_MODE_PRECHECK:
             balance = sum(l.balance_fen for l in loans if l.status == "ACTIVE" and l.opened_on <= as_of)
             return [balance]
@@ -259,10 +331,30 @@ class MemberService(pb_grpc.MemberNodeServicer):
         try:
             conn.execute(_REMEMBER, {"query_id": query_id, "seen_at_ms": now_ms})
         except IntegrityError:
-            raise Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query") from None
+            raise replay_refusal(query_id) from None
+        self.prune_seen(conn, now_ms)
+
+    def prune_seen(self, conn: Connection, now_ms: int) -> None:
         if now_ms - self._last_prune_ms > 60_000:
             self._last_prune_ms = now_ms
             conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))
+
+
+def replay_refusal(query_id: str) -> Refused:
+    return Refused(f"query id {query_id} was already answered (replay)", reason="replayed_query")
+
+
+INTERNAL_DETAILS = "internal error in the member node (see its log)"
+
+
+def refusal_code(exc: Refused) -> grpc.StatusCode:
+    """The status a refusal ends the call with (an item's code in a batch)."""
+    return grpc.StatusCode.FAILED_PRECONDITION if exc.reason == "epoch_mismatch" else grpc.StatusCode.PERMISSION_DENIED
+
+
+def refusal_details(exc: Refused) -> str:
+    """"<reason>: <message>": the gateway's drop reasons and refusal summary read the reason from it."""
+    return f"{exc.reason}: {exc}"
 
 
 def _check_bounds(request: pb.MemberQueryRequest) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from typing import Any
 
 import grpc
 import pytest
@@ -66,7 +67,7 @@ def query(home, dataset) -> subprocess.CompletedProcess:  # type: ignore[no-unty
                "--consent-id", "C-1", "--consent-sha256", "ab" * 32, "--as-of", AS_OF.isoformat(), "--json")
 
 
-def direct_answer(net, target: str, querier_home) -> pb.MemberQueryResponse:  # type: ignore[no-untyped-def]
+def direct_answer(net, target: str, querier_home, *, batched: bool = False) -> Any:  # type: ignore[no-untyped-def]
     """What an operator holding the gateway's TLS key can do: call a member
     node directly, bypassing the gateway and its log."""
     q = MemberHome(querier_home)
@@ -82,9 +83,11 @@ def direct_answer(net, target: str, querier_home) -> pb.MemberQueryResponse:  # 
     g = net.gateway_home
     channel = transport.secure_channel(net.members[target].endpoint, pki.read_private_file(g / "gateway.key"),
                                        (g / "gateway.crt").read_bytes(), (g / "ca.crt").read_bytes())
+    request = pb.MemberQueryRequest(query=signed, querier_credential=credential.SerializeToString())
     try:
-        return pb_grpc.MemberNodeStub(channel).Answer(pb.MemberQueryRequest(query=signed, querier_credential=credential.SerializeToString()),
-                                                      timeout=10)
+        if batched:  # SPEC §8 AnswerBatch: the same request twice
+            return pb_grpc.MemberNodeStub(channel).AnswerBatch(pb.MemberQueryBatch(items=[request, request]), timeout=10)
+        return pb_grpc.MemberNodeStub(channel).Answer(request, timeout=10)
     finally:
         channel.close()
 
@@ -119,6 +122,8 @@ def test_the_gateway_certificate_buys_no_answer_for_an_unsponsored_querier(allia
         with pytest.raises(grpc.RpcError) as exc:
             direct_answer(net, target, home)
         assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not_sponsored" in exc.value.details()
+        batch = direct_answer(net, target, home, batched=True)  # AnswerBatch: each item refused alike
+        assert [(i.error.reason, i.error.code) for i in batch.items] == [("not_sponsored", grpc.StatusCode.PERMISSION_DENIED.value[0])] * 2
 
 
 def test_member_sponsor_admits_it_for_real(alliance, outsider) -> None:  # type: ignore[no-untyped-def]

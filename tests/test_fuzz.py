@@ -455,6 +455,10 @@ def call_rpc(servicer: Any, method: Any, raw: list[bytes], context: FakeContext)
         if method.server_streaming:
             for _ in result:
                 pass
+        if isinstance(result, pb.MemberQueryBatchResponse):  # AnswerBatch: each item's own status, never a bug's
+            assert len(result.items) == len(messages[0].items), f"{method.name}: one result per item"
+            bug_codes = {code.value[0] for code in BUG_CODES}
+            assert not [i.error for i in result.items if i.error.code in bug_codes], f"{method.name}: {result}"
     except Aborted as exc:
         assert exc.code not in BUG_CODES, f"{method.name}: {exc}"
         outcome = f"{exc.code.name} {exc.details.split(':')[0][:40]}"
@@ -724,10 +728,13 @@ def test_fuzz_gateway_resigned_queries(alliance_in_process: Alliance) -> None:
     assert outcomes["answered"] >= 1 and len(outcomes) >= (5 if a.fuzz_settings.max_examples >= 250 else 2), outcomes
 
 
-def _valid_member_requests(a: Alliance) -> list[bytes]:
+def _valid_member_requests(a: Alliance, method: str = "Answer") -> list[bytes]:
     q = a.members["mq"]
-    return [pb.MemberQueryRequest(query=signed_query(q, mode=mode), querier_credential=q.credential.SerializeToString()).SerializeToString()
-            for mode in (pb.QUERY_MODE_REPORT, pb.QUERY_MODE_PRECHECK)]
+    items = [pb.MemberQueryRequest(query=signed_query(q, mode=mode), querier_credential=q.credential.SerializeToString())
+             for mode in (pb.QUERY_MODE_REPORT, pb.QUERY_MODE_PRECHECK)]
+    if method == "AnswerBatch":  # a batch of both, and one with the same query twice (a replay inside the batch)
+        return [pb.MemberQueryBatch(items=items).SerializeToString(), pb.MemberQueryBatch(items=[items[0]] * 2).SerializeToString()]
+    return [item.SerializeToString() for item in items]
 
 
 @pytest.mark.parametrize("method", MEMBER_METHODS, ids=lambda m: m.name)
@@ -735,7 +742,7 @@ def test_fuzz_member_rpc_bytes(member_alliance: Alliance, method: Any) -> None:
     """Random and mutated MemberQueryRequest bytes, from the gateway and from
     a member (who may not ask): typed statuses only, never INTERNAL."""
     a = member_alliance
-    seeds = _valid_member_requests(a)
+    seeds = _valid_member_requests(a, method.name)
     svc = a.member_services["ma"]
 
     @FUZZ
@@ -753,15 +760,21 @@ def test_fuzz_member_resigned_queries(member_alliance: Alliance) -> None:
     a = member_alliance
     svc = a.member_services["mb"]
     method = pb.DESCRIPTOR.services_by_name["MemberNode"].methods_by_name["Answer"]
+    batch_method = pb.DESCRIPTOR.services_by_name["MemberNode"].methods_by_name["AnswerBatch"]
     cred = a.members["mq"].credential.SerializeToString()
     other = [a.members["ma"].credential.SerializeToString(), a.auditor.credential.SerializeToString()]
 
     @FUZZ
     @given(query=resigned_queries(a),
-           credential=st.one_of(st.just(cred), st.just(cred), st.sampled_from(other), mutated([cred], max_ops=2)))
-    def run(query: pb.SignedQuery, credential: bytes) -> None:
+           credential=st.one_of(st.just(cred), st.just(cred), st.sampled_from(other), mutated([cred], max_ops=2)),
+           batched=st.booleans())
+    def run(query: pb.SignedQuery, credential: bytes, batched: bool) -> None:
         request = pb.MemberQueryRequest(query=query, querier_credential=credential)
-        outcomes[call_rpc(svc, method, [request.SerializeToString()], a.context("gateway"))] += 1
+        if batched:  # the same item twice in one AnswerBatch: the second can only be refused
+            outcomes["batch " + call_rpc(svc, batch_method, [pb.MemberQueryBatch(items=[request, request]).SerializeToString()],
+                                         a.context("gateway"))] += 1
+        else:
+            outcomes[call_rpc(svc, method, [request.SerializeToString()], a.context("gateway"))] += 1
 
     outcomes: Counter[str] = Counter()
     run()

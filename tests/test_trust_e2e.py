@@ -101,9 +101,13 @@ def test_members_answer_only_the_gateway(alliance) -> None:
     from alliance import transport
     channel = transport.secure_channel(net.members["lender-b"].endpoint, home.tls_key.read_bytes(),
                                        home.tls_cert.read_bytes(), home.ca_cert.read_bytes())
-    with channel, pytest.raises(grpc.RpcError) as exc:
-        pb_grpc.MemberNodeStub(channel).Answer(pb.MemberQueryRequest(), timeout=5)
-    assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "wrong_role" in exc.value.details()
+    with channel:
+        with pytest.raises(grpc.RpcError) as exc:
+            pb_grpc.MemberNodeStub(channel).Answer(pb.MemberQueryRequest(), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "wrong_role" in exc.value.details()
+        with pytest.raises(grpc.RpcError) as exc:  # SPEC §8 AnswerBatch: the same gate
+            pb_grpc.MemberNodeStub(channel).AnswerBatch(pb.MemberQueryBatch(items=[pb.MemberQueryRequest()]), timeout=5)
+        assert exc.value.code() == grpc.StatusCode.PERMISSION_DENIED and "wrong_role" in exc.value.details()
 
 
 # -- consent, purpose, quota ---------------------------------------------------

@@ -194,6 +194,36 @@ class MemberQueryResponse(_message.Message):
     book_status: bytes
     def __init__(self, member_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., book_status: _Optional[bytes] = ...) -> None: ...
 
+class MemberQueryBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[MemberQueryRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[MemberQueryRequest, _Mapping]]] = ...) -> None: ...
+
+class MemberBatchError(_message.Message):
+    __slots__ = ("reason", "message", "code")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    message: str
+    code: int
+    def __init__(self, reason: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
+
+class MemberBatchItem(_message.Message):
+    __slots__ = ("answer", "error")
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    answer: MemberQueryResponse
+    error: MemberBatchError
+    def __init__(self, answer: _Optional[_Union[MemberQueryResponse, _Mapping]] = ..., error: _Optional[_Union[MemberBatchError, _Mapping]] = ...) -> None: ...
+
+class MemberQueryBatchResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[MemberBatchItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[MemberBatchItem, _Mapping]]] = ...) -> None: ...
+
 class AnswerReceipt(_message.Message):
     __slots__ = ("member_id", "ciphertext_sha256", "signature", "book_status")
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]

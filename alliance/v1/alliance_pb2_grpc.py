@@ -953,6 +953,11 @@ class MemberNodeStub:
                 request_serializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryRequest.SerializeToString,
                 response_deserializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryResponse.FromString,
                 _registered_method=True)
+        self.AnswerBatch = channel.unary_unary(
+                '/alliance.v1.MemberNode/AnswerBatch',
+                request_serializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryBatch.SerializeToString,
+                response_deserializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryBatchResponse.FromString,
+                _registered_method=True)
 
 
 class MemberNodeServicer:
@@ -965,6 +970,14 @@ class MemberNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnswerBatch(self, request, context):
+        """Many queries per call (SPEC §8); members of older releases answer
+        UNIMPLEMENTED and the gateway falls back to Answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemberNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -972,6 +985,11 @@ def add_MemberNodeServicer_to_server(servicer, server):
                     servicer.Answer,
                     request_deserializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryRequest.FromString,
                     response_serializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryResponse.SerializeToString,
+            ),
+            'AnswerBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerBatch,
+                    request_deserializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryBatch.FromString,
+                    response_serializer=alliance_dot_v1_dot_alliance__pb2.MemberQueryBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1001,6 +1019,33 @@ class MemberNode:
             '/alliance.v1.MemberNode/Answer',
             alliance_dot_v1_dot_alliance__pb2.MemberQueryRequest.SerializeToString,
             alliance_dot_v1_dot_alliance__pb2.MemberQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alliance.v1.MemberNode/AnswerBatch',
+            alliance_dot_v1_dot_alliance__pb2.MemberQueryBatch.SerializeToString,
+            alliance_dot_v1_dot_alliance__pb2.MemberQueryBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,207 @@
+"""Per-member coalescing of Answer calls into AnswerBatch calls (SPEC §8:
+"many subjects per member call").
+
+One dispatcher per member endpoint lives on the gateway's grpc.aio loop.
+A query's request for that member is queued; a dispatcher with no call in
+flight sends what is queued at once (light load: batches of one, no added
+latency); while a call is in flight requests accumulate, and when it returns
+they go out together as the next batch (at most ``log_rules.MAX_BATCH_ITEMS``
+items and ``MAX_BATCH_BYTES`` bytes). Each request keeps its own deadline: one
+whose deadline passed while queued is never sent and ends cancelled, which
+the fan-out records as ``deadline_exceeded`` exactly as before.
+
+The caller still sees one concurrent.futures.Future per member per query,
+resolving to the member's MemberQueryResponse or raising a grpc.RpcError
+whose code and details are those the single ``Answer`` call would have
+carried, so the fan-out's drop reasons (``permission_denied: <reason>: …``)
+and ``_refusal_summary`` are unchanged."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from alliance import log_rules
+from alliance.v1 import alliance_pb2 as pb
+
+log = logging.getLogger("alliance.gateway")
+
+# A member without AnswerBatch (an older release) is asked with single calls;
+# it is probed again after this long, so an upgraded member gets batches
+# without a gateway restart.
+BATCH_REPROBE_S = 300.0
+
+_CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ItemError(grpc.RpcError):
+    """One batch item's refusal or failure, shaped as the RpcError the single
+    call would have raised (the fan-out reads code() and details())."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def item_error(error: pb.MemberBatchError) -> ItemError:
+    """A member's per-item error. The member is not trusted to send a sane
+    code: an unknown one, or OK on an error, reads as UNKNOWN."""
+    code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:
+        code = grpc.StatusCode.UNKNOWN
+    return ItemError(code, error.message)
+
+
+@dataclass
+class _Item:
+    request: pb.MemberQueryRequest
+    size: int
+    deadline: float  # monotonic seconds
+    future: concurrent.futures.Future
+
+
+class MemberDispatcher:
+    """Coalesces one member's Answer requests; thread-safe ``submit``, the
+    calls themselves run on ``loop``. ``stub`` is a grpc.aio MemberNodeStub
+    (or anything with awaitable ``Answer`` and ``AnswerBatch``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stub: Any, *, max_items: int = log_rules.MAX_BATCH_ITEMS,
+                 max_bytes: int = log_rules.MAX_BATCH_BYTES, clock: Callable[[], float] = time.monotonic,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self._loop = loop
+        self._stub = stub
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._on_batch = on_batch  # told each call's number of requests (gateway metrics)
+        self._queue: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self._busy = False  # a pump task is sending, or is about to
+        self._singles_until = 0.0  # monotonic time until which AnswerBatch is known to be unimplemented
+
+    def submit(self, request: pb.MemberQueryRequest, timeout: float) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        item = _Item(request, request.ByteSize(), self._clock() + timeout, future)
+        with self._lock:
+            self._queue.append(item)
+            if self._busy:
+                return future  # the call in flight sends it when it returns
+            self._busy = True
+        self._loop.call_soon_threadsafe(self._start)
+        return future
+
+    def _start(self) -> None:
+        self._loop.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._take()
+                if not batch:
+                    self._busy = False
+                    return
+            try:
+                await self._send(batch)
+            except BaseException as exc:  # noqa: BLE001 - no item may be left waiting for ever
+                for item in batch:
+                    _fail(item, ItemError(grpc.StatusCode.UNKNOWN, f"gateway dispatcher: {exc!r}"))
+                if isinstance(exc, asyncio.CancelledError):
+                    with self._lock:
+                        self._busy = False
+                    raise
+                log.exception("member dispatcher failed a batch")
+
+    def _take(self) -> list[_Item]:
+        """The next batch, oldest first, within the bounds; items whose
+        deadline passed while queued are cancelled and never sent, as are
+        those the fan-out already gave up on. Called under the lock."""
+        now = self._clock()
+        batch: list[_Item] = []
+        size = 0
+        while self._queue and len(batch) < self._max_items:
+            item = self._queue[0]
+            if batch and size + item.size + 16 > self._max_bytes:
+                break  # next batch; a lone item is always sent (the member judges its own bounds)
+            self._queue.popleft()
+            if item.deadline <= now:
+                item.future.cancel()  # the fan-out records "deadline_exceeded"
+                continue
+            if not item.future.set_running_or_notify_cancel():
+                continue  # cancelled by the fan-out
+            batch.append(item)
+            size += item.size + 16  # + field tag and length prefixes
+        return batch
+
+    async def _send(self, batch: list[_Item]) -> None:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        if self._clock() < self._singles_until:
+            await self._send_singles(batch)
+            return
+        # The call's timeout is the LATEST deadline in the batch: the member
+        # answers the batch as a whole, so the earliest would cut off items
+        # that still have time whenever an older one is near its end. An item
+        # whose own deadline passes while the call is in flight is dropped by
+        # the fan-out's own wait (it stops waiting at its deadline), so no
+        # query ever waits past its deadline either way.
+        timeout = max(item.deadline for item in batch) - self._clock()
+        try:
+            response = await self._stub.AnswerBatch(pb.MemberQueryBatch(items=[item.request for item in batch]), timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("member does not implement AnswerBatch; asking it with single Answer calls")
+                self._singles_until = self._clock() + BATCH_REPROBE_S
+                await self._send_singles(batch)
+                return
+            for item in batch:  # the batch call's own failure is each item's, as a single call's would be
+                _fail(item, exc)
+            return
+        if len(response.items) != len(batch):
+            for item in batch:
+                _fail(item, ItemError(grpc.StatusCode.DATA_LOSS, f"batch answer has {len(response.items)} items for {len(batch)} requests"))
+            return
+        for item, result in zip(batch, response.items):
+            kind = result.WhichOneof("result")
+            if kind == "answer":
+                _resolve(item, result.answer)
+            elif kind == "error":
+                _fail(item, item_error(result.error))
+            else:
+                _fail(item, ItemError(grpc.StatusCode.DATA_LOSS, "empty batch item"))
+
+    async def _send_singles(self, batch: list[_Item]) -> None:
+        """Fallback for a member without AnswerBatch: the items at once, each
+        with its own deadline, exactly as the fan-out used to call."""
+        async def one(item: _Item) -> None:
+            try:
+                _resolve(item, await self._stub.Answer(item.request, timeout=max(0.0, item.deadline - self._clock())))
+            except grpc.RpcError as exc:
+                _fail(item, exc)
+            except Exception as exc:  # noqa: BLE001 - settles this item, never another's
+                _fail(item, ItemError(grpc.StatusCode.UNKNOWN, f"gateway dispatcher: {exc!r}"))
+
+        await asyncio.gather(*(one(item) for item in batch))
+
+
+def _resolve(item: _Item, response: Any) -> None:
+    if not item.future.done():
+        item.future.set_result(response)
+
+
+def _fail(item: _Item, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)
