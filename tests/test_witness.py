@@ -24,12 +24,13 @@ from alliance import checkpoint as tlog
 from alliance import cosignature, db, paillier
 from alliance.errors import VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
+from alliance_auditor import witness_audit
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
 from alliance_member import querier as querier_mod
-from alliance_member import witness, witness_audit
+from alliance_member import witness
 from alliance_member.home import MemberHome
 from tests.alliance_fixtures import LocalCA
 
