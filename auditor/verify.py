@@ -72,18 +72,7 @@ def verify(home: MemberHome | Path | str, *, client: LogSource | None = None, wo
 
     with log_source.opened(state.home, client) as source:
         witnessed = _witnessed_notes(source, witness_wait_s)
-        note = source.checkpoint()
-        cp = state.open(note)
-        kept = state.kept()
-        try:
-            result = audit_verify.verify_log(
-                ((e.index, e.data) for e in source.entries(0, cp.size)), cp, state.ca_cert,
-                kept=relevant(kept, cp.size), consistency_proof=source.consistency_proof,
-                trusted_leaves=state.trusted_leaves(kept), workers=workers, on_entry=collect,
-            )
-        except VerificationFailed as exc:
-            raise fail(state, cp, note, exc) from None
-        state.keep(cp, note)
+        cp, note, result = _checked_log(state, source, workers=workers, on_entry=collect)
         state.save_verified(cp, result.tree)
         witness_doc: dict[str, Any] = {}
         if v2:
@@ -192,19 +181,27 @@ def prove(home: MemberHome | Path | str, seq: int, *, client: LogSource | None =
 def verified_entries(state: AuditorState, source: LogSource, on_entry: Any) -> Checkpoint:
     """Fetch every entry, check the structure and history (not contents:
     that is `verify`), and hand each decoded entry to ``on_entry``."""
+    cp, _, _ = _checked_log(state, source, contents=False, on_entry=on_entry)
+    return cp
+
+
+def _checked_log(state: AuditorState, source: LogSource, **options: Any) -> tuple[Checkpoint, str, audit_verify.VerifyResult]:
+    """Every entry checked against the signed checkpoint, consistent with
+    every kept one (``options`` go to :func:`audit_verify.verify_log`); the
+    checkpoint is kept, or kept as evidence when refused."""
     note = source.checkpoint()
     cp = state.open(note)
     kept = state.kept()
     try:
-        audit_verify.verify_log(
+        result = audit_verify.verify_log(
             ((e.index, e.data) for e in source.entries(0, cp.size)), cp, state.ca_cert,
             kept=relevant(kept, cp.size), consistency_proof=source.consistency_proof,
-            trusted_leaves=state.trusted_leaves(kept), contents=False, on_entry=on_entry,
+            trusted_leaves=state.trusted_leaves(kept), **options,
         )
     except VerificationFailed as exc:
         raise fail(state, cp, note, exc) from None
     state.keep(cp, note)
-    return cp
+    return cp, note, result
 
 
 __all__ = ["WITNESSED_NOTE", "checkpoint", "prove", "verified_entries", "verify"]
