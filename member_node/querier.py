@@ -4,9 +4,7 @@ the query is in the audit log it was promised to be in."""
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -17,13 +15,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alliance import (book_status, checkpoint, db, identity, matching_key, merkle, naive, paillier, pki, protocol, report,
-                      signing, uds1)
-from alliance.policy import Policy
-from alliance._internal.files import write_atomic
+from alliance import book_status, checkpoint, db, identity, matching_key, naive, paillier, pki, protocol, report, signing, uds1
 from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
 from alliance.v1 import alliance_pb2 as pb
-from alliance_member import onboarding, store, witness
+from alliance_member import answer_checks, onboarding, receipts, store
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
 from alliance_member.feed_memo import FeedMemo
 from alliance_member.gateway_client import GatewayClient
@@ -35,11 +30,6 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 # Interim Measures (2016): total outstanding borrowing cap per subject, in fen.
 CAP_FEN = {"RESIDENT_ID": 1_000_000 * 100, "USCC": 5_000_000 * 100}
 MAX_AMOUNT_FEN = 10**12 * 100
-MIN_SUMMANDS = 2
-# The newest proven checkpoint is kept in memory; it is written to the home at
-# most this often (and on close). A crash loses only the newest few: the next
-# run proves consistency from the older one on disk, so nothing goes unproven.
-PERSIST_INTERVAL_S = 5.0
 
 
 def today_shanghai() -> date:
@@ -102,19 +92,14 @@ class Querier:
         self.verifier = checkpoint.parse_verifier_key(self.home.log_verifier.read_text(encoding="utf-8").strip())
         self._db_url = db_url
         self._engine = None
-        self._checkpoint_lock = threading.Lock()
-        self._kept: tuple[checkpoint.Checkpoint, str] | None = None  # newest proven checkpoint and its note
-        self._kept_loaded = False
-        self._persisted_size = 0
-        self._persisted_at = 0.0
+        self._checkpoints = receipts.KeptCheckpoint(self.home, self.verifier)  # the newest proven checkpoint
         self.client = client or GatewayClient(self.home)
         self._trust: AnswerTrust | None = None
         self._trust_lock = threading.Lock()
         self.naive_baseline = naive.enabled()  # SPEC §8 bench baseline only: a phe ciphertext per figure
 
     def close(self) -> None:
-        with self._checkpoint_lock:
-            self._persist_kept(force=True)
+        self._checkpoints.close()
         self.client.close()
 
     @property
@@ -153,9 +138,7 @@ class Querier:
             ),
             self.signing_key,
         )
-        with self._checkpoint_lock:
-            kept = self._kept_checkpoint()
-        signed.known_tree_size = kept.size if kept is not None else 0  # so the receipt carries our consistency proof
+        signed.known_tree_size = self._checkpoints.size()  # so the receipt carries our consistency proof
         return signed
 
     def query(self, subject: Subject, *, purpose: str, consent: Consent, as_of: date | None = None) -> dict[str, Any]:
@@ -191,21 +174,8 @@ class Querier:
             "complete": response.complete,
             "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
             "audit": audit,
-            "coverage": coverage_of(signed, response, statuses).to_json(),
+            "coverage": answer_checks.coverage_of(signed, response, statuses).to_json(),
         }
-
-    @staticmethod
-    def _check_answer_count(response: pb.GatewayQueryResponse) -> int:
-        """Never decrypt a sum over fewer than k = 2 members (SPEC §1 property
-        3), whatever the gateway claims: count the signed answer receipts."""
-        receipts = {r.member_id for r in response.answers}
-        if len(receipts) != len(response.answers) or len(receipts) != response.members_answered:
-            raise CryptoError("gateway response: answer receipts do not match members_answered")
-        if not receipts <= set(response.asked_member_ids) or len(response.asked_member_ids) != response.members_asked:
-            raise CryptoError("gateway response: an answering member was not asked")
-        if len(receipts) < MIN_SUMMANDS:
-            raise CryptoError(f"gateway returned a sum over {len(receipts)} member(s); at least {MIN_SUMMANDS} are required")
-        return len(receipts)
 
     def check_answers(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse, *, every_asked: bool = False,
                       statuses: dict[str, "book_status.BookStatus | None"] | None = None) -> int:
@@ -214,8 +184,8 @@ class Querier:
         for a precheck) carry a valid answer signature by a member this
         querier trusts, under that member's pinned key. Returns the number of
         summands (every receipt: the aggregate covers them all)."""
-        summed = self._check_answer_count(response)
-        _check_entry_answers(response)
+        summed = answer_checks.check_answer_count(response)
+        receipts.check_entry_answers(response)
         self.trust.sync()
         query_id = response.query_id
         request_digest = signing.sha256(signed.body)
@@ -233,8 +203,8 @@ class Querier:
                     continue
             valid += 1
             if statuses is not None:  # SPEC §10: only a status its member's valid signature covers counts
-                statuses[receipt.member_id] = _answer_status(receipt)
-        needed = len(response.asked_member_ids) if every_asked else MIN_SUMMANDS
+                statuses[receipt.member_id] = answer_checks.answer_status(receipt)
+        needed = len(response.asked_member_ids) if every_asked else answer_checks.MIN_SUMMANDS
         if valid < needed:
             raise CryptoError(f"gateway response: {valid} valid answer signature(s) from trusted members; "
                               f"{'every asked member' if every_asked else 'at least'} {needed} required")
@@ -315,23 +285,9 @@ class Querier:
         its inclusion proof, and consistency with the newest checkpoint we
         kept."""
         receipt = response.audit
-        if response.query_id != pb.QueryRequestBody.FromString(signed.body).query_id:
-            raise CryptoError("gateway response is for another query id")
-        if not receipt.present:  # an unlogged answer is exactly what the log exists to rule out (SPEC §6)
-            raise CryptoError("gateway answered without an audit receipt: the query is not provably logged")
-        cp = checkpoint.open_checkpoint(receipt.checkpoint, self.verifier)
-        if cp.size != receipt.tree_size:
-            raise CryptoError("audit receipt: checkpoint size differs from the receipt")
-        try:
-            entry = _logged_entry(receipt.entry)
-        except ValueError:
-            raise CryptoError("audit receipt: the logged entry is not JSON") from None
-        if not isinstance(entry, dict) or entry.get("request_body") != signed.body.hex() or entry.get("outcome") != "accepted":
-            raise CryptoError("audit receipt: the logged entry is not this request")
-        merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size, list(receipt.inclusion_proof), cp.root_hash)
-        carried = (receipt.consistency_from, list(receipt.consistency_proof)) if receipt.consistency_from else None
+        cp, carried = receipts.check_logged(signed, response, self.verifier)
         self.prove_consistent(cp, receipt.checkpoint, carried=carried)
-        keep_receipt_checkpoint(self.home, cp, receipt.checkpoint)
+        receipts.keep_receipt_checkpoint(self.home, cp, receipt.checkpoint)
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
     def prove_consistent(self, cp: checkpoint.Checkpoint, note: str, *,
@@ -339,211 +295,9 @@ class Querier:
         """Prove ``cp`` consistent with the newest checkpoint this querier
         kept (SPEC §6), whatever its size and however soon after the last
         one: a newer one must extend the kept one (and is kept instead), an
-        older one must be a prefix of it. One consistency proof per new
-        checkpoint; the lock is not held across the RPC, so concurrent
-        queries retry against a kept checkpoint that moved meanwhile."""
-        while True:
-            with self._checkpoint_lock:
-                kept = self._kept_checkpoint()
-                if kept is None:  # the very first checkpoint this home sees: trust on first use
-                    self._kept = (cp, note)
-                    self._persist_kept()
-                    return
-                if kept.size == cp.size:
-                    if kept.root_hash != cp.root_hash:
-                        raise CryptoError(f"audit log fork: two different checkpoints of size {cp.size}")
-                    return
-            small, large = sorted((kept, cp), key=lambda c: c.size)
-            if carried is not None and carried[0] == kept.size:
-                proof = carried[1]  # the gateway sent it with the receipt; verified like any other
-            else:
-                proof = self.client.consistency_proof(small.size, large.size)
-            merkle.verify_consistency(small.size, large.size, proof, small.root_hash, large.root_hash)
-            with self._checkpoint_lock:
-                if self._kept is None or self._kept[0] is not kept:
-                    continue  # another query moved the kept checkpoint: prove against that one
-                if cp.size > kept.size:
-                    self._kept = (cp, note)
-                    self._persist_kept()
-                return
-
-    def _kept_checkpoint(self) -> checkpoint.Checkpoint | None:
-        """Under the lock: the kept checkpoint, read from the home once."""
-        if not self._kept_loaded:
-            self._kept_loaded = True
-            path = self.home.checkpoint
-            if path.exists():
-                note = path.read_text(encoding="utf-8")
-                old = checkpoint.open_checkpoint(note, self.verifier)
-                self._kept = (old, note)
-                self._persisted_size = old.size
-        return None if self._kept is None else self._kept[0]
-
-    def _persist_kept(self, *, force: bool = False) -> None:
-        """Under the lock: write the kept checkpoint to the home (it only
-        ever grows, each step proven)."""
-        if self._kept is None or self._kept[0].size <= self._persisted_size:
-            return
-        now = time.monotonic()
-        if not force and now - self._persisted_at < PERSIST_INTERVAL_S:
-            return
-        write_atomic(self.home.checkpoint, self._kept[1].encode("utf-8"))
-        witness.register_used(self.home, self._kept[1], "querier")  # the witness never cosigns against it (SPEC §6.1)
-        self._persisted_size, self._persisted_at = self._kept[0].size, now
-
-
-# --------------------------------------------------------------------------
-# Receipt checkpoints (SPEC §6.1): every checkpoint a receipt was proven
-# against is kept, so `member reconcile` can insist that each is covered by a
-# consistent witnessed checkpoint.
-
-RECEIPT_CHECKPOINTS = "receipt-checkpoints.jsonl"
-RECEIPT_GRACE_S = 300
-_receipts_lock = threading.Lock()
-
-
-def keep_receipt_checkpoint(home: MemberHome, cp: checkpoint.Checkpoint, note: str, *, now_ms: int | None = None) -> None:
-    """Append one line per receipt (size, root, when, the note). Receipts
-    are all proven consistent with the querier's kept checkpoint, so each is
-    a prefix of every later, larger one."""
-    line = json.dumps({"size": cp.size, "root": cp.root_hash.hex(), "at_ms": now_ms if now_ms is not None else int(time.time() * 1000),
-                       "note": note}, sort_keys=True)
-    with _receipts_lock, (home.path / RECEIPT_CHECKPOINTS).open("a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-
-
-def receipt_checkpoints(home: MemberHome | Path) -> list[dict[str, Any]]:
-    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
-    path = home.path / RECEIPT_CHECKPOINTS
-    if not path.exists():
-        return []
-    kept = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        try:
-            kept.append(json.loads(raw))
-        except ValueError:
-            continue  # a line cut short by a crash
-    return kept
-
-
-def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
-                                  consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
-                                  grace_s: int = RECEIPT_GRACE_S) -> list[dict[str, Any]]:
-    """Receipt checkpoints kept more than ``grace_s`` (5 minutes) before
-    ``now`` (Unix seconds) that ``witnessed_note`` does not cover (SPEC §6.1;
-    `member reconcile` exits 1 when this is not empty).
-
-    Covered means: the witnessed checkpoint verifies under the pinned log key,
-    is at least as large, and the receipt's checkpoint is a prefix of it (same
-    root at the same size, else ``consistency_proof(m, n)`` from the
-    gateway). With ``witnesses`` ({member id: [Ed25519 keys]} of the
-    sponsored active members), the note must also carry a quorum of their
-    cosignatures, not counting this member's own (`member reconcile` passes
-    the checkpoint its membership feed already accepted with that quorum).
-    Each item: size, root (hex), at_ms and why."""
-    from alliance import witness_quorum
-
-    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
-    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
-    due = [r for r in receipt_checkpoints(home) if r.get("at_ms", 0) <= (now - grace_s) * 1000]
-    if not due:
-        return []
-    why_all = None
-    w: checkpoint.Checkpoint | None = None
-    if witnessed_note is None:
-        why_all = "no witnessed checkpoint"
-    else:
-        try:
-            w = checkpoint.open_checkpoint(witnessed_note, verifier)
-        except CryptoError as exc:
-            why_all = f"the witnessed checkpoint does not verify: {exc}"
-        if w is not None and witnesses is not None:
-            try:
-                witness_quorum.check_quorum(witnessed_note, w, eligible=set(witnesses), keys=witnesses,
-                                            deciding=home.config().member_id, now_s=int(now))
-            except witness_quorum.NotWitnessed as exc:
-                why_all, w = f"the checkpoint of size {w.size} has no quorum of witnesses: {exc}", None
-    covered_upto: int | None = None
-    if w is not None:
-        below = [r for r in due if r["size"] <= w.size]
-        if below:
-            top = max(below, key=lambda r: r["size"])
-            try:
-                if top["size"] == w.size:
-                    if bytes.fromhex(top["root"]) != w.root_hash:
-                        raise CryptoError(f"another root at size {w.size}")
-                elif top["size"] > 0:
-                    if consistency_proof is None:
-                        raise CryptoError("no consistency proof source given")
-                    merkle.verify_consistency(top["size"], w.size, list(consistency_proof(top["size"], w.size)),
-                                              bytes.fromhex(top["root"]), w.root_hash)
-                covered_upto = top["size"]
-            except (CryptoError, ValueError) as exc:
-                why_all = f"not consistent with the witnessed checkpoint of size {w.size}: {exc}"
-    out = []
-    for r in due:
-        if covered_upto is not None and r["size"] <= covered_upto:
-            continue
-        why = why_all or (f"size {r['size']} is beyond the witnessed size {w.size}" if w is not None else "not witnessed")
-        out.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _logged_entry(entry: bytes) -> Any:
-    """A receipt's entry, decoded once per report (three checks read it).
-    Callers only read the result: it is shared."""
-    return json.loads(entry)
-
-
-def _check_entry_answers(response: pb.GatewayQueryResponse) -> None:
-    """The logged entry must list exactly the members asked and the answer
-    receipts the response carries: what the querier decrypts is what
-    auditors and members see in the log."""
-    try:
-        entry = _logged_entry(response.audit.entry)
-        logged = sorted(
-            (a["member_id"], bytes.fromhex(a["ciphertext_sha256"]), bytes.fromhex(a["signature"]),
-             bytes.fromhex(a.get("book_status", ""))) for a in entry["answers"]
-        )
-        answered = sorted(entry["members_answered"])
-        asked = list(entry["members_asked"])
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise CryptoError("audit receipt: the logged entry does not list the answers") from None
-    carried = sorted((r.member_id, r.ciphertext_sha256, r.signature, r.book_status) for r in response.answers)
-    if logged != carried or answered != sorted(r.member_id for r in response.answers):
-        raise CryptoError("audit receipt: the logged answers differ from the answers in the response")
-    if asked != list(response.asked_member_ids):
-        raise CryptoError("audit receipt: the logged members asked differ from the response's")
-
-
-def _answer_status(receipt: pb.AnswerReceipt) -> "book_status.BookStatus | None":
-    """The status a validly signed answer carries; None when it carries none
-    or one that does not parse or name its member (counted as stale)."""
-    if not receipt.book_status:
-        return None
-    try:
-        return book_status.check_answer_status(receipt.book_status, receipt.member_id)
-    except AllianceError:
-        return None
-
-
-def coverage_of(signed: pb.SignedQuery, response: pb.GatewayQueryResponse,
-                statuses: dict[str, "book_status.BookStatus | None"]) -> book_status.Coverage:
-    """SPEC §10 `coverage` over the answering members, from the statuses in
-    their validly signed answers (a receipt without one counts as stale),
-    judged on the report's as-of date by the `max_book_age_days` the logged
-    entry states (the policy default for an entry of an older gateway)."""
-    body = pb.QueryRequestBody.FromString(signed.body)
-    reference = date.fromisoformat(body.as_of)
-    max_age = Policy().max_book_age_days
-    try:
-        stated = _logged_entry(response.audit.entry).get("querier_book") or {}
-        if isinstance(stated.get("max_book_age_days"), int) and not isinstance(stated["max_book_age_days"], bool):
-            max_age = stated["max_book_age_days"]
-    except (ValueError, AttributeError):
-        pass
-    return book_status.coverage([statuses.get(r.member_id) for r in response.answers], reference, max_age)
+        older one must be a prefix of it (:class:`receipts.KeptCheckpoint`)."""
+        self._checkpoints.prove_consistent(cp, note, lambda first, second: self.client.consistency_proof(first, second),
+                                           carried=carried)
 
 
 def _error_from_query_error(err: pb.QueryError) -> AllianceError:

@@ -393,9 +393,9 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
         result = reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
                            source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
                            witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms)
-        from alliance_member import querier
+        from alliance_member import receipts
 
-        result.uncovered_receipt_checkpoints = querier.uncovered_receipt_checkpoints(
+        result.uncovered_receipt_checkpoints = receipts.uncovered_receipt_checkpoints(
             home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
         return result
     finally:

@@ -25,9 +25,11 @@ from sqlalchemy import delete, select, update
 from alliance import audit_entry, audit_verify, checkpoint, db, merkle, pki, protocol, signing
 from alliance.errors import Unreachable, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
+from alliance_auditor import activity_report, log_source
+from alliance_auditor import verify as audit_verify_client
+from alliance_auditor import watch as credential_watch
 from alliance_gateway import audit_log, schema
 from alliance_gateway.service import REFUSALS, QueryFailure, _Context, _query_entry
-from alliance_member import auditor
 from tests.alliance_fixtures import MK, NOW, EnrolledMember, LocalCA, signed_query
 
 ORIGIN = "test.alliance/audit-log"
@@ -697,75 +699,75 @@ def home(tmp_path: Path, b: LogBuilder, monkeypatch: pytest.MonkeyPatch) -> Path
     path.mkdir()
     pki.write_cert_pem(path / "ca.crt", b.ca.cert)
     (path / "log-verifier.txt").write_text(checkpoint.verifier_key(ORIGIN, b.log_key.public_key()) + "\n")
-    monkeypatch.setattr(auditor, "connect", lambda _home: LocalSource(b))
+    monkeypatch.setattr(log_source, "connect", lambda _home: LocalSource(b))
     return path
 
 
 def test_auditor_keeps_consistent_checkpoints(log: tuple[LogBuilder, Standard], home: Path) -> None:
     b, s = log
-    first = auditor.checkpoint(home)
+    first = audit_verify_client.checkpoint(home)
     assert first["tree_size"] == s.last + 1 and first["previous_size"] is None
     b.query("m3")
-    second = auditor.checkpoint(home)
+    second = audit_verify_client.checkpoint(home)
     assert second["previous_size"] == s.last + 1 and second["tree_size"] == s.last + 2 and second["kept_checkpoints"] == 2
 
 
 def test_auditor_refuses_a_rollback_and_keeps_the_evidence(log: tuple[LogBuilder, Standard], home: Path) -> None:
     b, s = log
-    auditor.checkpoint(home)
+    audit_verify_client.checkpoint(home)
     b.rebuild_tree(size=s.quota)
     with pytest.raises(VerificationFailed) as info:
-        auditor.checkpoint(home)
+        audit_verify_client.checkpoint(home)
     assert info.value.entry == s.quota and "rollback" in str(info.value)
     assert list((home / "checkpoints" / "rejected").glob("*.note"))
     with pytest.raises(VerificationFailed) as again:
-        auditor.verify(home)
+        audit_verify_client.verify(home)
     assert again.value.entry == s.quota
 
 
 def test_auditor_names_the_rewritten_entry_of_a_fork(log: tuple[LogBuilder, Standard], home: Path) -> None:
     b, s = log
-    result = auditor.verify(home)
+    result = audit_verify_client.verify(home)
     assert result["ok"] and result["entries"] == result["tree_size"] == s.last + 1
     e = b.entry(s.precheck)
     e["k_min"] = 3
     b.set_data(s.precheck, audit_entry.encode(e))
     b.rebuild_tree()
     with pytest.raises(VerificationFailed) as info:
-        auditor.checkpoint(home)  # no entries fetched: the kept leaf hashes and proofs name it
+        audit_verify_client.checkpoint(home)  # no entries fetched: the kept leaf hashes and proofs name it
     assert info.value.entry == s.precheck and "fork" in str(info.value)
     with pytest.raises(VerificationFailed) as again:
-        auditor.verify(home)
+        audit_verify_client.verify(home)
     assert again.value.entry == s.precheck
 
 
 def test_auditor_prove(log: tuple[LogBuilder, Standard], home: Path) -> None:
     b, s = log
-    proof = auditor.prove(home, s.precheck)
+    proof = audit_verify_client.prove(home, s.precheck)
     assert proof["ok"] and proof["entry"]["kind"] == "precheck" and proof["tree_size"] == s.last + 1
     b.set_data(s.precheck, b.data(s.precheck).replace(b'"k_min":2', b'"k_min":3'))
     with pytest.raises(VerificationFailed) as info:
-        auditor.prove(home, s.precheck)
+        audit_verify_client.prove(home, s.precheck)
     assert info.value.entry == s.precheck
 
 
 def test_watch_lists_every_credential_in_a_members_name(log: tuple[LogBuilder, Standard], home: Path, ca: LocalCA) -> None:
     b, s = log
     own = pki.format_fingerprint(b.people["m2"].body.member_fingerprint)
-    assert [a["alert"] for a in auditor.watch(home, "m2", own)] == [False]
+    assert [a["alert"] for a in credential_watch.watch(home, "m2", own)] == [False]
     b.issue(ca.rotate(b.people["m2"]).credential)
     b.issue(ca.enrol("m2"))  # issued behind m2's back
-    alerts = auditor.watch(home, "m2")
+    alerts = credential_watch.watch(home, "m2")
     assert [a["keys"] for a in alerts] == ["new", "rotated", "unendorsed"]
     assert [a["alert"] for a in alerts] == [False, False, True]
-    with_expected = auditor.watch(home, "m2", own)
+    with_expected = credential_watch.watch(home, "m2", own)
     assert [a["expected"] for a in with_expected] == [True, False, False]
 
 
 def test_report_rows(log: tuple[LogBuilder, Standard], home: Path) -> None:
     b, s = log
-    day = auditor.shanghai_date(T0)
-    rows = {r["member_id"]: r for r in auditor.report(home, day - timedelta(days=1), day + timedelta(days=1))}
+    day = activity_report.shanghai_date(T0)
+    rows = {r["member_id"]: r for r in activity_report.report(home, day - timedelta(days=1), day + timedelta(days=1))}
     assert rows["m1"]["queries"] == 5 and rows["m1"]["accepted"] == 2
     assert rows["m1"]["refusals"] == {"quota_exceeded": 1, "stale_timestamp": 1, "too_few_answers": 1}
     assert rows["m1"]["quota_hits"] == 1
@@ -773,7 +775,7 @@ def test_report_rows(log: tuple[LogBuilder, Standard], home: Path) -> None:
     # refused before the gateway parsed them: the purpose comes from the logged request body (issue 9: no "UNPARSED")
     assert rows["aud"]["by_purpose"] == {"LOAN_APPROVAL": 1}
     assert all(set(r["by_purpose"]) <= set(protocol.PURPOSES) for r in rows.values()), rows
-    only = auditor.report(home, day, day, member="m3")
+    only = activity_report.report(home, day, day, member="m3")
     assert [r["member_id"] for r in only] == ["m3"]
 
 
@@ -781,10 +783,10 @@ def test_report_spike_days() -> None:
     base = T0
     entries = [{"querier_id": "m1", "received_at_ms": base + d * 86_400_000 + i, "purpose": "LOAN_APPROVAL",
                 "outcome": "accepted", "reason": None} for d, n in enumerate([10, 12, 9, 40, 11]) for i in range(n)]
-    start = auditor.shanghai_date(base)
-    [row] = auditor.report_rows(entries, start, start + timedelta(days=4))
+    start = activity_report.shanghai_date(base)
+    [row] = activity_report.report_rows(entries, start, start + timedelta(days=4))
     assert row["median_daily"] == 11 and row["spike_days"] == [{"date": (start + timedelta(days=3)).isoformat(), "queries": 40}]
-    assert auditor.csv_row(row)["spike_days"].endswith("=40")
+    assert activity_report.csv_row(row)["spike_days"].endswith("=40")
 
 
 # --------------------------------------------------------------------------
@@ -814,7 +816,7 @@ def test_cli_verify_unreachable_exits_5(home: Path, monkeypatch: pytest.MonkeyPa
     def down(_home: Any) -> Any:
         raise Unreachable("the alliance gateway cannot be reached: connection refused")
 
-    monkeypatch.setattr(auditor, "connect", down)
+    monkeypatch.setattr(log_source, "connect", down)
     result = _cli("audit", "verify", "--home", str(home), "--json")
     assert result.exit_code == 5 and "cannot be reached" in result.stderr
 
@@ -829,7 +831,7 @@ def test_cli_other_commands(log: tuple[LogBuilder, Standard], home: Path) -> Non
     assert watched.exit_code == 0 and len(json.loads(watched.stdout)) == 1
     wrong = _cli("audit", "watch", "--home", str(home), "--member", "m1", "--fingerprint", "00" * 32)
     assert wrong.exit_code == 1
-    day = auditor.shanghai_date(T0).isoformat()
+    day = activity_report.shanghai_date(T0).isoformat()
     csv_out = _cli("audit", "report", "--home", str(home), "--from", day, "--to", day, "--csv")
     assert csv_out.exit_code == 0 and csv_out.stdout.splitlines()[0].startswith("member_id,queries,")
     table = _cli("audit", "report", "--home", str(home), "--from", day, "--to", day)
@@ -926,7 +928,7 @@ def test_end_to_end_a_real_gateways_log_verifies_and_tampering_is_named(real_all
     assert _run("audit", "prove", "--home", auditor_home, "--seq", "0").returncode == 0
     watched = _run("audit", "watch", "--home", auditor_home, "--member", "lender-a", "--json")
     assert watched.returncode == 0 and len(json.loads(watched.stdout)) == 1
-    today = auditor.shanghai_date(int(time.time() * 1000)).isoformat()
+    today = activity_report.shanghai_date(int(time.time() * 1000)).isoformat()
     report = _run("audit", "report", "--home", auditor_home, "--from", today, "--to", today, "--json")
     assert report.returncode == 0 and {r["member_id"] for r in json.loads(report.stdout)} >= {"lender-a", "lender-b", "lender-d"}
 

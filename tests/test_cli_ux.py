@@ -469,10 +469,10 @@ def test_audit_report_reads_the_purpose_of_a_request_refused_before_parsing(caps
 
     from alliance.v1 import alliance_pb2 as pb
     from alliance_cli import audit_cmds
-    from alliance_member import auditor
+    from alliance_auditor import activity_report
 
     t0 = 1_782_000_000_000  # 2026-06-21 in Asia/Shanghai
-    day = auditor.shanghai_date(t0)
+    day = activity_report.shanghai_date(t0)
     body = pb.QueryRequestBody(query_id="ab" * 16, purpose=pb.PURPOSE_CREDIT_LIMIT_REVIEW).SerializeToString().hex()
     no_purpose = pb.QueryRequestBody(query_id="cd" * 16).SerializeToString().hex()
 
@@ -486,10 +486,10 @@ def test_audit_report_reads_the_purpose_of_a_request_refused_before_parsing(caps
                entry(4, request_body="zz"),                # not even hex
                entry(5, request_body=no_purpose),          # parses, names no purpose
                entry(6)]                                   # too large to log: no body at all
-    [row] = auditor.report_rows(entries, day, day)
+    [row] = activity_report.report_rows(entries, day, day)
     assert row["by_purpose"] == {"CREDIT_LIMIT_REVIEW": 2, "LOAN_APPROVAL": 1, "unreadable request": 4}
     assert "UNPARSED" not in repr(row)
-    assert auditor.csv_row(row)["purpose_CREDIT_LIMIT_REVIEW"] == 2 and auditor.csv_row(row)["purpose_other"] == 4
+    assert activity_report.csv_row(row)["purpose_CREDIT_LIMIT_REVIEW"] == 2 and activity_report.csv_row(row)["purpose_other"] == 4
     # what `alliance audit report` prints
     capsys.readouterr()
     audit_cmds._report_table([row], day.isoformat(), day.isoformat())

@@ -29,13 +29,13 @@ from alliance import audit_entry, checkpoint, db, disclosure, monthly_report, pa
 from alliance import monthly_report_render as render
 from alliance.errors import InvalidInput, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
+from alliance_auditor import monthly_report as auditor_monthly_report
 from alliance_gateway import audit_log, schema
 from alliance_gateway import service as gateway_service
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
 from alliance_member import disclosure as member_disclosure
-from alliance_member import monthly_report as member_monthly_report
 from alliance_member import store
 from alliance_member.service import MemberService, PeerTrust
 from tests.alliance_fixtures import MK, EnrolledMember, log_book_status, signed_query
@@ -288,7 +288,7 @@ def post(gw, member_id: str, figures: dict, month: str = MONTH, *, made_at_ms: i
 
 
 def report(gw, month: str = MONTH) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    return member_monthly_report.build(gw.auditor_home, month, client=LogSource(gw.svc.log))
+    return auditor_monthly_report.build(gw.auditor_home, month, client=LogSource(gw.svc.log))
 
 
 BOOK_A = [L("A", 1_000_000, 800_000, "2026-01-02", overdue=10), L("B", 500_000, 200_000, "2026-01-03"),

@@ -485,23 +485,23 @@ def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:
 
     net, dataset = alliance
     q, gw = evil
-    from alliance_member import querier as querier_mod
+    from alliance_member import receipts as receipts_mod  # where the querier proves consistency
 
     subjects = [s for s in dataset.subjects if len([m for m in s.members if m != QUERIER]) >= 1][:8]
     proven: list[tuple[int, int]] = []
-    real_verify = querier_mod.merkle.verify_consistency
+    real_verify = receipts_mod.merkle.verify_consistency
 
     def counting(size1, size2, proof, root1, root2):  # type: ignore[no-untyped-def]
         real_verify(size1, size2, proof, root1, root2)
         proven.append((size1, size2))
 
-    querier_mod.merkle.verify_consistency = counting  # the proof may come with the receipt or by RPC: count both
+    receipts_mod.merkle.verify_consistency = counting  # the proof may come with the receipt or by RPC: count both
     try:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda s: q.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL",
                                                       consent=CONSENT, as_of=AS_OF), subjects))
     finally:
-        querier_mod.merkle.verify_consistency = real_verify
+        receipts_mod.merkle.verify_consistency = real_verify
     for result, s in zip(results, subjects):
         assert _figures(result) == _expected(dataset, s)
     sizes = [checkpoint.open_checkpoint(r["audit"]["checkpoint"], q.verifier).size for r in results]

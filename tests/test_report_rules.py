@@ -20,8 +20,7 @@ from alliance import db, identity, paillier, report
 from alliance.errors import AllianceError, CryptoError
 from alliance.report import FlagFacts, LoanFacts, ScoreFacts
 from alliance.v1 import alliance_pb2 as pb
-from alliance_member import importer, store
-from alliance_member.querier import Querier
+from alliance_member import answer_checks, importer, store
 from alliance_member.service import MemberService, PeerTrust
 from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
 
@@ -386,7 +385,7 @@ def _fake_response(answering: list[str], asked: list[str] | None = None, members
 
 
 def _check_count(response: pb.GatewayQueryResponse) -> int:
-    return Querier._check_answer_count(response)
+    return answer_checks.check_answer_count(response)
 
 
 @pytest.mark.parametrize("answering", [[], ["mb"]])

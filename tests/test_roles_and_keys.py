@@ -27,9 +27,10 @@ from alliance import identity, matching_key, pki, protocol, transport
 from alliance.errors import InvalidInput, Refused, Unreachable
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
+from alliance_auditor import log_source
 from alliance_gateway import admin as admin_ops
 from alliance_gateway.home import GatewayHome
-from alliance_member import auditor, onboarding
+from alliance_member import onboarding
 from alliance_member.gateway_client import GatewayClient
 from alliance_member.home import MemberHome
 from alliance_member.querier import Querier
@@ -150,7 +151,7 @@ def test_auditor_client_refuses_a_member_certificate_posing_as_the_gateway(net: 
         with stub_gateway(net, presenting) as target:
             (home.path / "member.json").write_text(json.dumps({**cfg, "gateway": target}))
             try:
-                source = auditor.connect(home)
+                source = log_source.connect(home)
                 try:
                     if ok:
                         assert source.checkpoint() == SENTINEL_CHECKPOINT

@@ -24,12 +24,13 @@ from alliance import checkpoint as tlog
 from alliance import cosignature, db, paillier
 from alliance.errors import VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
+from alliance_auditor import witness_audit
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.registry import Registry
 from alliance_gateway.service import GatewayService
-from alliance_member import querier as querier_mod
-from alliance_member import witness, witness_audit
+from alliance_member import receipts
+from alliance_member import witness
 from alliance_member.home import MemberHome
 from tests.alliance_fixtures import LocalCA
 
@@ -378,33 +379,33 @@ def test_uncovered_receipt_checkpoints(g1, members, log_key, tmp_path) -> None:
     verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
     now = time.time()
     _, note = g1.log.signed_checkpoint()
-    querier_mod.keep_receipt_checkpoint(home, tlog.open_checkpoint(note, verifier), note, now_ms=int((now - 400) * 1000))
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(note, verifier), note, now_ms=int((now - 400) * 1000))
     grow(g1, "later", 2)
     _, newer = g1.log.signed_checkpoint()
-    querier_mod.keep_receipt_checkpoint(home, tlog.open_checkpoint(newer, verifier), newer, now_ms=int((now - 10) * 1000))
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(newer, verifier), newer, now_ms=int((now - 10) * 1000))
     proof = g1.log.consistency_proof
     # Nothing witnessed: the old receipt is uncovered, the recent one is still within its 5 minutes.
-    assert [r["size"] for r in querier_mod.uncovered_receipt_checkpoints(home, None, now)] == [3 + 1]
+    assert [r["size"] for r in receipts.uncovered_receipt_checkpoints(home, None, now)] == [3 + 1]
     for mid in ("ma", "mb", "mc"):
         w, _ = make_witness(tmp_path, members, log_key, mid, Source(g1, mid))
         assert w.round() == "cosigned"
     witnessed = g1.witnessed_checkpoints().checkpoint
-    assert querier_mod.uncovered_receipt_checkpoints(home, witnessed, now, consistency_proof=proof, witnesses=keys(members)) == []
-    assert querier_mod.uncovered_receipt_checkpoints(home, witnessed, now + 400, consistency_proof=proof) == []
+    assert receipts.uncovered_receipt_checkpoints(home, witnessed, now, consistency_proof=proof, witnesses=keys(members)) == []
+    assert receipts.uncovered_receipt_checkpoints(home, witnessed, now + 400, consistency_proof=proof) == []
     # Without a quorum (only the member itself is not enough), or from another view: uncovered.
     only_self = {"ma": keys(members)["ma"], "md": [bytes(32)], "me": [bytes(32)]}
-    assert querier_mod.uncovered_receipt_checkpoints(home, witnessed, now, consistency_proof=proof, witnesses=only_self)
+    assert receipts.uncovered_receipt_checkpoints(home, witnessed, now, consistency_proof=proof, witnesses=only_self)
     g2 = fork_of(tmp_path, members, log_key)
     grow(g2, "other", 5)
     g2.cut_witness_checkpoint()
     other = g2.witnessed_checkpoints().checkpoint
-    bad = querier_mod.uncovered_receipt_checkpoints(home, other, now, consistency_proof=g2.log.consistency_proof)
+    bad = receipts.uncovered_receipt_checkpoints(home, other, now, consistency_proof=g2.log.consistency_proof)
     assert bad and "not consistent" in bad[0]["why"]
     g3 = fork_of(tmp_path, members, log_key, "g3")
     grow(g3, "same-size", 2)  # as large as the newest receipt's checkpoint, another root
     same_size = g3.witnessed_checkpoints().checkpoint
     assert tlog.open_checkpoint(same_size, verifier).size == tlog.open_checkpoint(newer, verifier).size
-    bad = querier_mod.uncovered_receipt_checkpoints(home, same_size, now + 400, consistency_proof=g3.log.consistency_proof)
+    bad = receipts.uncovered_receipt_checkpoints(home, same_size, now + 400, consistency_proof=g3.log.consistency_proof)
     assert bad and "not consistent" in bad[0]["why"]
 
 

@@ -61,10 +61,10 @@ MUTANTS = [
     Mutant("check_plausible allows one too many", "alliance/report.py", "if sums[FIELD_INDEX[name]] > members_summed:",
            "if sums[FIELD_INDEX[name]] > members_summed + 1:"),
     Mutant("check_plausible skips scored_lenders", "alliance/report.py", '    "scored_lenders",\n)', ")"),
-    Mutant("querier k check k=1", "member_node/querier.py", "MIN_SUMMANDS = 2", "MIN_SUMMANDS = 1"),
-    Mutant("querier trusts members_answered", "member_node/querier.py",
+    Mutant("querier k check k=1", "member_node/answer_checks.py", "MIN_SUMMANDS = 2", "MIN_SUMMANDS = 1"),
+    Mutant("querier trusts members_answered", "member_node/answer_checks.py",
            "if len(receipts) != len(response.answers) or len(receipts) != response.members_answered:", "if False:"),
-    Mutant("querier ignores who was asked", "member_node/querier.py",
+    Mutant("querier ignores who was asked", "member_node/answer_checks.py",
            "if not receipts <= set(response.asked_member_ids) or len(response.asked_member_ids) != response.members_asked:",
            "if False:"),
 ]

@@ -1,6 +1,6 @@
 """`alliance audit checkpoint / verify / prove / watch / report` (SPEC §6, §7).
 
-Argument parsing and printing only; the work is in alliance_member.auditor
+Argument parsing and printing only; the work is in alliance_auditor
 (network and the auditor's home) and alliance.audit_verify (pure checks).
 Library errors reach the top-level group, which prints one line on stderr
 and exits with the SPEC §7 status (1 bad log, 2 usage, 3 invalid input,
@@ -41,9 +41,9 @@ def audit_checkpoint(home: Path, db_url: str | None, as_json: bool) -> None:
     Example:
       alliance audit checkpoint --home auditor
     """
-    from alliance_member import auditor
+    from alliance_auditor import verify as audit_verify_client
 
-    result = auditor.checkpoint(home)
+    result = audit_verify_client.checkpoint(home)
     if as_json:
         output.echo_json(result)
         return
@@ -68,10 +68,10 @@ def audit_verify_cmd(home: Path, db_url: str | None, as_json: bool, workers: int
     Example:
       alliance audit verify --home auditor --json
     """
-    from alliance_member import auditor
+    from alliance_auditor import verify as audit_verify_client
 
     try:
-        result = auditor.verify(home, workers=workers, witness_wait_s=witness_wait)
+        result = audit_verify_client.verify(home, workers=workers, witness_wait_s=witness_wait)
     except VerificationFailed as exc:
         if not as_json:
             raise
@@ -112,9 +112,9 @@ def audit_prove(home: Path, db_url: str | None, as_json: bool, seq: int) -> None
     Example:
       alliance audit prove --home auditor --seq 1042
     """
-    from alliance_member import auditor
+    from alliance_auditor import verify as audit_verify_client
 
-    result = auditor.prove(home, seq)
+    result = audit_verify_client.prove(home, seq)
     if as_json:
         output.echo_json(result)
         return
@@ -138,9 +138,9 @@ def audit_watch(home: Path, db_url: str | None, as_json: bool, member_id: str, f
     Example:
       alliance audit watch --home auditor --member lender-a --fingerprint 3f2a:91c0:…:7e05
     """
-    from alliance_member import auditor
+    from alliance_auditor import watch as credential_watch
 
-    alerts = auditor.watch(home, member_id, fingerprint, since=since)
+    alerts = credential_watch.watch(home, member_id, fingerprint, since=since)
     if as_json:
         output.echo_json(alerts)
     elif not alerts:
@@ -176,17 +176,17 @@ def audit_report(home: Path, db_url: str | None, date_from: str, date_to: str, m
     Example:
       alliance audit report --home auditor --from 2026-06-01 --to 2026-06-30 --csv
     """
-    from alliance_member import auditor
+    from alliance_auditor import activity_report
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
-    rows = auditor.report(home, parse_day(date_from, "--from"), parse_day(date_to, "--to"), member)
+    rows = activity_report.report(home, parse_day(date_from, "--from"), parse_day(date_to, "--to"), member)
     if as_json:
         output.echo_json(rows)
     elif as_csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=auditor.CSV_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(sys.stdout, fieldnames=activity_report.CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(auditor.csv_row(r) for r in rows)
+        writer.writerows(activity_report.csv_row(r) for r in rows)
     else:
         _report_table(rows, date_from, date_to)
 

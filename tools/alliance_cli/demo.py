@@ -216,8 +216,8 @@ def _disclosure(alliance: LocalAlliance, as_of, echo: Callable[[str], None], *, 
     written to a file that outlives the demo (under --home, else in the
     system's temporary folder), whose name is printed."""
     from alliance import monthly_report_render as render
+    from alliance_auditor import monthly_report
     from alliance_member import disclosure as member_disclosure
-    from alliance_member import monthly_report
 
     if alliance.auditor_home is None:
         return
@@ -245,13 +245,13 @@ def _disclosure(alliance: LocalAlliance, as_of, echo: Callable[[str], None], *, 
 
 def _audit(alliance: LocalAlliance, echo: Callable[[str], None]) -> None:
     try:
-        from alliance_member import auditor
+        from alliance_auditor import verify as audit_verify_client
     except ImportError:
         return
     if alliance.auditor_home is None:
         return
     try:
-        result = auditor.verify(alliance.auditor_home)
+        result = audit_verify_client.verify(alliance.auditor_home)
     except AllianceError as exc:
         echo(f"audit verify FAILED: {exc}")
         raise

@@ -2,7 +2,7 @@
 
 Argument parsing and printing only: figures and statements in
 alliance.disclosure, the member side in alliance_member.disclosure, the
-report in alliance.monthly_report (+ _render) and alliance_member.monthly_report."""
+report in alliance.monthly_report (+ _render) and alliance_auditor.monthly_report."""
 from __future__ import annotations
 
 import sys
@@ -76,7 +76,7 @@ def audit_monthly_report(home: Path, db_url: str | None, month: str, html_file: 
     """
     from alliance import monthly_report_render as render
     from alliance._internal.files import write_atomic
-    from alliance_member import monthly_report
+    from alliance_auditor import monthly_report
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
