@@ -18,7 +18,8 @@ from alliance_member import metrics as member_metrics
 from alliance_member import service as service_mod
 from alliance_member import store
 from alliance_member.service import MemberService, PeerTrust
-from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
+from tests.alliance_fixtures import MK, SUBJECT, signed_query
+from tests.test_member_service import answerer, ca, querier  # noqa: F401 (module-scoped fixtures)
 
 OTHER = ("RESIDENT_ID", "440524198001010013")  # a settled-only borrower
 UNKNOWN = ("RESIDENT_ID", "110101199003077774")
@@ -26,24 +27,9 @@ AS_OF = date(2026, 6, 30)
 
 
 @pytest.fixture(scope="module")
-def ca() -> LocalCA:
-    return LocalCA()
-
-
-@pytest.fixture(scope="module")
-def querier(ca):  # type: ignore[no-untyped-def]
-    return ca.enrol("querier")
-
-
-@pytest.fixture(scope="module")
 def outsider(ca):  # type: ignore[no-untyped-def]
     """CA-signed, but not trusted in the member's view of the log (SPEC §5.1)."""
     return ca.enrol("outsider")
-
-
-@pytest.fixture(scope="module")
-def answerer(ca):  # type: ignore[no-untyped-def]
-    return ca.enrol("answerer")
 
 
 class Feed:

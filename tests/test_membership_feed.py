@@ -272,6 +272,15 @@ def test_an_altered_entry_fails_its_inclusion_proof(alliance) -> None:  # type: 
     assert feed.view().members["mq"].status == "active"  # the altered entry never became the view
 
 
+def _assert_holds_the_whole_feed(feed: feed_mod.MembershipFeed, service: Any) -> None:
+    """Gap-free rows and a state that counts them at the log's current size."""
+    with feed.engine.connect() as conn:
+        rows = conn.execute(feed_mod.select(feed_mod.membership_feed).order_by(feed_mod.membership_feed.c.membership_seq)).all()
+        state = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
+    assert [r.membership_seq for r in rows] == list(range(len(rows)))
+    assert state.membership_count == len(rows) and state.size == service.log.signed_checkpoint()[0]
+
+
 def _second_follower(feed: feed_mod.MembershipFeed) -> feed_mod.MembershipFeed:
     """Another process on the same member database (`member serve` beside a
     CLI command): its own engine, its own in-process lock."""
@@ -290,11 +299,7 @@ def test_two_processes_refreshing_one_database_both_succeed_and_agree(alliance) 
     real_store = feed._store
     feed._store = lambda new, values: (other.refresh(), real_store(new, values))[1]  # the other writes first
     feed.refresh()
-    with feed.engine.connect() as conn:
-        rows = conn.execute(feed_mod.select(feed_mod.membership_feed).order_by(feed_mod.membership_feed.c.membership_seq)).all()
-        state = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
-    assert [r.membership_seq for r in rows] == list(range(len(rows)))
-    assert state.membership_count == len(rows) and state.size == service.log.signed_checkpoint()[0]
+    _assert_holds_the_whole_feed(feed, service)
     assert refused(member, members["mq"]) == "member_inactive"
     other.engine.dispose()
 
@@ -317,11 +322,7 @@ def test_another_process_storing_entries_between_our_reads_of_the_state_is_no_fo
 
     feed._state = state_then_the_other_process_stores
     feed.refresh()
-    with feed.engine.connect() as conn:
-        rows = conn.execute(feed_mod.select(feed_mod.membership_feed).order_by(feed_mod.membership_feed.c.membership_seq)).all()
-        state = conn.execute(feed_mod.select(feed_mod.feed_state)).one()
-    assert [r.membership_seq for r in rows] == list(range(len(rows)))
-    assert state.membership_count == len(rows) and state.size == service.log.signed_checkpoint()[0]
+    _assert_holds_the_whole_feed(feed, service)
     assert refused(member, members["mq"]) == "member_inactive"
     other.engine.dispose()
 
