@@ -224,6 +224,13 @@ class LogReader:
                 consistency = (known_size, merkle.consistency_proof(min(known_size, size), max(known_size, size), get))
         return size, note, inclusion, entry, consistency
 
+    def drop_caches(self) -> None:
+        """Forget cached nodes and checkpoints. Never needed by an append-only
+        log; tests that rewrite the store as a hostile operator would need it."""
+        self.nodes = NodeCache()
+        with self._notes_lock:
+            self._notes.clear()
+
     def _note_at(self, conn: Connection, size: int, get: Callable[[int, int], bytes]) -> str:
         """The signed checkpoint of the first ``size`` leaves; a tree's
         checkpoint never changes, so the last few are kept."""

@@ -171,7 +171,7 @@ class LogBuilder:
                 store.append(merkle.leaf_hash(d))
             rows = [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in store._nodes.items()]
             conn.execute(schema.log_nodes.insert(), rows)
-        self.reader.nodes = audit_log.NodeCache()
+        self.reader.drop_caches()
 
     def verify(self, **kwargs: Any) -> audit_verify.VerifyResult:
         cp = kwargs.pop("signed", None) or self.signed()[0]
