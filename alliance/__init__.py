@@ -5,6 +5,7 @@ the CLI have in common, as small pure modules.
 - uds1          Uniform Disclosure Schema v1 row validation and streaming readers (SPEC §2)
 - report        report figures, per-member computation and final formatting (SPEC §4)
 - paillier      Paillier keys, packed 80-bit-slot codec, mask pools, precheck blinding (SPEC §4)
+- masks         DJN mask tables, plain masks, the table budget, mask pools and their refiller (SPEC §4, §8)
 - signing       signature prefixes and the exact bytes each signature covers (SPEC §5)
 - pki           alliance CA, TLS certificates, credentials, join requests, pinning (SPEC §5)
 - matching_key  matching key creation and HPKE-style hand-over (SPEC §3)

@@ -488,6 +488,6 @@ def __getattr__(name: str) -> Any:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from alliance.masks import _measure
+    from alliance.masks.measure import _measure
 
     _measure()

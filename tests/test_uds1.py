@@ -14,6 +14,7 @@ import pytest
 
 from alliance import uds1
 from alliance.errors import InvalidInput
+from alliance.uds1 import fields as uds1_fields, files as uds1_files, rows as uds1_rows
 from alliance.uds1 import FIELDS, FlagRecord, LoanRecord, RowError, ScoreRecord, iter_rows, record_key
 
 TODAY = date(2025, 6, 30)
@@ -417,7 +418,7 @@ def test_header_that_is_not_utf8_rejects_the_file(tmp_path: Path) -> None:
 
 
 def test_absurdly_long_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(uds1, "MAX_LINE_CHARS", 200)
+    monkeypatch.setattr(uds1_files, "MAX_LINE_CHARS", 200)  # where _lines looks it up
     path = write_csv(tmp_path / "scores.csv", [BASE_SCORE, {**BASE_SCORE, "score": "9" * 500}], FIELDS["scores"])
     results = iter_rows(path, "scores", today=TODAY)
     assert next(results).errors == []
@@ -551,7 +552,7 @@ def test_parse_yuan() -> None:
         assert isinstance(info.value, InvalidInput)
 
 
-@pytest.mark.parametrize(("fast", "decimals"), [(uds1._yuan, 2), (uds1._percent_e4, 4)])
+@pytest.mark.parametrize(("fast", "decimals"), [(uds1_fields._yuan, 2), (uds1_fields._percent_e4, 4)])
 def test_fast_number_paths_agree_with_the_general_parser(fast: object, decimals: int) -> None:
     """The shortcut for the usual spellings must accept exactly what the
     general decimal parser accepts, with the same value."""
@@ -561,7 +562,7 @@ def test_fast_number_paths_agree_with_the_general_parser(fast: object, decimals:
     samples += ["".join(rng.choice("0123456789.-+e ,٣") for _ in range(rng.randint(0, 8))) for _ in range(20000)]
     for text in samples:
         try:
-            expected: object = uds1._decimal_scaled(text, decimals, "x")
+            expected: object = uds1_fields._decimal_scaled(text, decimals, "x")
         except ValueError:
             expected = ValueError
         try:
@@ -616,7 +617,7 @@ def test_results_do_not_depend_on_what_was_seen_before(tmp_path: Path) -> None:
     rows += [{**BASE_LOAN, "loan_id": "bad", "term_months": "0", "opened_on": "2019-02-30"}]
     path = write_csv(tmp_path / "loans.csv", rows, FIELDS["loans"])
     warm = rows_of(path, "loans")
-    for schema in uds1._SCHEMAS.values():
+    for schema in uds1_rows._SCHEMAS.values():
         for parse in schema.parsers:
             if getattr(parse, "__name__", "") == "parse_and_remember":
                 parse.known.clear()  # type: ignore[union-attr]

@@ -73,7 +73,7 @@ MUTANTS = [
 # FUZZ_EXAMPLES sets the examples per target). `--fuzz` selects these.
 FUZZ = "tests/test_fuzz.py"
 FUZZ_MUTANTS = [
-    Mutant("uds1: impossible date escapes as ValueError", "alliance/uds1.py",
+    Mutant("uds1: impossible date escapes as ValueError", "alliance/uds1/fields.py",
            "            try:\n                return date.fromisoformat(text)\n            except ValueError:\n"
            "                raise _Bad(f\"{text} is not a real date\") from None",
            "            return date.fromisoformat(text)", (FUZZ + "::test_fuzz_uds1_rows",)),
