@@ -3,30 +3,27 @@ out to every other active member under a deadline, check and multiply their
 ciphertexts, log the query, and only then answer (SPEC §4–§6).
 
 The gateway never holds a Paillier private key or the matching key: it sees
-token hashes, tokens and ciphertexts, and multiplies ciphertexts."""
+token hashes, tokens and ciphertexts, and multiplies ciphertexts. The other
+RPCs, the peer checks and the background threads are mixins (see the bases)."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
-from google.protobuf.message import DecodeError
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select
+from sqlalchemy import Engine, and_, bindparam, func, insert, select
 
 from alliance import book_status, log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
 from alliance.errors import CryptoError, InvalidInput, Refused, UsageError
-from alliance.transport import peer_identity
 from alliance.v1 import alliance_pb2 as pb
 from alliance.v1 import alliance_pb2_grpc as pb_grpc
 from alliance_gateway import audit_log, reservations, schema
@@ -36,9 +33,13 @@ from alliance_gateway.entries import QueryContext, _Context, _query_entry, check
 from alliance_gateway.book_status_rpcs import BookStatusCache, BookStatusRpcs
 from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.home import GatewayConfig
+from alliance_gateway.key_share_rpcs import KeyShareRpcs
+from alliance_gateway.log_rpcs import LogRpcs
 from alliance_gateway.membership_rpcs import MembershipRPCs
+from alliance_gateway.peers import PeerChecks
 from alliance_gateway.policy_store import PolicyCache
 from alliance_gateway.rate_limit import RefusalLimiter
+from alliance_gateway.refusal_flush import RefusalFlush
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
 from alliance_gateway.registry import MemberRecord, Registry
 from alliance_gateway.witness_rpcs import WitnessRpcs
@@ -47,8 +48,6 @@ log = logging.getLogger("alliance.gateway")
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 INQUIRY_WINDOW_MS = 720 * 3600 * 1000
-MAX_SHARE_BYTES = 4096
-SUPPRESSED_FLUSH_INTERVAL_S = 5.0
 SCREEN_IN_FLIGHT = 8  # subjects of one screening stream processed at once (SPEC §8 screening)
 
 APPLICATION_PURPOSE = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts
@@ -69,7 +68,8 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRpcs, WitnessRpcs, pb_grpc.GatewayServicer):
+class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRpcs, WitnessRpcs, KeyShareRpcs, LogRpcs,
+                     RefusalFlush, PeerChecks, pb_grpc.GatewayServicer):
     def __init__(
         self,
         *,
@@ -142,77 +142,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
             return self.process(request, peer_id, peer_role, kind, cert_sha256)
         except QueryFailure as failure:
             return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
-
-    def GetMemberCredential(self, request: pb.GetMemberCredentialRequest, context: grpc.ServicerContext) -> pb.Credential:
-        self._require_active(context, ("member", "auditor"), "read member credentials")
-        record = self.registry.get(request.member_id)
-        if record is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no member {request.member_id!r}")
-        return pb.Credential.FromString(record.credential)
-
-    def PostKeyShare(self, request: pb.MatchingKeyShare, context: grpc.ServicerContext) -> pb.PostKeyShareResponse:
-        sender = self._require_active(context, ("member",), "relay matching-key shares")
-        peer_id = sender.member_id
-        body = pb.MatchingKeyShareBody()
-        try:
-            if len(request.body) > MAX_SHARE_BYTES:
-                raise ValueError("share too large")
-            body.ParseFromString(request.body)
-            signing.verify(sender.ed25519_public_key, signing.MATCHING_KEY_SHARE, request.body, request.signature, what="key share")
-        except (ValueError, DecodeError, CryptoError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed key share: {exc}")
-        if body.sender_id != peer_id:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "a key share must be sent by its own sender")
-        recipient = self.registry.get(body.recipient_id)
-        if recipient is None or recipient.role != "member":
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no member {body.recipient_id!r}")
-        with self.engine.begin() as conn:
-            # Only the newest share per sender waits for a recipient, so no member can bury another's shares.
-            conn.execute(delete(schema.key_shares).where(and_(schema.key_shares.c.recipient_id == body.recipient_id,
-                                                              schema.key_shares.c.sender_id == peer_id)))
-            conn.execute(
-                insert(schema.key_shares).values(
-                    recipient_id=body.recipient_id,
-                    sender_id=peer_id,
-                    share=request.SerializeToString(),
-                    created_at_ms=self._now_ms(),
-                )
-            )
-        return pb.PostKeyShareResponse()
-
-    def FetchKeyShares(self, request: pb.FetchKeySharesRequest, context: grpc.ServicerContext) -> pb.FetchKeySharesResponse:
-        peer_id = self._require_active(context, ("member",), "fetch matching-key shares").member_id
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(schema.key_shares.c.share).where(schema.key_shares.c.recipient_id == peer_id).order_by(schema.key_shares.c.id)
-            ).all()
-        return pb.FetchKeySharesResponse(shares=[pb.MatchingKeyShare.FromString(bytes(r.share)) for r in rows])
-
-    def GetCheckpoint(self, request: pb.GetCheckpointRequest, context: grpc.ServicerContext) -> pb.GetCheckpointResponse:
-        self._require_reader(context)
-        _, note = self.log.signed_checkpoint()
-        return pb.GetCheckpointResponse(checkpoint=note)
-
-    def GetEntries(self, request: pb.GetEntriesRequest, context: grpc.ServicerContext) -> Iterator[pb.LogEntry]:
-        if self._require_reader(context).role != "auditor":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "log entries are for auditors")
-        end = min(request.end, self.log.size())
-        for seq, data in self.log.entries(max(0, request.start), end):
-            yield pb.LogEntry(index=seq, data=data)
-
-    def GetInclusionProof(self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext) -> pb.Proof:
-        self._require_reader(context)
-        try:
-            return pb.Proof(hashes=self.log.inclusion_proof(request.index, request.tree_size))
-        except Exception as exc:  # noqa: BLE001 - any bad range is the caller's error
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-
-    def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest, context: grpc.ServicerContext) -> pb.Proof:
-        self._require_reader(context)
-        try:
-            return pb.Proof(hashes=self.log.consistency_proof(request.first, request.second))
-        except Exception as exc:  # noqa: BLE001
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     # -- the query path ---------------------------------------------------
 
@@ -309,10 +238,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
             raise QueryFailure("monitoring_disabled", "portfolio monitoring is off for this alliance "
                                                       "(the operator enables it with `alliance admin policy set monitoring on`)")
         return "monitoring", policy.monitoring_quota
-
-    def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.ServicerContext) -> pb.PolicyResponse:
-        self._require_reader(context)
-        return pb.PolicyResponse(policy_json=json.dumps(self.policy.get().to_json(), sort_keys=True, separators=(",", ":")))
 
     def _targets(self, ctx: QueryContext, querier: MemberRecord, body: pb.QueryRequestBody) -> list[MemberRecord]:
         """Who is asked: every other active member, or, while the token is
@@ -494,47 +419,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
             raise failure
         return seq
 
-    # -- refusal rate limit ---------------------------------------------------
-
-    def _check_rate(self, context: grpc.ServicerContext, peer_id: str, peer_role: str, kind: str = "query") -> None:
-        if not self.limiter.admit(peer_id, peer_role):
-            self.metrics.rate_limited(kind)
-            context.set_trailing_metadata((("alliance-reason", "rate_limited"), ("alliance-exit-code", "4")))
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"rate_limited: more than {log_rules.REFUSALS_PER_S} refused requests per second from {peer_id}; "
-                          "requests are turned away unread until the rate drops")
-
-    def flush_suppressed(self, *, force: bool = False) -> int:
-        """Log one `refusals_suppressed` entry per peer whose minute is up."""
-        written = 0
-        for item in self.limiter.due(force=force):
-            try:
-                with self.engine.begin() as conn:
-                    audit_log.append(conn, lambda seq, when, i=item: {
-                        "v": 2, "kind": "refusals_suppressed", "seq": seq, "time": when, "peer_id": i.peer_id,
-                        "role": i.role, "count": i.count, "first_ms": i.first_ms, "last_ms": i.last_ms})
-                written += 1
-            except Exception:  # noqa: BLE001 - the database may be briefly away; keep the count for later
-                log.exception("could not log suppressed refusals of %s; will retry", item.peer_id)
-                self.limiter.restore(item)
-        return written
-
-    def start_background(self) -> None:
-        def run() -> None:
-            while not self._stop.wait(SUPPRESSED_FLUSH_INTERVAL_S):
-                self.flush_suppressed()
-            self.flush_suppressed(force=True)
-
-        self._flusher = threading.Thread(target=run, name="refusals-suppressed", daemon=True)
-        self._flusher.start()
-        self.start_witness_cutter()
-
-    def stop_background(self) -> None:
-        self._stop.set()
-        if self._flusher is not None:
-            self._flusher.join(timeout=5)
-        self.stop_witness_cutter()
-
     def _receipt(self, seq: int, known_size: int = 0) -> pb.AuditReceipt:
         """Checkpoint, inclusion proof and entry; with the querier's known
         tree size, also the consistency proof between the two sizes, so the
@@ -545,38 +429,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
             receipt.consistency_from, proof = consistency
             receipt.consistency_proof.extend(proof)
         return receipt
-
-    def _peer(self, context: grpc.ServicerContext) -> tuple[str, str, bytes]:
-        try:
-            return peer_identity(context)
-        except Refused as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise  # unreachable: abort raises
-
-    def _registered(self, member_id: str, role: str, cert_sha256: bytes) -> MemberRecord | None:
-        """The registry record this TLS peer *is*: same id, same role, and the
-        very certificate the registry holds (an older certificate of a member
-        who rotated its keys, though CA-signed, is no longer it)."""
-        record = self.registry.get(member_id)
-        if record is not None and record.tls_cert_sha256 != cert_sha256:
-            record = self.registry.get_fresh(member_id)
-        if record is None or record.role != role or record.tls_cert_sha256 != cert_sha256:
-            return None
-        return record
-
-    def _require_active(self, context: grpc.ServicerContext, roles: tuple[str, ...], what: str) -> MemberRecord:
-        peer_id, role, cert_sha256 = self._peer(context)
-        record = self._registered(peer_id, role, cert_sha256)
-        if role not in roles or record is None or record.status != "active":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{peer_id} ({role}) may not {what}")
-        assert record is not None
-        return record
-
-    def _require_reader(self, context: grpc.ServicerContext) -> MemberRecord:
-        return self._require_active(context, ("member", "auditor"), "read the audit log")
-
-    def _now_ms(self) -> int:
-        return int(self.clock() * 1000)
 
 
 class _StreamProofs:

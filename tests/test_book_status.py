@@ -21,7 +21,7 @@ from alliance.audit_verify import STATE_GRACE_MS
 from alliance.policy import Policy
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import schema
-from alliance_gateway import service as gateway_service
+from alliance_gateway import peers as gateway_peers
 from alliance_gateway.service import QueryFailure
 from alliance_member import store
 from alliance_member import book_status as member_book
@@ -207,7 +207,7 @@ def _post(svc, member, status: book_status.BookStatus, *, key=None, alter=None):
 
 def test_post_book_status_logs_a_valid_status_and_refuses_a_forged_or_altered_one(gateway, monkeypatch) -> None:  # noqa: F811
     svc, _, members = gateway
-    monkeypatch.setattr(gateway_service, "peer_identity", lambda ctx: ctx.peer)
+    monkeypatch.setattr(gateway_peers, "peer_identity", lambda ctx: ctx.peer)
     mq = members["mq"]
     now_ms = int(datetime.now(SHANGHAI).timestamp() * 1000)
     stale = book_status.BookStatus("mq", mq.body.serial, today() - timedelta(days=30), 9, now_ms)
@@ -404,7 +404,7 @@ def test_a_status_not_newer_than_the_logged_one_is_refused_and_nothing_is_logged
     operator, or two posts crossing) must not replace a newer book: the
     gateway logs a member's statuses only in the order they were made."""
     svc, _, members = gateway
-    monkeypatch.setattr(gateway_service, "peer_identity", lambda ctx: ctx.peer)
+    monkeypatch.setattr(gateway_peers, "peer_identity", lambda ctx: ctx.peer)
     mq = members["mq"]
     now_ms = int(datetime.now(SHANGHAI).timestamp() * 1000)
     older = book_status.BookStatus("mq", mq.body.serial, today() - timedelta(days=30), 9, now_ms - 60_000)

@@ -31,6 +31,7 @@ from alliance.errors import InvalidInput, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
 from alliance_auditor import monthly_report as auditor_monthly_report
 from alliance_gateway import audit_log, schema
+from alliance_gateway import peers as gateway_peers
 from alliance_gateway import service as gateway_service
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.registry import Registry
@@ -216,7 +217,7 @@ class Ctx:
 def gw(alliance, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """A v2 gateway whose log holds the members' credential_issued entries
     (January), with three answering member services."""
-    monkeypatch.setattr(gateway_service, "peer_identity", lambda ctx: ctx.peer)
+    monkeypatch.setattr(gateway_peers, "peer_identity", lambda ctx: ctx.peer)
     engine = db.make_engine(db.sqlite_url(tmp_path / "gw.db"))
     schema.create_schema(engine)
     with engine.begin() as conn:
