@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -98,13 +99,16 @@ def test_the_wheel_ships_both_environments_and_they_work_from_it(tmp_path: Path,
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for folder in ("alliance", "gateway", "member_node", "tools/alliance_cli"):
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in sorted(set(package_dirs.values())):  # every top-level package folder, as pyproject maps them
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                             "--disable-pip-version-check", "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {f"{p.replace('.', '/')}/__init__.py" for p in packages if not p.endswith("migrations")} - names == set()  # every package ships
     for package, revisions in (("alliance_gateway", ("gw_0001_v1", "gw_0002_v2", "gw_0003_book_status")), ("alliance_member", ("mb_0001_v1", "mb_0002_v2"))):
         assert {f"{package}/migrations/env.py", *(f"{package}/migrations/versions/{r}.py" for r in revisions)} <= names
     site = tmp_path / "site"
