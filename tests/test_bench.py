@@ -83,3 +83,66 @@ def test_naive_is_off_unless_the_bench_sets_it(monkeypatch) -> None:
     monkeypatch.setenv(naive.ENV, "naive")
     assert naive.enabled()
     assert paillier.FIGURE_BOUND == 1 << 64
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    import os
+
+    parent_of: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent_of[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""  # gone meanwhile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.e2e
+def test_sigterm_during_a_bench_stops_every_process_it_started() -> None:
+    """A SIGTERM (a CI timeout, `kill`) must not orphan the gateway and the
+    member nodes: they would keep cutting witness checkpoints and refreshing
+    feeds, and skew every later measurement on the box."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "alliance_cli.main", "bench", "--members", "3", "--queries", "5000",
+                             "--light-queries", "1", "--naive-queries", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        started: set[int] = set()
+        while len(started) < 4:  # the gateway and three members
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the bench never started its processes"
+            started = {p for p in _children(proc.pid) if " serve " in _cmdline(p)}
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        time.sleep(0.5)
+        assert [p for p in started if _alive(p)] == [], "SIGTERM left processes the bench started running"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

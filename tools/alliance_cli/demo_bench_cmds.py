@@ -77,18 +77,22 @@ def bench_command(members: str, queries: int, light_queries: int, concurrency: i
       alliance bench --members 10 --screen 100000
       alliance bench --soak 600 --json          # replicas under sustained load; exit 1 unless it passes
     """
+    from alliance_cli.localnet import sigterm_stops_like_ctrl_c
+
     if soak_s is not None or db_url is not None:
         from alliance_cli import soak_cmd
 
-        soak_cmd.run(soak_s, db_url=db_url, members=members, members_given=click.get_current_context()
-                     .get_parameter_source("members") is not click.core.ParameterSource.DEFAULT,
-                     concurrency=concurrency, as_json=as_json)
+        with sigterm_stops_like_ctrl_c():
+            soak_cmd.run(soak_s, db_url=db_url, members=members, members_given=click.get_current_context()
+                         .get_parameter_source("members") is not click.core.ParameterSource.DEFAULT,
+                         concurrency=concurrency, as_json=as_json)
         return
     from alliance_cli import bench
 
     counts = _member_counts(members)
-    results = bench.run(counts, queries=queries, light_queries=light_queries, concurrency=concurrency,
-                        naive_queries=naive_queries, screen=screen, mask_mode=mask_mode,
-                        echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
+    with sigterm_stops_like_ctrl_c():
+        results = bench.run(counts, queries=queries, light_queries=light_queries, concurrency=concurrency,
+                            naive_queries=naive_queries, screen=screen, mask_mode=mask_mode,
+                            echo=(lambda line: click.echo(line, err=True)) if as_json else click.echo)
     if as_json:
         output.echo_json(results)

@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,6 +261,22 @@ class LocalAlliance:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does (KeyboardInterrupt), so every
+    LocalAlliance on the way out stops the gateway and members it started.
+    Python's default SIGTERM kills at once and would orphan them, each still
+    cutting witness checkpoints and refreshing its feed."""
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _terminate(process: subprocess.Popen | None, timeout_s: float = 5.0) -> None:
