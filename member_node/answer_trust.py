@@ -61,7 +61,7 @@ class AnswerTrust:
         self._keys: dict[str, TrustedKey] = {}
         self._refused_at: dict[str, float] = {}  # member id -> when its credential was last refused / re-fetched
         self._lock = threading.Lock()
-        self._load_locks: dict[str, threading.Lock] = {}  # one loader per member id at a time
+        self._load_locks = [threading.Lock() for _ in range(16)]  # one loader per member id at a time (striped)
 
     # -- the decision ---------------------------------------------------------
 
@@ -98,8 +98,9 @@ class AnswerTrust:
             return (cached if cached is not None and now < cached.not_after else None), self._refused_at.get(member_id)
 
     def _loading(self, member_id: str) -> threading.Lock:
-        with self._lock:
-            return self._load_locks.setdefault(member_id, threading.Lock())
+        # A fixed set of stripes, not a lock per id: member ids come from the
+        # gateway's response, and a hostile gateway must not grow this at will.
+        return self._load_locks[hash(member_id) % len(self._load_locks)]
 
     def refresh(self, member_id: str) -> TrustedKey | None:
         """A signature failed under the cached key: the member may have

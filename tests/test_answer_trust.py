@@ -41,3 +41,40 @@ def test_only_members_trusted_in_the_feed_count(tmp_path) -> None:  # type: igno
     feed.generation = (2,)
     trust.sync()
     assert trust.answer_key("lender-b") is None
+
+
+def test_concurrent_reports_load_a_member_key_once_when_the_view_moves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every concurrent report misses at once after the view moves; one of
+    them loads the credential, the others take what it found."""
+    import threading
+    import time
+
+    ca = LocalCA()
+    good = ca.enrol("lender-b")
+    engine = db.make_engine(db.sqlite_url(tmp_path / "q.db"))
+    store.create_schema(engine)
+    feed = FakeFeed({good.credential.SerializeToString(): "trusted"})
+    trust = AnswerTrust(engine, ca.cert, lambda mid: good.credential, clock=lambda: NOW.timestamp(), feed=feed)
+    trust.sync()
+    loads = []
+    real_load = trust._load
+
+    def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(1)
+        time.sleep(0.05)  # long enough for every thread to miss the cache
+        return real_load(*args, **kwargs)
+
+    trust._load = slow_load  # type: ignore[method-assign]
+    start = threading.Barrier(8)
+    keys = []
+
+    def report() -> None:
+        start.wait()
+        keys.append(trust.answer_key("lender-b"))
+
+    threads = [threading.Thread(target=report) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(keys) == 8 and all(k is not None and k == keys[0] for k in keys)
