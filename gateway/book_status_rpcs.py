@@ -128,7 +128,7 @@ def judge(logged: Logged | None, member_id: str, received_ms: int, policy: Polic
 
 
 class BookStatusRpcs:
-    """Needs of the host class: engine, log, policy, book_statuses, _require_active, _take_statement_slot, _now_ms."""
+    """Needs of the host class: engine, policy, book_statuses, _require_active, _take_statement_slot, _logged, _now_ms."""
 
     def PostBookStatus(self, request: pb.SignedBookStatus, context: grpc.ServicerContext) -> pb.LoggedStatementResponse:
         member = self._require_active(context, ("member",), "post book statuses")  # type: ignore[attr-defined]
@@ -154,11 +154,7 @@ class BookStatusRpcs:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"stale_status: {exc}")
             raise  # unreachable: abort raises
         self.book_statuses.invalidate()  # type: ignore[attr-defined]
-        size, note = self.log.signed_checkpoint(seq + 1)  # type: ignore[attr-defined]
-        return pb.LoggedStatementResponse(
-            entry=pb.ProvenEntry(index=seq, data=self.log.entry(seq), inclusion_proof=self.log.inclusion_proof(seq, size)),  # type: ignore[attr-defined]
-            checkpoint=note,
-        )
+        return self._logged(seq)  # type: ignore[attr-defined]  # MembershipRPCs: entry, inclusion proof, checkpoint
 
     def _check_book(self, ctx: QueryContext, member_id: str) -> None:
         """SPEC §10: only a member with a fresh, non-empty logged book may

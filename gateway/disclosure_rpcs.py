@@ -24,7 +24,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
 class DisclosureRpcs:
-    """Needs of the host class: engine, log, _require_active, _now_ms."""
+    """Needs of the host class: engine, _require_active, _take_statement_slot, _logged, _now_ms."""
 
     def PostDisclosure(self, request: pb.SignedDisclosure, context: grpc.ServicerContext) -> pb.LoggedStatementResponse:
         member = self._require_active(context, ("member",), "post disclosures")  # type: ignore[attr-defined]
@@ -47,9 +47,5 @@ class DisclosureRpcs:
                 "month": statement.month, "credential_serial": statement.credential_serial,
                 "body": request.body.hex(), "signature": request.signature.hex(),
             }, now_ms=None)  # time taken under the log's lock
-        size, note = self.log.signed_checkpoint(seq + 1)  # type: ignore[attr-defined]
-        return pb.LoggedStatementResponse(
-            entry=pb.ProvenEntry(index=seq, data=self.log.entry(seq), inclusion_proof=self.log.inclusion_proof(seq, size)),  # type: ignore[attr-defined]
-            checkpoint=note,
-        )
+        return self._logged(seq)  # type: ignore[attr-defined]  # MembershipRPCs: entry, inclusion proof, checkpoint
 
