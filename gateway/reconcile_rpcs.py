@@ -40,7 +40,10 @@ def index_asked(conn: Connection, seq: int, members_asked: Iterable[str]) -> Non
     transaction that appended it, so the index never disagrees with the log)."""
     rows = [{"member_id": m, "seq": seq} for m in sorted(set(members_asked))]
     if rows:
-        conn.execute(insert(schema.asked_index), rows)
+        conn.execute(_INSERT_ASKED, rows)
+
+
+_INSERT_ASKED = insert(schema.asked_index)  # built once (the query path)
 
 
 def serves(entry: dict[str, Any], member_id: str) -> bool:

@@ -5,6 +5,7 @@ answering-set pin of the subject token, settled under the log's lock."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -115,7 +116,10 @@ _PIN_OF = select(_p.members, _p.expires_at_ms).where(_p.token_sha256 == bindpara
 
 
 def live_pin(conn: Connection, token_sha256: bytes, at_ms: int) -> Pin | None:
-    row = conn.execute(_PIN_OF, {"token": token_sha256}).first()
+    return _live(conn.execute(_PIN_OF, {"token": token_sha256}).first(), at_ms)
+
+
+def _live(row: Any, at_ms: int) -> Pin | None:
     if row is None or at_ms >= row.expires_at_ms:
         return None
     return Pin(tuple(m for m in row.members.split(",") if m), int(row.expires_at_ms))
@@ -131,17 +135,27 @@ def settle_pin(conn: Connection, token_sha256: bytes, querier_id: str, answered:
     pin (answering members plus the querier) or check the report is over
     exactly the pin less its querier. Returns (pin, ok); the pin's expiry
     slides only when ok."""
-    pin = live_pin(conn, token_sha256, received_ms)
+    row = conn.execute(_PIN_OF, {"token": token_sha256}).first()
+    pin = _live(row, received_ms)
     expires = received_ms + log_rules.PIN_MS
     if pin is None:
         pin = Pin(tuple(sorted(set(answered) | {querier_id})), expires)
-        values = {"members": ",".join(pin.members), "expires_at_ms": expires}
-        if conn.execute(update(schema.answer_pins).where(_p.token_sha256 == token_sha256).values(**values)).rowcount == 0:
-            conn.execute(insert(schema.answer_pins).values(token_sha256=token_sha256, **values))
+        members = ",".join(pin.members)
+        if row is None:  # never pinned; under the log's lock, so nobody inserts it meanwhile
+            conn.execute(_INSERT_PIN, {"token_sha256": token_sha256, "members": members, "expires_at_ms": expires})
+        else:  # an expired pin: a new set starts
+            conn.execute(_RENEW_PIN, {"b_token": token_sha256, "b_members": members, "b_expires": expires})
         return pin, True
     if set(answered) != set(pin.members) - {querier_id}:
         return pin, False
     if expires > pin.expires_at_ms:
-        conn.execute(update(schema.answer_pins).where(_p.token_sha256 == token_sha256).values(expires_at_ms=expires))
+        conn.execute(_SLIDE_PIN, {"b_token": token_sha256, "b_expires": expires})
         pin = Pin(pin.members, expires)
     return pin, True
+
+
+# Built once (the query path binds parameters only).
+_RENEW_PIN = (update(schema.answer_pins).where(_p.token_sha256 == bindparam("b_token"))
+              .values(members=bindparam("b_members"), expires_at_ms=bindparam("b_expires")))
+_SLIDE_PIN = update(schema.answer_pins).where(_p.token_sha256 == bindparam("b_token")).values(expires_at_ms=bindparam("b_expires"))
+_INSERT_PIN = insert(schema.answer_pins)

@@ -62,6 +62,11 @@ _OTHER_QUERIERS = select(func.count(func.distinct(_app.querier_id))).where(
 )
 
 
+# Built once (the query path binds parameters only).
+_INSERT_INQUIRY = insert(schema.inquiries)
+_INSERT_APPLICATION = insert(schema.applications)
+
+
 def shanghai_day_start_ms(now_ms: int) -> int:
     local = datetime.fromtimestamp(now_ms / 1000, tz=SHANGHAI)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -402,18 +407,16 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
 
             seq, _ = audit_log.append(conn, build, ctx.received_ms, cache=self.log.nodes)
             index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
-            conn.execute(
-                insert(schema.inquiries).values(
-                    seq=seq,
-                    querier_id=ctx.peer_id,
-                    token_sha256=ctx.body.subject_token_sha256 if ctx.body is not None else b"",
-                    received_at_ms=ctx.received_ms,
-                    accepted=outcome == "accepted",
-                )
-            )
+            conn.execute(_INSERT_INQUIRY, {
+                "seq": seq,
+                "querier_id": ctx.peer_id,
+                "token_sha256": ctx.body.subject_token_sha256 if ctx.body is not None else b"",
+                "received_at_ms": ctx.received_ms,
+                "accepted": outcome == "accepted",
+            })
             if outcome == "accepted" and ctx.body is not None and protocol.purpose_name(ctx.body.purpose) == APPLICATION_PURPOSE:
-                conn.execute(insert(schema.applications).values(seq=seq, querier_id=ctx.peer_id, token_sha256=ctx.body.subject_token_sha256,
-                                                                received_at_ms=ctx.received_ms))
+                conn.execute(_INSERT_APPLICATION, {"seq": seq, "querier_id": ctx.peer_id, "token_sha256": ctx.body.subject_token_sha256,
+                                                   "received_at_ms": ctx.received_ms})
         if outcome != "accepted" and failure is not None and querier is not None:
             failure.logged = True  # settling the pin turned this entry into a refusal
             raise failure

@@ -22,7 +22,7 @@ import logging
 import time
 
 import grpc
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from alliance import log_rules
@@ -31,11 +31,15 @@ from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store
 from alliance_member.application_alerts import AnswerNotice
 from alliance_member.reconcile import journal_rows
-from alliance_member.service import _REMEMBER, INTERNAL_DETAILS, Admitted, MemberService, refusal_code, refusal_details, replay_refusal
+from alliance_member.service import (_REMEMBER, INTERNAL_DETAILS, Admitted, MemberService, has_active_loan, refusal_code,
+                                     refusal_details, replay_refusal)
 
 log = logging.getLogger("alliance.member")
 
 _TRANSACTION_ATTEMPTS = 3
+# Built once (the answer path binds parameters only).
+_SEEN_ONE = select(store.seen_queries.c.query_id).where(store.seen_queries.c.query_id == bindparam("id"))
+_SEEN_AMONG = select(store.seen_queries.c.query_id).where(store.seen_queries.c.query_id.in_(bindparam("ids", expanding=True)))
 # What one item ended with: None (answered), its refusal, or the bug that failed it.
 Outcome = Refused | Exception | None
 
@@ -71,7 +75,7 @@ def answer_batch(service: MemberService, request: pb.MemberQueryBatch
         except Exception as exc:  # noqa: BLE001 - a bug costs this item, never the batch
             log.exception("internal error checking a batched query")
             outcomes[i] = exc
-    ciphertexts: dict[int, bytes] = {}
+    ciphertexts: dict[int, tuple[bytes, bool]] = {}
     if admitted:
         try:
             ciphertexts = _write(service, admitted, outcomes, now_ms)
@@ -87,7 +91,8 @@ def answer_batch(service: MemberService, request: pb.MemberQueryBatch
         slot = response.items.add()
         if i in ciphertexts and outcome is None:
             try:  # signed only now: the rows are committed
-                answer, notice = service.signed(by_index[i], ciphertexts[i], now_ms)
+                ciphertext, borrower = ciphertexts[i]
+                answer, notice = service.signed(by_index[i], ciphertext, now_ms, active_borrower=borrower)
             except Exception as exc:  # noqa: BLE001
                 log.exception("internal error signing a batched answer")
                 outcomes[i] = outcome = exc
@@ -103,31 +108,36 @@ def answer_batch(service: MemberService, request: pb.MemberQueryBatch
     return response, notices, outcomes
 
 
-def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcomes: list[Outcome], now_ms: int) -> dict[int, bytes]:
+def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcomes: list[Outcome],
+           now_ms: int) -> dict[int, tuple[bytes, bool]]:
     """One transaction for the whole batch: refuse replays of earlier
-    answers, compute each ciphertext, then insert the answered items' rows."""
+    answers, compute each ciphertext, then insert the answered items' rows.
+    Returns each answered item's ciphertext and whether its subject has an
+    ACTIVE loan here (for the application alerts)."""
     for attempt in range(1, _TRANSACTION_ATTEMPTS + 1):
-        ciphertexts: dict[int, bytes] = {}
+        ciphertexts: dict[int, tuple[bytes, bool]] = {}
         refused: dict[int, Outcome] = {}
         try:
             with service.engine.begin() as conn:
                 ids = [a.body.query_id for _, a in admitted]
-                seen = set(conn.scalars(select(store.seen_queries.c.query_id).where(store.seen_queries.c.query_id.in_(ids))))
+                seen = set(conn.scalars(_SEEN_ONE, {"id": ids[0]}) if len(ids) == 1 else conn.scalars(_SEEN_AMONG, {"ids": ids}))
                 facts = _facts(conn, [a for i, a in admitted if a.body.query_id not in seen])
                 for i, a in admitted:
                     if a.body.query_id in seen:
                         refused[i] = replay_refusal(a.body.query_id)
                         continue
                     try:
-                        ciphertexts[i] = service.ciphertext(conn, a, facts[(a.epoch, bytes(a.query.subject_token))])  # a fresh mask each
+                        subject = facts[(a.epoch, bytes(a.query.subject_token))]
+                        ciphertexts[i] = (service.ciphertext(conn, a, subject), has_active_loan(subject))  # a fresh mask each
                     except Refused as exc:
                         refused[i] = exc
                     except Exception as exc:  # noqa: BLE001 - a bug costs this item
                         log.exception("internal error answering a batched query")
                         refused[i] = exc
-                answered = [(a, ciphertexts[i]) for i, a in admitted if i in ciphertexts]
+                answered = [(a, ciphertexts[i][0]) for i, a in admitted if i in ciphertexts]
                 if answered:
-                    conn.execute(_REMEMBER, [{"query_id": a.body.query_id, "seen_at_ms": now_ms} for a, _ in answered])
+                    remembered = [{"query_id": a.body.query_id, "seen_at_ms": now_ms} for a, _ in answered]
+                    conn.execute(_REMEMBER, remembered[0] if len(remembered) == 1 else remembered)  # one row: no executemany
                     journal_rows(conn, [(a.body.query_id, a.query.body, ct) for a, ct in answered], now_ms)  # SPEC §6.2
                 service.prune_seen(conn, now_ms)
         except IntegrityError:

@@ -46,6 +46,11 @@ class AnswerNotice:
     purpose: int
     mode: int
     answered_at_ms: int
+    # What the answer path's own read of the book showed: False means no
+    # ACTIVE loan under this token, so there is nothing to look up; None
+    # (not known) means look it up. The answer path reads every subject's
+    # rows anyway, so passing this on changes no answer's work or timing.
+    active_borrower: bool | None = None
 
 
 _ACTIVE_LOAN_OF = select(store.loans.c.masked_id, store.loans.c.id_type).where(
@@ -108,6 +113,8 @@ class ApplicationAlerts:
         """Record the alert if the notice calls for one; returns its id."""
         if notice.purpose != pb.PURPOSE_LOAN_APPROVAL:
             return None  # limit reviews and post-loan monitoring are not applications (SPEC §4, §9)
+        if notice.active_borrower is False:
+            return None  # the answer found no ACTIVE loan: not a current borrower of ours
         with self.engine.connect() as conn:
             row = conn.execute(_ACTIVE_LOAN_OF, {"token": notice.subject_token, "epoch": notice.key_epoch}).first()
         if row is None:

@@ -67,7 +67,8 @@ def journal_answer(conn: Connection, query_id: str, request_body: bytes, ciphert
 def journal_rows(conn: Connection, answers: list[tuple[str, bytes, bytes]], now_ms: int) -> None:
     """Record a batch's answers (query id, request body, ciphertext) in one
     statement; call inside the transaction that remembers their query ids."""
-    conn.execute(_JOURNAL, [_journal_row(query_id, body, ciphertext, now_ms) for query_id, body, ciphertext in answers])
+    rows = [_journal_row(query_id, body, ciphertext, now_ms) for query_id, body, ciphertext in answers]
+    conn.execute(_JOURNAL, rows[0] if len(rows) == 1 else rows)  # one row: no executemany
 
 
 def _journal_row(query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> dict[str, object]:

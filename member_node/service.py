@@ -262,9 +262,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
         admitted = self.admit(request, now_ms)
         with self.engine.begin() as conn:
             self._remember_query_id(conn, admitted.body.query_id, now_ms)
-            ciphertext = self.ciphertext(conn, admitted)
+            facts = store.subject_facts(conn, admitted.query.subject_token, admitted.epoch)
+            ciphertext = self.ciphertext(conn, admitted, facts)
             journal_answer(conn, admitted.body.query_id, admitted.query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
-        return self.signed(admitted, ciphertext, now_ms)
+        return self.signed(admitted, ciphertext, now_ms, active_borrower=has_active_loan(facts))
 
     def admit(self, request: pb.MemberQueryRequest, now_ms: int) -> Admitted:
         """Every check that needs no write to this member's book: bounds,
@@ -307,13 +308,15 @@ class MemberService(pb_grpc.MemberNodeServicer):
         plaintext = paillier.pack(figures)
         return paillier.encode_ciphertext(pk, paillier.encrypt(pk, plaintext, self.mask_pools.for_key(pk).take()))
 
-    def signed(self, admitted: Admitted, ciphertext: bytes, now_ms: int) -> tuple[pb.MemberQueryResponse, AnswerNotice]:
+    def signed(self, admitted: Admitted, ciphertext: bytes, now_ms: int, *,
+               active_borrower: bool | None = None) -> tuple[pb.MemberQueryResponse, AnswerNotice]:
         """Sign an answer whose rows are committed (never before: an answer
-        that is out must be in the journal)."""
+        that is out must be in the journal). ``active_borrower``: what the
+        answer's read of the book showed, for the application alerts."""
         body, query = admitted.body, admitted.query
         status = self.book_status() if self.book_status is not None else b""
         signature = signing.sign(self.signing_key, signing.MEMBER_ANSWER, protocol.answer_message(body, query.body, ciphertext, status))
-        notice = AnswerNotice(bytes(query.subject_token), admitted.epoch, body.purpose, body.mode, now_ms)
+        notice = AnswerNotice(bytes(query.subject_token), admitted.epoch, body.purpose, body.mode, now_ms, active_borrower)
         return pb.MemberQueryResponse(member_id=self.member_id, ciphertext=ciphertext, signature=signature, book_status=status), notice
 
     def _figures(self, facts: store.Facts, body: pb.QueryRequestBody) -> list[int]:
@@ -338,6 +341,12 @@ class MemberService(pb_grpc.MemberNodeServicer):
         if now_ms - self._last_prune_ms > 60_000:
             self._last_prune_ms = now_ms
             conn.execute(delete(store.seen_queries).where(store.seen_queries.c.seen_at_ms < now_ms - SEEN_RETENTION_MS))
+
+
+def has_active_loan(facts: store.Facts) -> bool:
+    """An ACTIVE loan under the subject's token, whatever its dates (the
+    application alerts' "current borrower", SPEC §9)."""
+    return any(loan.status == "ACTIVE" for loan in facts[0])
 
 
 def replay_refusal(query_id: str) -> Refused:

@@ -255,6 +255,8 @@ def subjects_facts(conn: Connection, tokens: list[bytes], epoch: int) -> dict[by
     """``subject_facts`` of each token, read together; every token is a key
     (an unknown subject has no rows, hence all-zero figures)."""
     distinct = sorted(set(tokens))
+    if len(distinct) == 1:  # the usual batch of one: `=` statements skip the expanding IN's per-call rendering
+        return {distinct[0]: subject_facts(conn, distinct[0], epoch)}
     out: dict[bytes, Facts] = {t: ([], [], None) for t in distinct}
     if not distinct:
         return out

@@ -5,6 +5,7 @@ the querier, and never for a settled-only borrower or another purpose; the
 webhook retries with back-off and never blocks answering."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,12 +17,13 @@ import pytest
 from alliance import db, identity, paillier
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import alerts, service as service_mod, store
-from alliance_member.application_alerts import ApplicationAlerts
+from alliance_member.application_alerts import AnswerNotice, ApplicationAlerts
 from alliance_member.service import MemberService, PeerTrust
 from alliance_member.webhook import Webhook
 from tests.alliance_fixtures import MK, SUBJECT, LocalCA, signed_query
 
 SETTLED_SUBJECT = ("RESIDENT_ID", "440524198001010013")
+UNKNOWN_SUBJECT = ("RESIDENT_ID", "110101199003070011")
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +126,39 @@ def test_the_alert_does_not_name_the_querier(node, querier) -> None:  # type: ig
 
 def test_no_alert_for_a_settled_only_borrower(node, querier) -> None:  # type: ignore[no-untyped-def]
     answer(node, querier, signed_query(querier, subject=SETTLED_SUBJECT))
-    answer(node, querier, signed_query(querier, subject=("RESIDENT_ID", "110101199003070011")))  # unknown here
+    answer(node, querier, signed_query(querier, subject=UNKNOWN_SUBJECT))  # unknown here
     assert alerts.list_alerts(node.engine) == []
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_the_answer_tells_the_alerts_what_its_own_read_of_the_book_showed(node, querier, batched) -> None:  # type: ignore[no-untyped-def]
+    """The notice carries whether the answer's read found an ACTIVE loan, so
+    the worker skips its lookup for everyone else; a borrower with only
+    settled loans, or a stranger, is not a current borrower. Both call sites."""
+    handed: list = []
+    node.service.after_answer = handed.append
+    subjects = [SUBJECT, SETTLED_SUBJECT, UNKNOWN_SUBJECT]
+    requests = [pb.MemberQueryRequest(query=signed_query(querier, subject=s), querier_credential=querier.credential.SerializeToString())
+                for s in subjects]
+    ctx = FakeContext()
+    if batched:
+        node.service.AnswerBatch(pb.MemberQueryBatch(items=requests), ctx)
+    else:
+        for request in requests:
+            node.service.Answer(request, ctx)
+    ctx.sent()
+    tokens = [identity.subject_token(MK.key, *s) for s in subjects]
+    assert [(n.subject_token, n.active_borrower) for n in handed] == list(zip(tokens, [True, False, False]))
+
+
+def test_a_notice_that_found_no_active_loan_raises_no_alert_even_for_a_borrower(node) -> None:  # type: ignore[no-untyped-def]
+    """The answer-time view decides (a loan imported after the answer does
+    not turn it into an alert); an unknown view (None) is looked up."""
+    token = identity.subject_token(MK.key, *SUBJECT)
+    notice = AnswerNotice(token, 1, pb.PURPOSE_LOAN_APPROVAL, pb.QUERY_MODE_REPORT, 0, active_borrower=False)
+    assert node.worker.handle(notice) is None
+    assert node.worker.handle(dataclasses.replace(notice, active_borrower=None)) is not None
+    assert [a.kind for a in alerts.list_alerts(node.engine)] == ["applied_elsewhere"]
 
 
 @pytest.mark.parametrize("purpose", ["CREDIT_LIMIT_REVIEW", "POST_LOAN_MONITORING"])
@@ -173,7 +206,6 @@ def test_the_answer_does_not_wait_for_a_blocked_alert_worker(node, querier, monk
 
 
 def test_a_full_alert_queue_drops_instead_of_blocking(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from alliance_member.application_alerts import AnswerNotice
 
     engine = db.make_engine(db.sqlite_url(tmp_path / "q.db"))
     store.create_schema(engine)
