@@ -57,6 +57,21 @@ def test_bench_json_shape_and_sane_numbers() -> None:
     assert set(r["screen"]) == {"subjects", "seconds", "subjects_per_s"}
     assert r["screen"]["subjects"] == 6 and r["screen"]["seconds"] > 0 and r["screen"]["subjects_per_s"] > 0
     assert "ours, light load" in out.stderr and "naive" in out.stderr
+    # the querier's decryption floor is reported beside the mask costs: two 2048-bit
+    # constant-time CRT exponentiations cost milliseconds, well above a DJN mask
+    masks = r["ours"]["masks"]
+    assert masks["decrypt_ms"] > masks["djn_mask_ms"] > 0 and "the querier's decryption" in out.stderr
+
+
+def test_the_decryption_cost_is_measured_on_a_real_decryption(monkeypatch) -> None:
+    from alliance import paillier
+    from alliance_cli import bench
+
+    calls = []
+    real = paillier.PaillierPrivateKey.decrypt
+    monkeypatch.setattr(paillier.PaillierPrivateKey, "decrypt", lambda self, c: calls.append(c) or real(self, c))
+    assert bench.decrypt_cost_ms(rounds=3) > 0
+    assert len(calls) == 4  # one warm-up, then the rounds timed
 
 
 def test_naive_round_trip_slot_by_slot(keys) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from alliance import masks, naive, synthetic
+from alliance import masks, naive, paillier, report, synthetic
 from alliance.errors import AllianceError
 from alliance_cli.bench_load import CpuMeter, check_refusals, closed_loop, open_loop
 from alliance_cli.localnet import LocalAlliance
@@ -42,9 +42,11 @@ def run(member_counts: list[int], *, queries: int, light_queries: int, concurren
     results = []
     os.environ["ALLIANCE_MASKS"] = mask_mode   # read by the member processes (alliance.masks.mode_from_env)
     mask_costs = masks.measure_costs()
+    mask_costs["decrypt_ms"] = decrypt_cost_ms()
     echo(f"masks ({mask_mode} in the members): plain r^n {mask_costs['plain_mask_ms']} ms CPU, DJN "
          f"{mask_costs['djn_mask_ms']} ms CPU (ℓ = {mask_costs['exponent_bits']} bits, w = {mask_costs['window_bits']}); "
-         f"table {mask_costs['table_mib']} MiB built in {mask_costs['table_build_ms']} ms per querier key")
+         f"table {mask_costs['table_mib']} MiB built in {mask_costs['table_build_ms']} ms per querier key; "
+         f"the querier's decryption {mask_costs['decrypt_ms']} ms CPU")
     for n in member_counts:
         echo(f"\n== {n} members (gateway + {n} member processes, mutual TLS, SQLite) ==")
         ours, screened = _measure(n, naive_crypto=False, light_queries=light_queries, queries=queries,
@@ -65,6 +67,19 @@ def run(member_counts: list[int], *, queries: int, light_queries: int, concurren
             result["screen"] = screened
         results.append(result)
     return results
+
+
+def decrypt_cost_ms(rounds: int = 50) -> float:
+    """CPU per report decryption (CRT, constant-time powmods, 2048 bits):
+    a floor under the querier's CPU per query. Its powmods release the GIL,
+    so GIL-sampling profilers do not see it; measured here directly."""
+    pk, sk = paillier.generate_keypair(paillier.MIN_KEY_BITS)
+    c = paillier.encrypt(pk, paillier.pack([1] * len(report.REPORT_FIELDS)), paillier.fresh_mask(pk))
+    sk.decrypt(c)
+    t0 = time.process_time()
+    for _ in range(rounds):
+        sk.decrypt(c)
+    return round((time.process_time() - t0) / rounds * 1000, 2)
 
 
 def _ratio(a: float, b: float) -> float:
