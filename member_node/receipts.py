@@ -6,13 +6,17 @@ checkpoint this member kept (:class:`KeptCheckpoint`). Every checkpoint a
 receipt was proven against is kept too, for `member reconcile`."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alliance import checkpoint, merkle
 from alliance._internal.files import write_atomic
@@ -83,7 +87,7 @@ class KeptCheckpoint:
                          carried: tuple[int, list[bytes]] | None = None) -> None:
         """Prove ``cp`` consistent with the newest checkpoint kept (SPEC §6),
         whatever its size and however soon after the last
-        one: a newer one must extend the kept one (and is kept instead), an must extend the kept one (and is kept instead), an
+        one: a newer one must extend the kept one (and is kept instead), an
         older one must be a prefix of it. One consistency proof per new
         checkpoint; the lock is not held across the RPC, so concurrent
         queries retry against a kept checkpoint that moved meanwhile."""
@@ -153,8 +157,59 @@ def keep_receipt_checkpoint(home: MemberHome, cp: checkpoint.Checkpoint, note: s
     a prefix of every later, larger one."""
     line = json.dumps({"size": cp.size, "root": cp.root_hash.hex(), "at_ms": now_ms if now_ms is not None else int(time.time() * 1000),
                        "note": note}, sort_keys=True)
-    with _receipts_lock, (home.path / RECEIPT_CHECKPOINTS).open("a", encoding="utf-8") as fh:
+    with _receipts_lock, _locked_receipts(home.path / RECEIPT_CHECKPOINTS, "a") as fh:
         fh.write(line + "\n")
+
+
+@contextlib.contextmanager
+def _locked_receipts(path: Path, mode: str) -> Iterator[IO[str]]:
+    """The receipt file, open and locked against the other processes of this
+    home (`member serve`, CLI queries, `member reconcile`). A pruner replaces
+    the file by rename, so a writer that got the lock on a file that is no
+    longer the one at ``path`` reopens: no line goes into a replaced file."""
+    while True:
+        fh = path.open(mode, encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass  # replaced and not yet renamed into place: try again
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+    try:
+        yield fh
+    finally:
+        fh.close()  # releases the lock
+
+
+def prune_receipt_checkpoints(home: MemberHome | Path, upto_size: int) -> int:
+    """Forget the receipt checkpoints of size ≤ ``upto_size``, once a
+    witnessed checkpoint covers that size (`member reconcile`): each is a
+    prefix of it, so they prove nothing more, and the file would otherwise
+    grow by a line per report for ever. Returns how many lines were dropped
+    (lines cut short by a crash included)."""
+    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
+    path = home.path / RECEIPT_CHECKPOINTS
+    if not path.exists():
+        return 0
+    with _receipts_lock, _locked_receipts(path, "r") as fh:
+        lines = fh.read().splitlines()
+        kept = [raw for raw in lines if _size_of(raw) > upto_size]
+        if len(kept) < len(lines):
+            write_atomic(path, "".join(raw + "\n" for raw in kept).encode("utf-8"))
+    return len(lines) - len(kept)
+
+
+def _size_of(raw: str) -> int:
+    """A kept line's size; −1 for a line cut short by a crash (always dropped)."""
+    try:
+        size = json.loads(raw)["size"]
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return size if isinstance(size, int) and not isinstance(size, bool) else -1
 
 
 def receipt_checkpoints(home: MemberHome | Path) -> list[dict[str, Any]]:
@@ -186,13 +241,31 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
     cosignatures, not counting this member's own (`member reconcile` passes
     the checkpoint its membership feed already accepted with that quorum).
     Each item: size, root (hex), at_ms and why."""
+    return receipt_coverage(home, witnessed_note, now, consistency_proof=consistency_proof, witnesses=witnesses,
+                            grace_s=grace_s).uncovered
+
+
+@dataclass(frozen=True)
+class ReceiptCoverage:
+    """``uncovered``: as uncovered_receipt_checkpoints; ``covered_upto``: the
+    largest receipt size proven a prefix of the witnessed checkpoint (every
+    kept receipt up to it is covered), None when nothing was proven."""
+
+    uncovered: list[dict[str, Any]]
+    covered_upto: int | None
+
+
+def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
+                     consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
+                     grace_s: int = RECEIPT_GRACE_S) -> ReceiptCoverage:
+    """uncovered_receipt_checkpoints, with how far the witnessed checkpoint covers them."""
     from alliance import witness_quorum
 
     home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
     verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
     due = [r for r in receipt_checkpoints(home) if r.get("at_ms", 0) <= (now - grace_s) * 1000]
     if not due:
-        return []
+        return ReceiptCoverage([], None)
     why_all = None
     w: checkpoint.Checkpoint | None = None
     if witnessed_note is None:
@@ -231,7 +304,7 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
             continue
         why = why_all or (f"size {r['size']} is beyond the witnessed size {w.size}" if w is not None else "not witnessed")
         out.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
-    return out
+    return ReceiptCoverage(out, covered_upto)
 
 
 @functools.lru_cache(maxsize=64)
@@ -262,5 +335,6 @@ def check_entry_answers(response: pb.GatewayQueryResponse) -> None:
         raise CryptoError("audit receipt: the logged members asked differ from the response's")
 
 
-__all__ = ["PERSIST_INTERVAL_S", "RECEIPT_CHECKPOINTS", "RECEIPT_GRACE_S", "KeptCheckpoint", "check_entry_answers", "check_logged",
-           "keep_receipt_checkpoint", "logged_entry", "receipt_checkpoints", "uncovered_receipt_checkpoints"]
+__all__ = ["PERSIST_INTERVAL_S", "RECEIPT_CHECKPOINTS", "RECEIPT_GRACE_S", "KeptCheckpoint", "ReceiptCoverage", "check_entry_answers",
+           "check_logged", "keep_receipt_checkpoint", "logged_entry", "prune_receipt_checkpoints", "receipt_checkpoints",
+           "receipt_coverage", "uncovered_receipt_checkpoints"]

@@ -396,8 +396,13 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
                            witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms)
         from alliance_member import receipts
 
-        result.uncovered_receipt_checkpoints = receipts.uncovered_receipt_checkpoints(
+        coverage = receipts.receipt_coverage(
             home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
+        result.uncovered_receipt_checkpoints = coverage.uncovered
+        if coverage.covered_upto is not None:  # proven prefixes of a witnessed checkpoint: nothing more to keep them for
+            dropped = receipts.prune_receipt_checkpoints(home, coverage.covered_upto)
+            if dropped:
+                log.info("forgot %d receipt checkpoint(s) up to size %d: covered by the witnessed checkpoint", dropped, coverage.covered_upto)
         return result
     finally:
         if owns_client:

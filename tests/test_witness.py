@@ -8,6 +8,7 @@ cosigned is not accepted."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -407,6 +408,73 @@ def test_uncovered_receipt_checkpoints(g1, members, log_key, tmp_path) -> None:
     assert tlog.open_checkpoint(same_size, verifier).size == tlog.open_checkpoint(newer, verifier).size
     bad = receipts.uncovered_receipt_checkpoints(home, same_size, now + 400, consistency_proof=g3.log.consistency_proof)
     assert bad and "not consistent" in bad[0]["why"]
+
+
+def _receipt_home(tmp_path, log_key) -> MemberHome:  # type: ignore[no-untyped-def]
+    home = MemberHome(tmp_path / "mq")
+    home.path.mkdir()
+    home.log_verifier.write_text(tlog.verifier_key(ORIGIN, log_key.public_key()) + "\n")
+    (home.path / "member.json").write_text(json.dumps({"member_id": "ma", "name": "a", "role": "member", "endpoint": "",
+                                                        "listen": "", "gateway": ""}))
+    return home
+
+
+def test_receipt_checkpoints_a_witnessed_checkpoint_covers_are_forgotten(g1, members, log_key, tmp_path) -> None:
+    """The file grew by a line per report for ever: once a quorum-witnessed
+    checkpoint is proven to extend them, they are dropped; later ones stay."""
+    home = _receipt_home(tmp_path, log_key)
+    verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
+    now = time.time()
+    sizes = []
+    for i in range(3):
+        _, note = g1.log.signed_checkpoint()
+        cp = tlog.open_checkpoint(note, verifier)
+        receipts.keep_receipt_checkpoint(home, cp, note, now_ms=int((now - 400) * 1000))
+        sizes.append(cp.size)
+        grow(g1, f"batch{i}", 1)
+    for mid in ("ma", "mb", "mc"):
+        w, _ = make_witness(tmp_path, members, log_key, mid, Source(g1, mid))
+        assert w.round() == "cosigned"
+    witnessed = g1.witnessed_checkpoints().checkpoint
+    grow(g1, "after the witness", 2)
+    _, later = g1.log.signed_checkpoint()  # beyond what is witnessed: must stay
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(later, verifier), later, now_ms=int((now - 400) * 1000))
+    with (home.path / receipts.RECEIPT_CHECKPOINTS).open("a") as fh:
+        fh.write('{"size": 1, "ro')  # a line cut short by a crash
+    coverage = receipts.receipt_coverage(home, witnessed, now, consistency_proof=g1.log.consistency_proof, witnesses=keys(members))
+    assert coverage.covered_upto == max(sizes)
+    assert [r["size"] for r in coverage.uncovered] == [tlog.open_checkpoint(later, verifier).size]
+    assert receipts.prune_receipt_checkpoints(home, coverage.covered_upto) == len(sizes) + 1
+    assert [r["size"] for r in receipts.receipt_checkpoints(home)] == [tlog.open_checkpoint(later, verifier).size]
+    assert receipts.prune_receipt_checkpoints(home, coverage.covered_upto) == 0  # nothing more to drop
+
+
+def _append_receipts(home_dir: str, count: int, start_size: int) -> None:
+    home = MemberHome(Path(home_dir))
+    for i in range(count):
+        cp = tlog.Checkpoint("test", start_size + i, bytes(32), ())
+        receipts.keep_receipt_checkpoint(home, cp, f"note {start_size + i}")
+
+
+def test_pruning_never_loses_a_receipt_another_process_appends_meanwhile(tmp_path) -> None:
+    """`member serve`, CLI queries and `member reconcile` share the file: a
+    line appended while it is being rewritten must land in the new file."""
+    home = MemberHome(tmp_path / "mq")
+    home.path.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_append_receipts, args=(str(home.path), 300, 1000 * (k + 1))) for k in range(3)]
+    for w in writers:
+        w.start()
+    rewrites = 0
+    while any(w.is_alive() for w in writers):
+        receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 0, bytes(32), ()), "covered")
+        rewrites += receipts.prune_receipt_checkpoints(home, 0) > 0  # drops only size 0: the file is rewritten each time
+    for w in writers:
+        w.join()
+        assert w.exitcode == 0
+    assert rewrites > 10
+    kept = sorted(r["size"] for r in receipts.receipt_checkpoints(home) if r["size"] > 0)
+    assert kept == sorted(s for k in range(3) for s in range(1000 * (k + 1), 1000 * (k + 1) + 300))
 
 
 # --------------------------------------------------------------------------
