@@ -287,7 +287,7 @@ class Querier:
         receipt = response.audit
         cp, carried = receipts.check_logged(signed, response, self.verifier)
         self.prove_consistent(cp, receipt.checkpoint, carried=carried)
-        receipts.keep_receipt_checkpoint(self.home, cp, receipt.checkpoint)
+        receipts.keep_receipt_checkpoint(self.home, cp, receipt.checkpoint, run=self._checkpoints.run)
         return {"leaf_index": receipt.leaf_index, "checkpoint": receipt.checkpoint}
 
     def prove_consistent(self, cp: checkpoint.Checkpoint, note: str, *,

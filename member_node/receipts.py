@@ -3,20 +3,18 @@
 checkpoint, the logged entry (exactly this request, and exactly the answers
 the response carries), its inclusion proof, and consistency with the newest
 checkpoint this member kept (:class:`KeptCheckpoint`). Every checkpoint a
-receipt was proven against is kept too, for `member reconcile`."""
+receipt was proven against is kept too, for `member reconcile`
+(receipt_checkpoints.py)."""
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import json
-import os
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from alliance import checkpoint, merkle
 from alliance._internal.files import write_atomic
@@ -24,6 +22,9 @@ from alliance.errors import CryptoError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import witness
 from alliance_member.home import MemberHome
+from alliance_member.receipt_checkpoints import (  # the receipt checkpoints' own module; importable from here too
+    RECEIPT_CHECKPOINTS, RECEIPT_GRACE_S, ReceiptCoverage, keep_receipt_checkpoint, prune_receipt_checkpoints, receipt_checkpoints,
+    receipt_coverage, uncovered_receipt_checkpoints)
 
 # The newest proven checkpoint is kept in memory; it is written to the home at
 # most this often (and on close). A crash loses only the newest few: the next
@@ -72,6 +73,9 @@ class KeptCheckpoint:
         self._kept_loaded = False
         self._persisted_size = 0
         self._persisted_at = 0.0
+        # Names this run in the receipt checkpoints it keeps: all of one run's
+        # receipts are prefixes of its kept checkpoint (receipt_checkpoints.py).
+        self.run = secrets.token_hex(8)
 
     def size(self) -> int:
         """The kept checkpoint's size (0 before the first)."""
@@ -139,172 +143,6 @@ class KeptCheckpoint:
         write_atomic(self.home.checkpoint, self._kept[1].encode("utf-8"))
         witness.register_used(self.home, self._kept[1], "querier")  # the witness never cosigns against it (SPEC §6.1)
         self._persisted_size, self._persisted_at = self._kept[0].size, now
-
-
-# --------------------------------------------------------------------------
-# Receipt checkpoints (SPEC §6.1): every checkpoint a receipt was proven
-# against is kept, so `member reconcile` can insist that each is covered by a
-# consistent witnessed checkpoint.
-
-RECEIPT_CHECKPOINTS = "receipt-checkpoints.jsonl"
-RECEIPT_GRACE_S = 300
-_receipts_lock = threading.Lock()
-
-
-def keep_receipt_checkpoint(home: MemberHome, cp: checkpoint.Checkpoint, note: str, *, now_ms: int | None = None) -> None:
-    """Append one line per receipt (size, root, when, the note). Receipts
-    are all proven consistent with the querier's kept checkpoint, so each is
-    a prefix of every later, larger one."""
-    line = json.dumps({"size": cp.size, "root": cp.root_hash.hex(), "at_ms": now_ms if now_ms is not None else int(time.time() * 1000),
-                       "note": note}, sort_keys=True)
-    with _receipts_lock, _locked_receipts(home.path / RECEIPT_CHECKPOINTS, "a") as fh:
-        fh.write(line + "\n")
-
-
-@contextlib.contextmanager
-def _locked_receipts(path: Path, mode: str) -> Iterator[IO[str]]:
-    """The receipt file, open and locked against the other processes of this
-    home (`member serve`, CLI queries, `member reconcile`). A pruner replaces
-    the file by rename, so a writer that got the lock on a file that is no
-    longer the one at ``path`` reopens: no line goes into a replaced file."""
-    while True:
-        fh = path.open(mode, encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass  # replaced and not yet renamed into place: try again
-        except BaseException:
-            fh.close()
-            raise
-        fh.close()
-    try:
-        yield fh
-    finally:
-        fh.close()  # releases the lock
-
-
-def prune_receipt_checkpoints(home: MemberHome | Path, upto_size: int) -> int:
-    """Forget the receipt checkpoints of size ≤ ``upto_size``, once a
-    witnessed checkpoint covers that size (`member reconcile`): each is a
-    prefix of it, so they prove nothing more, and the file would otherwise
-    grow by a line per report for ever. Returns how many lines were dropped
-    (lines cut short by a crash included)."""
-    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
-    path = home.path / RECEIPT_CHECKPOINTS
-    if not path.exists():
-        return 0
-    with _receipts_lock, _locked_receipts(path, "r") as fh:
-        lines = fh.read().splitlines()
-        kept = [raw for raw in lines if _size_of(raw) > upto_size]
-        if len(kept) < len(lines):
-            write_atomic(path, "".join(raw + "\n" for raw in kept).encode("utf-8"))
-    return len(lines) - len(kept)
-
-
-def _size_of(raw: str) -> int:
-    """A kept line's size; −1 for a line cut short by a crash (always dropped)."""
-    try:
-        size = json.loads(raw)["size"]
-    except (ValueError, KeyError, TypeError):
-        return -1
-    return size if isinstance(size, int) and not isinstance(size, bool) else -1
-
-
-def receipt_checkpoints(home: MemberHome | Path) -> list[dict[str, Any]]:
-    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
-    path = home.path / RECEIPT_CHECKPOINTS
-    if not path.exists():
-        return []
-    kept = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        try:
-            kept.append(json.loads(raw))
-        except ValueError:
-            continue  # a line cut short by a crash
-    return kept
-
-
-def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
-                                  consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
-                                  grace_s: int = RECEIPT_GRACE_S) -> list[dict[str, Any]]:
-    """Receipt checkpoints kept more than ``grace_s`` (5 minutes) before
-    ``now`` (Unix seconds) that ``witnessed_note`` does not cover (SPEC §6.1;
-    `member reconcile` exits 1 when this is not empty).
-
-    Covered means: the witnessed checkpoint verifies under the pinned log key,
-    is at least as large, and the receipt's checkpoint is a prefix of it (same
-    root at the same size, else ``consistency_proof(m, n)`` from the
-    gateway). With ``witnesses`` ({member id: [Ed25519 keys]} of the
-    sponsored active members), the note must also carry a quorum of their
-    cosignatures, not counting this member's own (`member reconcile` passes
-    the checkpoint its membership feed already accepted with that quorum).
-    Each item: size, root (hex), at_ms and why."""
-    return receipt_coverage(home, witnessed_note, now, consistency_proof=consistency_proof, witnesses=witnesses,
-                            grace_s=grace_s).uncovered
-
-
-@dataclass(frozen=True)
-class ReceiptCoverage:
-    """``uncovered``: as uncovered_receipt_checkpoints; ``covered_upto``: the
-    largest receipt size proven a prefix of the witnessed checkpoint (every
-    kept receipt up to it is covered), None when nothing was proven."""
-
-    uncovered: list[dict[str, Any]]
-    covered_upto: int | None
-
-
-def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
-                     consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
-                     grace_s: int = RECEIPT_GRACE_S) -> ReceiptCoverage:
-    """uncovered_receipt_checkpoints, with how far the witnessed checkpoint covers them."""
-    from alliance import witness_quorum
-
-    home = home if isinstance(home, MemberHome) else MemberHome(Path(home))
-    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
-    due = [r for r in receipt_checkpoints(home) if r.get("at_ms", 0) <= (now - grace_s) * 1000]
-    if not due:
-        return ReceiptCoverage([], None)
-    why_all = None
-    w: checkpoint.Checkpoint | None = None
-    if witnessed_note is None:
-        why_all = "no witnessed checkpoint"
-    else:
-        try:
-            w = checkpoint.open_checkpoint(witnessed_note, verifier)
-        except CryptoError as exc:
-            why_all = f"the witnessed checkpoint does not verify: {exc}"
-        if w is not None and witnesses is not None:
-            try:
-                witness_quorum.check_quorum(witnessed_note, w, eligible=set(witnesses), keys=witnesses,
-                                            deciding=home.config().member_id, now_s=int(now))
-            except witness_quorum.NotWitnessed as exc:
-                why_all, w = f"the checkpoint of size {w.size} has no quorum of witnesses: {exc}", None
-    covered_upto: int | None = None
-    if w is not None:
-        below = [r for r in due if r["size"] <= w.size]
-        if below:
-            top = max(below, key=lambda r: r["size"])
-            try:
-                if top["size"] == w.size:
-                    if bytes.fromhex(top["root"]) != w.root_hash:
-                        raise CryptoError(f"another root at size {w.size}")
-                elif top["size"] > 0:
-                    if consistency_proof is None:
-                        raise CryptoError("no consistency proof source given")
-                    merkle.verify_consistency(top["size"], w.size, list(consistency_proof(top["size"], w.size)),
-                                              bytes.fromhex(top["root"]), w.root_hash)
-                covered_upto = top["size"]
-            except (CryptoError, ValueError) as exc:
-                why_all = f"not consistent with the witnessed checkpoint of size {w.size}: {exc}"
-    out = []
-    for r in due:
-        if covered_upto is not None and r["size"] <= covered_upto:
-            continue
-        why = why_all or (f"size {r['size']} is beyond the witnessed size {w.size}" if w is not None else "not witnessed")
-        out.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
-    return ReceiptCoverage(out, covered_upto)
 
 
 @functools.lru_cache(maxsize=64)

@@ -399,10 +399,13 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
         coverage = receipts.receipt_coverage(
             home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
         result.uncovered_receipt_checkpoints = coverage.uncovered
-        if coverage.covered_upto is not None:  # proven prefixes of a witnessed checkpoint: nothing more to keep them for
-            dropped = receipts.prune_receipt_checkpoints(home, coverage.covered_upto)
+        try:  # proven prefixes of a witnessed checkpoint: nothing more to keep them for
+            dropped = receipts.prune_receipt_checkpoints(home, coverage.covered)
+        except OSError as exc:  # best effort: never at the cost of the reconcile result and its alerts
+            log.warning("could not forget covered receipt checkpoints: %s", exc)
+        else:
             if dropped:
-                log.info("forgot %d receipt checkpoint(s) up to size %d: covered by the witnessed checkpoint", dropped, coverage.covered_upto)
+                log.info("forgot %d receipt checkpoint(s) a witnessed checkpoint covers", dropped)
         return result
     finally:
         if owns_client:

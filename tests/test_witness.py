@@ -419,34 +419,86 @@ def _receipt_home(tmp_path, log_key) -> MemberHome:  # type: ignore[no-untyped-d
     return home
 
 
+def _witnessed_by_all(g, members, log_key, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    for mid in ("ma", "mb", "mc"):
+        w, _ = make_witness(tmp_path, members, log_key, mid, Source(g, mid))
+        assert w.round() == "cosigned"
+    return g.witnessed_checkpoints().checkpoint
+
+
 def test_receipt_checkpoints_a_witnessed_checkpoint_covers_are_forgotten(g1, members, log_key, tmp_path) -> None:
     """The file grew by a line per report for ever: once a quorum-witnessed
-    checkpoint is proven to extend them, they are dropped; later ones stay."""
+    checkpoint is proven to extend a run's receipts, they are dropped, with
+    ONE proof per run (a run's receipts are prefixes of each other); later
+    receipts and a line cut short by a crash stay."""
     home = _receipt_home(tmp_path, log_key)
     verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
-    now = time.time()
+    old = int((time.time() - 400) * 1000)
     sizes = []
     for i in range(3):
         _, note = g1.log.signed_checkpoint()
         cp = tlog.open_checkpoint(note, verifier)
-        receipts.keep_receipt_checkpoint(home, cp, note, now_ms=int((now - 400) * 1000))
+        receipts.keep_receipt_checkpoint(home, cp, note, run="run-1", now_ms=old)
         sizes.append(cp.size)
         grow(g1, f"batch{i}", 1)
-    for mid in ("ma", "mb", "mc"):
-        w, _ = make_witness(tmp_path, members, log_key, mid, Source(g1, mid))
-        assert w.round() == "cosigned"
-    witnessed = g1.witnessed_checkpoints().checkpoint
+    witnessed = _witnessed_by_all(g1, members, log_key, tmp_path)
     grow(g1, "after the witness", 2)
     _, later = g1.log.signed_checkpoint()  # beyond what is witnessed: must stay
-    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(later, verifier), later, now_ms=int((now - 400) * 1000))
+    later_size = tlog.open_checkpoint(later, verifier).size
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(later, verifier), later, run="run-1", now_ms=old)
     with (home.path / receipts.RECEIPT_CHECKPOINTS).open("a") as fh:
         fh.write('{"size": 1, "ro')  # a line cut short by a crash
-    coverage = receipts.receipt_coverage(home, witnessed, now, consistency_proof=g1.log.consistency_proof, witnesses=keys(members))
-    assert coverage.covered_upto == max(sizes)
-    assert [r["size"] for r in coverage.uncovered] == [tlog.open_checkpoint(later, verifier).size]
-    assert receipts.prune_receipt_checkpoints(home, coverage.covered_upto) == len(sizes) + 1
-    assert [r["size"] for r in receipts.receipt_checkpoints(home)] == [tlog.open_checkpoint(later, verifier).size]
-    assert receipts.prune_receipt_checkpoints(home, coverage.covered_upto) == 0  # nothing more to drop
+    proofs = []
+
+    def proof(m: int, n: int) -> list[bytes]:
+        proofs.append((m, n))
+        return g1.log.consistency_proof(m, n)
+
+    coverage = receipts.receipt_coverage(home, witnessed, time.time(), consistency_proof=proof, witnesses=keys(members))
+    assert coverage.covered == {"run:run-1": max(sizes)} and len(proofs) == 1
+    assert [r["size"] for r in coverage.uncovered] == [later_size]
+    assert receipts.prune_receipt_checkpoints(home, coverage.covered) == len(sizes)
+    assert [r["size"] for r in receipts.receipt_checkpoints(home)] == [later_size]
+    assert '{"size": 1, "ro' in (home.path / receipts.RECEIPT_CHECKPOINTS).read_text()  # not ours to judge: kept
+    assert receipts.prune_receipt_checkpoints(home, coverage.covered) == 0  # nothing more to drop
+
+
+def test_a_fork_shown_to_another_run_is_reported_and_never_forgotten(g1, members, log_key, tmp_path) -> None:
+    """The red team's case: run 1 proved a receipt on fork A and crashed
+    before persisting it; run 2 was shown the witnessed view B. Proving only
+    the largest receipt (run 2's) would call run 1's covered and delete the
+    evidence. Each run is proven on its own: run 1's stays and is reported."""
+    home = _receipt_home(tmp_path, log_key)
+    verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
+    old = int((time.time() - 400) * 1000)
+    g2 = fork_of(tmp_path, members, log_key)
+    grow(g2, "fork A", 1)
+    _, forked = g2.log.signed_checkpoint()
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(forked, verifier), forked, run="run-1", now_ms=old)
+    grow(g1, "view B", 3)
+    _, main = g1.log.signed_checkpoint()
+    assert tlog.open_checkpoint(main, verifier).size > tlog.open_checkpoint(forked, verifier).size
+    receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(main, verifier), main, run="run-2", now_ms=old)
+    witnessed = _witnessed_by_all(g1, members, log_key, tmp_path)
+    coverage = receipts.receipt_coverage(home, witnessed, time.time(), consistency_proof=g1.log.consistency_proof)
+    assert list(coverage.covered) == ["run:run-2"]
+    [bad] = coverage.uncovered
+    assert bad["size"] == tlog.open_checkpoint(forked, verifier).size and "not consistent" in bad["why"]
+    assert receipts.prune_receipt_checkpoints(home, coverage.covered) == 1
+    assert [r.get("run") for r in receipts.receipt_checkpoints(home)] == ["run-1"]  # the fork's evidence stays
+
+
+def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next(tmp_path) -> None:
+    home = MemberHome(tmp_path / "mq")
+    home.path.mkdir()
+    (home.path / receipts.RECEIPT_CHECKPOINTS).write_text('{"size": 3, "ro')
+    receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 7, bytes(32), ()), "note", run="r")
+    assert [r["size"] for r in receipts.receipt_checkpoints(home)] == [7]
+
+
+def test_the_querier_names_its_run_in_every_receipt_checkpoint(tmp_path) -> None:
+    from alliance_member.receipts import KeptCheckpoint
+    assert KeptCheckpoint(MemberHome(tmp_path), None).run != KeptCheckpoint(MemberHome(tmp_path), None).run  # type: ignore[arg-type]
 
 
 def _append_receipts(home_dir: str, count: int, start_size: int) -> None:
@@ -461,14 +513,14 @@ def test_pruning_never_loses_a_receipt_another_process_appends_meanwhile(tmp_pat
     line appended while it is being rewritten must land in the new file."""
     home = MemberHome(tmp_path / "mq")
     home.path.mkdir()
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold locks in other threads
     writers = [ctx.Process(target=_append_receipts, args=(str(home.path), 300, 1000 * (k + 1))) for k in range(3)]
     for w in writers:
         w.start()
     rewrites = 0
     while any(w.is_alive() for w in writers):
-        receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 0, bytes(32), ()), "covered")
-        rewrites += receipts.prune_receipt_checkpoints(home, 0) > 0  # drops only size 0: the file is rewritten each time
+        receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 0, bytes(32), ()), "covered", run="pruned")
+        rewrites += receipts.prune_receipt_checkpoints(home, {"run:pruned": 0}) > 0  # the file is rewritten each time
     for w in writers:
         w.join()
         assert w.exitcode == 0

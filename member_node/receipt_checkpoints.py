@@ -1,0 +1,280 @@
+"""The querier's receipt checkpoints (SPEC §6.1): every checkpoint a receipt
+was proven against is kept in ``receipt-checkpoints.jsonl``, so `member
+reconcile` can insist that each is covered by a consistent witnessed
+checkpoint, and then forget it.
+
+Each line names the ``run`` that proved it: one :class:`KeptCheckpoint` (one
+querier process) proves every receipt against its kept checkpoint, which
+only grows by proven extensions, so the receipts of one run are all prefixes
+of that run's last kept checkpoint, hence of each other. Proving a run's
+largest receipt below the witnessed checkpoint therefore covers every receipt
+of that run up to it: one consistency proof per run, not per report.
+Receipts of different runs are proven separately, because the gateway could
+have shown each run another view (a CLI query beside `member serve`; a run
+after a crash that lost its newest kept checkpoint). A line without a run
+(older releases) is a run of its own.
+
+Writers (`member serve`, CLI queries) and the pruner (`member reconcile`) of
+one home take an exclusive ``flock`` on the file. The pruner replaces the
+file by rename; a writer whose locked file is no longer the one at the path
+reopens it, so no line is lost to a concurrent prune."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from alliance import checkpoint, merkle
+from alliance.errors import CryptoError
+from alliance_member.home import MemberHome
+
+log = logging.getLogger("alliance.member.receipts")
+
+RECEIPT_CHECKPOINTS = "receipt-checkpoints.jsonl"
+RECEIPT_GRACE_S = 300
+MAX_PROOFS_PER_CHECK = 256  # runs beyond this wait for the next check (neither judged nor forgotten)
+_receipts_lock = threading.Lock()
+
+
+def keep_receipt_checkpoint(home: MemberHome, cp: checkpoint.Checkpoint, note: str, *, run: str = "",
+                            now_ms: int | None = None) -> None:
+    """Append one line per receipt: size, root, when, the note and the run
+    (``KeptCheckpoint.run``) that proved it consistent with its kept checkpoint."""
+    doc: dict[str, Any] = {"size": cp.size, "root": cp.root_hash.hex(),
+                           "at_ms": now_ms if now_ms is not None else int(time.time() * 1000), "note": note}
+    if run:
+        doc["run"] = run
+    line = json.dumps(doc, sort_keys=True).encode("utf-8") + b"\n"
+    with _receipts_lock, _locked(home.path / RECEIPT_CHECKPOINTS, "a+b") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":
+                line = b"\n" + line  # a line cut short by a crash must not swallow this one
+        fh.write(line)  # append mode: always at the end
+
+
+def receipt_checkpoints(home: MemberHome | Path) -> list[dict[str, Any]]:
+    """The kept lines, parsed; a line cut short by a crash is skipped."""
+    path = _home(home).path / RECEIPT_CHECKPOINTS
+    if not path.exists():
+        return []
+    kept = []
+    for raw in path.read_bytes().splitlines():
+        doc = _parse(raw)
+        if doc is not None:
+            kept.append(doc)
+    return kept
+
+
+@dataclass(frozen=True)
+class ReceiptCoverage:
+    """``uncovered``: the items uncovered_receipt_checkpoints lists;
+    ``covered``: for each run (see :func:`run_key`), the largest size proven
+    a prefix of the witnessed checkpoint: that run's receipts up to it are covered."""
+
+    uncovered: list[dict[str, Any]]
+    covered: dict[str, int]
+
+
+def run_key(doc: dict[str, Any]) -> str:
+    """The run a line belongs to; a line without one is its own run."""
+    run = doc.get("run")
+    return f"run:{run}" if isinstance(run, str) and run else f"line:{doc['size']}:{doc['root']}"
+
+
+def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
+                                  consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
+                                  grace_s: int = RECEIPT_GRACE_S) -> list[dict[str, Any]]:
+    """Receipt checkpoints kept more than ``grace_s`` (5 minutes) before
+    ``now`` (Unix seconds) that ``witnessed_note`` does not cover (SPEC §6.1;
+    `member reconcile` exits 1 when this is not empty).
+
+    Covered means: the witnessed checkpoint verifies under the pinned log key,
+    is at least as large, and the receipt's checkpoint is a prefix of it (same
+    root at the same size, else ``consistency_proof(m, n)`` from the
+    gateway), proven for the largest receipt of its run (module docstring).
+    With ``witnesses`` ({member id: [Ed25519 keys]} of the sponsored active
+    members), the note must also carry a quorum of their cosignatures, not
+    counting this member's own (`member reconcile` passes the checkpoint its
+    membership feed already accepted with that quorum).
+    Each item: size, root (hex), at_ms and why."""
+    return receipt_coverage(home, witnessed_note, now, consistency_proof=consistency_proof, witnesses=witnesses,
+                            grace_s=grace_s).uncovered
+
+
+def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: float, *,
+                     consistency_proof: Any = None, witnesses: dict[str, Any] | None = None,
+                     grace_s: int = RECEIPT_GRACE_S, max_proofs: int = MAX_PROOFS_PER_CHECK) -> ReceiptCoverage:
+    """uncovered_receipt_checkpoints, and how far each run is covered."""
+    home = _home(home)
+    due = [r for r in receipt_checkpoints(home) if r["at_ms"] <= (now - grace_s) * 1000]
+    if not due:
+        return ReceiptCoverage([], {})
+    w, why_all = _witnessed(home, witnessed_note, witnesses, now)
+    covered: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    if w is not None:
+        tops: dict[str, dict[str, Any]] = {}
+        for r in due:
+            key = run_key(r)
+            if r["size"] <= w.size and (key not in tops or r["size"] > tops[key]["size"]):
+                tops[key] = r
+        verdicts: dict[tuple[int, str], str | None] = {}  # (size, root) → None if proven, else why
+        for key, top in sorted(tops.items(), key=lambda kv: -kv[1]["size"]):
+            at = (top["size"], top["root"])
+            if at not in verdicts:
+                if len(verdicts) >= max_proofs:
+                    continue  # judged by a later check
+                verdicts[at] = _prefix_of(w, top, consistency_proof)
+            if verdicts[at] is None:
+                covered[key] = top["size"]
+            else:
+                failed[key] = f"not consistent with the witnessed checkpoint of size {w.size}: {verdicts[at]}"
+    uncovered = []
+    for r in due:
+        key = run_key(r)
+        if why_all is not None:
+            why: str | None = why_all
+        elif w is not None and r["size"] > w.size:
+            why = f"size {r['size']} is beyond the witnessed size {w.size}"
+        else:
+            why = failed.get(key)  # None: covered, or waiting for a later check
+        if why is not None:
+            uncovered.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
+    return ReceiptCoverage(uncovered, covered)
+
+
+def prune_receipt_checkpoints(home: MemberHome | Path, covered: dict[str, int]) -> int:
+    """Forget the receipts that ``covered`` (ReceiptCoverage.covered) proves
+    prefixes of a witnessed checkpoint: they prove nothing more, and the file
+    would otherwise grow by a line per report for ever. Lines that do not
+    parse, of other runs, or larger than their run's covered size stay.
+    Returns how many lines were dropped."""
+    path = _home(home).path / RECEIPT_CHECKPOINTS
+    if not covered or not path.exists():
+        return 0
+    with _receipts_lock, _locked(path, "r+b") as fh:
+        owner = os.fstat(fh.fileno()).st_uid
+        if os.geteuid() not in (0, owner):  # a replacement would be ours, and its writers could no longer append
+            log.warning("not pruning %s: it belongs to uid %d, this process runs as %d", path, owner, os.geteuid())
+            return 0
+        lines = fh.read().splitlines()
+        kept = [raw for raw in lines if not _is_covered(raw, covered)]
+        if len(kept) < len(lines):
+            _replace(path, fh, b"".join(raw + b"\n" for raw in kept))
+    return len(lines) - len(kept)
+
+
+# --------------------------------------------------------------------------
+
+
+def _home(home: MemberHome | Path) -> MemberHome:
+    return home if isinstance(home, MemberHome) else MemberHome(Path(home))
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+        size, root, at_ms = doc["size"], doc["root"], doc.get("at_ms", 0)
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (size, at_ms)) or not isinstance(root, str):
+        return None
+    doc["at_ms"] = at_ms
+    return doc
+
+
+def _is_covered(raw: bytes, covered: dict[str, int]) -> bool:
+    doc = _parse(raw)
+    if doc is None:
+        return False  # not ours to judge: kept
+    upto = covered.get(run_key(doc))
+    return upto is not None and doc["size"] <= upto
+
+
+def _witnessed(home: MemberHome, note: str | None, witnesses: dict[str, Any] | None,
+               now: float) -> tuple[checkpoint.Checkpoint | None, str | None]:
+    """The witnessed checkpoint, or why there is none to cover anything."""
+    from alliance import witness_quorum
+
+    if note is None:
+        return None, "no witnessed checkpoint"
+    verifier = checkpoint.parse_verifier_key(home.log_verifier.read_text(encoding="utf-8"))
+    try:
+        w = checkpoint.open_checkpoint(note, verifier)
+    except CryptoError as exc:
+        return None, f"the witnessed checkpoint does not verify: {exc}"
+    if witnesses is not None:
+        try:
+            witness_quorum.check_quorum(note, w, eligible=set(witnesses), keys=witnesses,
+                                        deciding=home.config().member_id, now_s=int(now))
+        except witness_quorum.NotWitnessed as exc:
+            return None, f"the checkpoint of size {w.size} has no quorum of witnesses: {exc}"
+    return w, None
+
+
+def _prefix_of(w: checkpoint.Checkpoint, receipt: dict[str, Any], consistency_proof: Any) -> str | None:
+    """None if the receipt's checkpoint is a prefix of ``w``; else why not."""
+    size = receipt["size"]
+    try:
+        root = bytes.fromhex(receipt["root"])
+        if size == w.size:
+            if root != w.root_hash:
+                raise CryptoError(f"another root at size {w.size}")
+        elif size > 0:
+            if consistency_proof is None:
+                raise CryptoError("no consistency proof source given")
+            merkle.verify_consistency(size, w.size, list(consistency_proof(size, w.size)), root, w.root_hash)
+    except (CryptoError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[IO[bytes]]:
+    """The file, open and exclusively locked, and still the one at ``path``."""
+    while True:
+        fh = path.open(mode)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass  # replaced meanwhile: open the new one
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+    try:
+        yield fh
+    finally:
+        fh.close()  # flushes, then releases the lock
+
+
+def _replace(path: Path, locked: IO[bytes], data: bytes) -> None:
+    """Write ``data`` as the new file, with the old one's owner and mode (a
+    `member reconcile` run as root must not take the file from `member serve`)."""
+    st = os.fstat(locked.fileno())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if os.geteuid() == 0:
+                os.fchown(out.fileno(), st.st_uid, st.st_gid)
+            os.fchmod(out.fileno(), st.st_mode & 0o7777)
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
