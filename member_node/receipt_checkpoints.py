@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from alliance import checkpoint, merkle
+from alliance._internal.files import write_atomic
 from alliance.errors import CryptoError
 from alliance_member.home import MemberHome
 
@@ -170,7 +171,8 @@ def prune_receipt_checkpoints(home: MemberHome | Path, covered: dict[str, int]) 
         lines = fh.read().splitlines()
         kept = [raw for raw in lines if not _is_covered(raw, covered)]
         if len(kept) < len(lines):
-            _replace(path, fh, b"".join(raw + b"\n" for raw in kept))
+            # the old file's owner and mode: a `member reconcile` run as root must not take it from `member serve`
+            write_atomic(path, b"".join(raw + b"\n" for raw in kept), like=os.fstat(fh.fileno()))
     return len(lines) - len(kept)
 
 
@@ -258,23 +260,3 @@ def _locked(path: Path, mode: str) -> Iterator[IO[bytes]]:
         yield fh
     finally:
         fh.close()  # flushes, then releases the lock
-
-
-def _replace(path: Path, locked: IO[bytes], data: bytes) -> None:
-    """Write ``data`` as the new file, with the old one's owner and mode (a
-    `member reconcile` run as root must not take the file from `member serve`)."""
-    st = os.fstat(locked.fileno())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if os.geteuid() == 0:
-                os.fchown(out.fileno(), st.st_uid, st.st_gid)
-            os.fchmod(out.fileno(), st.st_mode & 0o7777)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

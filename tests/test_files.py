@@ -28,3 +28,15 @@ def test_write_atomic_writes_into_a_fifo_never_renames_over_it(tmp_path) -> None
     finally:
         os.close(reader)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_write_atomic_like_keeps_the_replaced_files_mode(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file other processes write to (receipt checkpoints) keeps its mode
+    when replaced; without ``like`` a new file is 0644 (0600 if private)."""
+    path = tmp_path / "shared.jsonl"
+    path.write_bytes(b"old\n")
+    os.chmod(path, 0o664)
+    write_atomic(path, b"new\n", like=os.stat(path))
+    assert path.read_bytes() == b"new\n" and stat.S_IMODE(os.stat(path).st_mode) == 0o664
+    write_atomic(path, b"plain\n")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

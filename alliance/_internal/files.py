@@ -17,16 +17,22 @@ def is_special(path: Path) -> bool:
         return False
 
 
-def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
+def write_atomic(path: Path, data: bytes, *, private: bool = False, like: os.stat_result | None = None) -> None:
+    """``like``: the new file gets that stat's mode, and its owner when this
+    process can give it (root), as when replacing a file others write to."""
     if is_special(path):
         with open(path, "wb") as fh:
             fh.write(data)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private or like is not None else 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if like is not None:
+                if os.geteuid() == 0:
+                    os.fchown(fh.fileno(), like.st_uid, like.st_gid)
+                os.fchmod(fh.fileno(), stat.S_IMODE(like.st_mode))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
