@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -158,24 +161,33 @@ class Querier:
         return result, sorted(r.member_id for r in response.answers)
 
     def read_report(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> dict[str, Any]:
+        return self._checked(signed, response)()
+
+    def _checked(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse) -> Callable[[], dict[str, Any]]:
+        """Every check of a report (receipt, answer signatures); returns what
+        then decrypts it and builds the report, to run now or, screening, on
+        another core. Nothing is decrypted before the checks have passed."""
         audit = self.check_receipt(signed, response)
         statuses: dict[str, book_status.BookStatus | None] = {}
         summed = self.check_answers(signed, response, statuses=statuses)
-        if self.naive_baseline:
-            sums = naive.decrypt_figures(self.private_key, response.aggregate_ciphertext, len(report.REPORT_FIELDS), summed)
-        else:
-            m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
-            sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
-        report.check_plausible(sums, response.members_answered)
-        return {
-            "query_id": response.query_id,
-            "members_asked": response.members_asked,
-            "members_answered": response.members_answered,
-            "complete": response.complete,
-            "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
-            "audit": audit,
-            "coverage": answer_checks.coverage_of(signed, response, statuses).to_json(),
-        }
+
+        def decrypted() -> dict[str, Any]:
+            if self.naive_baseline:
+                sums = naive.decrypt_figures(self.private_key, response.aggregate_ciphertext, len(report.REPORT_FIELDS), summed)
+            else:
+                m = self.private_key.decrypt(paillier.decode_ciphertext(self.public_key, response.aggregate_ciphertext))
+                sums = paillier.unpack(m, len(report.REPORT_FIELDS), summed)
+            report.check_plausible(sums, response.members_answered)
+            return {
+                "query_id": response.query_id,
+                "members_asked": response.members_asked,
+                "members_answered": response.members_answered,
+                "complete": response.complete,
+                "report": report.build_report(sums, inquiries_30d=response.inquiries_30d),
+                "audit": audit,
+                "coverage": answer_checks.coverage_of(signed, response, statuses).to_json(),
+            }
+        return decrypted
 
     def check_answers(self, signed: pb.SignedQuery, response: pb.GatewayQueryResponse, *, every_asked: bool = False,
                       statuses: dict[str, "book_status.BookStatus | None"] | None = None) -> int:
@@ -254,20 +266,35 @@ class Querier:
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the answers already given
                 broken.append(exc)
 
-        for response in self.client.screen(requests()):
-            while errors:
-                yield errors.pop(0)
-            line, signed = sent.pop(response.query_id, (0, None))
-            if signed is None:
-                raise CryptoError(f"gateway answered an unknown query id {response.query_id!r}")
-            if response.HasField("error"):
-                yield line, _error_from_query_error(response.error)
-                continue
+        # SPEC §8: decryption spread over cores. Each report is checked here,
+        # in stream order; its decryption (GIL-free powmods) then runs on a
+        # worker while the next one is checked. Results leave in input order.
+        window: deque[tuple[int, Future[dict[str, Any]] | dict[str, Any] | AllianceError]] = deque()
+        with ThreadPoolExecutor(SCREEN_DECRYPT_WORKERS, thread_name_prefix="screen-decrypt") as pool:
             try:
-                yield line, self.read_report(signed, response)
-            except AllianceError as exc:
-                yield line, exc
-        yield from errors
+                for response in self.client.screen(requests()):
+                    while errors:  # bad rows the request thread met so far, in order
+                        window.append(errors.pop(0))
+                    line, signed = sent.pop(response.query_id, (0, None))
+                    if signed is None:
+                        raise CryptoError(f"gateway answered an unknown query id {response.query_id!r}")
+                    if response.HasField("error"):
+                        window.append((line, _error_from_query_error(response.error)))
+                    else:
+                        try:
+                            window.append((line, pool.submit(self._checked(signed, response))))
+                        except AllianceError as exc:
+                            window.append((line, exc))
+                    while window and (len(window) > 2 * SCREEN_DECRYPT_WORKERS or _settled(window[0][1])):
+                        yield _outcome(window.popleft())
+                while errors:
+                    window.append(errors.pop(0))
+                while window:
+                    yield _outcome(window.popleft())
+            finally:
+                for _, item in window:  # the caller stopped early: decryptions not started are not needed
+                    if isinstance(item, Future):
+                        item.cancel()
         if broken:
             raise broken[0]
 
@@ -298,6 +325,25 @@ class Querier:
         older one must be a prefix of it (:class:`receipts.KeptCheckpoint`)."""
         self._checkpoints.prove_consistent(cp, note, lambda first, second: self.client.consistency_proof(first, second),
                                            carried=carried)
+
+
+SCREEN_DECRYPT_WORKERS = max(1, os.cpu_count() or 1)
+
+
+def _settled(item: Future[dict[str, Any]] | dict[str, Any] | AllianceError) -> bool:
+    return not isinstance(item, Future) or item.done()
+
+
+def _outcome(entry: tuple[int, Future[dict[str, Any]] | dict[str, Any] | AllianceError]) -> tuple[int, dict[str, Any] | AllianceError]:
+    """A screened line's report or error (a decryption's AllianceError is the
+    line's; anything else is a bug and propagates, as before)."""
+    line, item = entry
+    if not isinstance(item, Future):
+        return line, item
+    try:
+        return line, item.result()
+    except AllianceError as exc:
+        return line, exc
 
 
 def _error_from_query_error(err: pb.QueryError) -> AllianceError:

@@ -34,14 +34,14 @@ from typing import IO, Any
 
 from alliance import checkpoint, merkle
 from alliance._internal.files import write_atomic
-from alliance.errors import CryptoError
+from alliance.errors import AllianceError, CryptoError
 from alliance_member.home import MemberHome
 
 log = logging.getLogger("alliance.member.receipts")
 
 RECEIPT_CHECKPOINTS = "receipt-checkpoints.jsonl"
 RECEIPT_GRACE_S = 300
-MAX_PROOFS_PER_CHECK = 256  # runs beyond this wait for the next check (neither judged nor forgotten)
+MAX_PROOFS_PER_CHECK = 1024  # runs beyond this are reported "not checked yet" and proven by a later check
 _receipts_lock = threading.Lock()
 
 
@@ -86,6 +86,12 @@ class ReceiptCoverage:
     covered: dict[str, int]
 
 
+# Why a receipt checkpoint is uncovered (the "verdict" of each uncovered item):
+INCONSISTENT = "inconsistent"    # not a prefix of the witnessed checkpoint: a fork, or a proof the gateway refused
+NOT_WITNESSED = "not_witnessed"  # nothing witnessed covers it yet (none at all, no quorum, or it is larger)
+UNCHECKED = "unchecked"          # more runs than one check proves: still due, proven by a later check
+
+
 def run_key(doc: dict[str, Any]) -> str:
     """The run a line belongs to; a line without one is its own run."""
     run = doc.get("run")
@@ -107,7 +113,8 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
     members), the note must also carry a quorum of their cosignatures, not
     counting this member's own (`member reconcile` passes the checkpoint its
     membership feed already accepted with that quorum).
-    Each item: size, root (hex), at_ms and why."""
+    Each item: size, root (hex), at_ms, why and verdict (INCONSISTENT,
+    NOT_WITNESSED or UNCHECKED)."""
     return receipt_coverage(home, witnessed_note, now, consistency_proof=consistency_proof, witnesses=witnesses,
                             grace_s=grace_s).uncovered
 
@@ -122,7 +129,7 @@ def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: f
         return ReceiptCoverage([], {})
     w, why_all = _witnessed(home, witnessed_note, witnesses, now)
     covered: dict[str, int] = {}
-    failed: dict[str, str] = {}
+    failed: dict[str, tuple[str, str]] = {}  # run → (verdict, why)
     if w is not None:
         tops: dict[str, dict[str, Any]] = {}
         for r in due:
@@ -130,27 +137,29 @@ def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: f
             if r["size"] <= w.size and (key not in tops or r["size"] > tops[key]["size"]):
                 tops[key] = r
         verdicts: dict[tuple[int, str], str | None] = {}  # (size, root) → None if proven, else why
-        for key, top in sorted(tops.items(), key=lambda kv: -kv[1]["size"]):
+        for key, top in sorted(tops.items(), key=lambda kv: kv[1]["at_ms"]):  # the oldest first
             at = (top["size"], top["root"])
             if at not in verdicts:
                 if len(verdicts) >= max_proofs:
-                    continue  # judged by a later check
+                    failed[key] = (UNCHECKED, f"not checked yet: more than {max_proofs} querier runs to prove at once")
+                    continue
                 verdicts[at] = _prefix_of(w, top, consistency_proof)
             if verdicts[at] is None:
                 covered[key] = top["size"]
             else:
-                failed[key] = f"not consistent with the witnessed checkpoint of size {w.size}: {verdicts[at]}"
+                failed[key] = (INCONSISTENT, f"not consistent with the witnessed checkpoint of size {w.size}: {verdicts[at]}")
     uncovered = []
     for r in due:
         key = run_key(r)
         if why_all is not None:
-            why: str | None = why_all
+            verdict: str | None = NOT_WITNESSED
+            why = why_all
         elif w is not None and r["size"] > w.size:
-            why = f"size {r['size']} is beyond the witnessed size {w.size}"
+            verdict, why = NOT_WITNESSED, f"size {r['size']} is beyond the witnessed size {w.size}"
         else:
-            why = failed.get(key)  # None: covered, or waiting for a later check
-        if why is not None:
-            uncovered.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why})
+            verdict, why = failed.get(key, (None, ""))  # none: covered by its run's proof
+        if verdict is not None:
+            uncovered.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why, "verdict": verdict})
     return ReceiptCoverage(uncovered, covered)
 
 
@@ -191,6 +200,8 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
         return None
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (size, at_ms)) or not isinstance(root, str):
         return None
+    if size < 1:  # a receipt proves a leaf is in the tree: never the empty tree. Not ours: kept, not judged
+        return None
     doc["at_ms"] = at_ms
     return doc
 
@@ -225,18 +236,20 @@ def _witnessed(home: MemberHome, note: str | None, witnesses: dict[str, Any] | N
 
 
 def _prefix_of(w: checkpoint.Checkpoint, receipt: dict[str, Any], consistency_proof: Any) -> str | None:
-    """None if the receipt's checkpoint is a prefix of ``w``; else why not."""
+    """None if the receipt's checkpoint is a prefix of ``w``; else why not.
+    A proof the gateway refuses or cannot give fails this run, like a wrong
+    one: never the whole check (it could refuse just the forked run's)."""
     size = receipt["size"]
     try:
         root = bytes.fromhex(receipt["root"])
         if size == w.size:
             if root != w.root_hash:
                 raise CryptoError(f"another root at size {w.size}")
-        elif size > 0:
+        else:
             if consistency_proof is None:
                 raise CryptoError("no consistency proof source given")
             merkle.verify_consistency(size, w.size, list(consistency_proof(size, w.size)), root, w.root_hash)
-    except (CryptoError, ValueError) as exc:
+    except (AllianceError, ValueError) as exc:
         return str(exc)
     return None
 

@@ -123,13 +123,13 @@ class KeptCheckpoint:
     def _current(self) -> checkpoint.Checkpoint | None:
         """Under the lock: the kept checkpoint, read from the home once."""
         if not self._kept_loaded:
-            self._kept_loaded = True
             path = self.home.checkpoint
-            if path.exists():
+            if path.exists():  # a failure raises, every time: never trust-on-first-use over a kept checkpoint we could not read
                 note = path.read_text(encoding="utf-8")
                 old = checkpoint.open_checkpoint(note, self.verifier)
                 self._kept = (old, note)
                 self._persisted_size = old.size
+            self._kept_loaded = True
         return None if self._kept is None else self._kept[0]
 
     def _persist(self, *, force: bool = False) -> None:

@@ -39,7 +39,7 @@ from alliance import audit_entry, checkpoint, merkle, signing
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
-from alliance_member import alerts, store
+from alliance_member import alerts, receipt_checkpoints, store
 
 log = logging.getLogger("alliance.member.reconcile")
 
@@ -463,9 +463,12 @@ class Reconciler:
                                    "checkpoint cosigned by a witness quorum covers it after 5 minutes", late)
                 self._alerted.add("w:" + late["query_id"])
         for r in result.uncovered_receipt_checkpoints:
-            key = f"r:{r['size']}:{r['root']}"
+            # Per verdict: a receipt first alerted as unwitnessed (the gateway stalled the witnesses)
+            # is alerted again when it is found inconsistent; that one is a fork, not an outage.
+            key = f"r:{r['verdict']}:{r['size']}:{r['root']}"
             if key not in self._alerted:
-                alerts.raise_alert(self.engine, "not_witnessed",
+                kind = "inconsistent_checkpoint" if r["verdict"] == receipt_checkpoints.INCONSISTENT else "not_witnessed"
+                alerts.raise_alert(self.engine, kind,
                                    f"the receipt checkpoint of size {r['size']} is not covered by a consistent witnessed "
                                    f"checkpoint after 5 minutes: {r['why']}", r)
                 self._alerted.add(key)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -26,10 +27,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, select
 
 from alliance import audit_entry, checkpoint, merkle, paillier, pki, signing, synthetic
-from alliance.errors import CryptoError
+from alliance.errors import CryptoError, InvalidInput
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import schema
 from alliance_gateway.home import AdminHome, GatewayHome
+from alliance_member import receipts
 from alliance_member.querier import Consent, Querier, Subject
 from tests import independent
 from tests.conftest import running_alliance
@@ -255,6 +257,24 @@ def test_a_report_with_k_valid_signatures_is_read(alliance, evil) -> None:  # ty
     assert _figures(q.read_report(signed, forged)) == _expected(dataset, s)
 
 
+def test_every_receipt_checkpoint_names_the_querier_run_that_proved_it(alliance, evil, home_copy) -> None:  # type: ignore[no-untyped-def]
+    """`member reconcile` proves one receipt per run (receipt_checkpoints.py):
+    that is only sound if a line's run is the KeptCheckpoint that proved it."""
+    _, dataset = alliance
+    q, _ = evil
+    s = _subject(dataset)
+    before = len(receipts.receipt_checkpoints(home_copy))
+    for _ in range(2):
+        q.query(Subject(s.id_type, s.canonical_id), purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF)
+    new = receipts.receipt_checkpoints(home_copy)[before:]
+    assert len(new) == 2 and [r["run"] for r in new] == [q._checkpoints.run] * 2
+    other = Querier(home_copy)
+    try:
+        assert other._checkpoints.run != q._checkpoints.run  # another process, another run
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize("how", ["garbled", "other_key", "swapped", "short"])
 def test_fewer_than_k_valid_signatures_is_refused_before_decrypting(alliance, evil, how: str) -> None:  # type: ignore[no-untyped-def]
     net, dataset = alliance
@@ -475,6 +495,30 @@ def test_a_normal_sequence_of_queries_proves_each_checkpoint_once(alliance, evil
     newest = max((r["audit"]["checkpoint"] for _, r in screened), key=lambda c: checkpoint.open_checkpoint(c, q.verifier).size)
     q.close()
     assert (q.home.checkpoint).read_text(encoding="utf-8") == newest
+
+
+def test_screening_decrypts_on_other_threads_after_the_checks_and_keeps_the_order(alliance, evil, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """SPEC §8 "querier decryption across cores": each streamed report is
+    checked in stream order, then decrypted on a worker thread; reports and
+    bad rows still come out in order, each with its own figures."""
+    _, dataset = alliance
+    q, _ = evil
+    subjects = [s for s in dataset.subjects if len([m for m in s.members if m != QUERIER]) >= 1][4:10]
+    threads: list[str] = []
+    real = paillier.PaillierPrivateKey.decrypt
+    monkeypatch.setattr(paillier.PaillierPrivateKey, "decrypt",
+                        lambda self, c: threads.append(threading.current_thread().name) or real(self, c))
+    bad = InvalidInput("not a valid identity number")
+    lines: list[tuple[int, Any]] = [(i, Subject(s.id_type, s.canonical_id)) for i, s in enumerate(subjects)]
+    lines.insert(3, (99, bad))
+    screened = list(q.screen(lines, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF))
+    assert sorted(i for i, _ in screened) == sorted(i for i, _ in lines) and (99, bad) in screened
+    reports = [(i, r) for i, r in screened if i != 99]
+    assert [i for i, _ in reports] == list(range(len(subjects)))
+    for (i, result), s in zip(reports, subjects):
+        assert isinstance(result, dict), result
+        assert _figures(result) == _expected(dataset, s)
+    assert len(threads) == len(subjects) and all(t.startswith("screen-decrypt") for t in threads)
 
 
 def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:  # type: ignore[no-untyped-def]

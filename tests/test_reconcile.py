@@ -459,3 +459,22 @@ def test_the_test_witness_helper_needs_a_quorum_without_the_member_itself(allian
     with pytest.raises(witness_quorum.NotWitnessed):
         a.witnessed("ma", cosigners=("ma", "mb", "mc"))
     assert a.witnessed("ma", cosigners=("mb", "mc", "mq"))
+
+
+def test_a_receipt_first_alerted_unwitnessed_is_alerted_again_as_a_fork(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The red team's laundering: stall the witnesses so a forked receipt is
+    alerted as a witness outage, then let the fork's verdict be suppressed
+    as a repeat. Alerts are per verdict, and a fork is its own kind."""
+    from alliance_member import alerts
+
+    engine = db.make_engine(db.sqlite_url(tmp_path / "m.db"))
+    store.create_schema(engine)
+    item = {"size": 5, "root": "ab" * 32, "at_ms": 0}
+    unwitnessed = {**item, "why": "no witnessed checkpoint", "verdict": "not_witnessed"}
+    forked = {**item, "why": "not consistent with the witnessed checkpoint of size 9", "verdict": "inconsistent"}
+    results = iter([rec.Result(0, 0, [], 9, uncovered_receipt_checkpoints=[r]) for r in (unwitnessed, forked, forked)])
+    monkeypatch.setattr(rec, "reconcile_home", lambda *a, **k: next(results))
+    reconciler = rec.Reconciler(tmp_path, engine)
+    for _ in range(3):
+        reconciler.run_once()
+    assert [a.kind for a in alerts.list_alerts(engine)] == ["not_witnessed", "inconsistent_checkpoint"]

@@ -488,17 +488,68 @@ def test_a_fork_shown_to_another_run_is_reported_and_never_forgotten(g1, members
     assert [r.get("run") for r in receipts.receipt_checkpoints(home)] == ["run-1"]  # the fork's evidence stays
 
 
+def _two_runs(g1, members, log_key, tmp_path):  # type: ignore[no-untyped-def]
+    """A home with two runs' receipts (both prefixes of the witnessed checkpoint)."""
+    home = _receipt_home(tmp_path, log_key)
+    verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
+    old = int((time.time() - 400) * 1000)
+    for run in ("run-1", "run-2"):
+        grow(g1, run, 1)
+        _, note = g1.log.signed_checkpoint()
+        receipts.keep_receipt_checkpoint(home, tlog.open_checkpoint(note, verifier), note, run=run, now_ms=old)
+    return home, _witnessed_by_all(g1, members, log_key, tmp_path)
+
+
+def test_a_proof_the_gateway_refuses_fails_that_run_not_the_check(g1, members, log_key, tmp_path) -> None:
+    """A gateway that answers GetConsistencyProof with an error for the forked
+    run's size only must not turn the whole reconcile into "unreachable"."""
+    from alliance.errors import Unreachable
+
+    home, witnessed = _two_runs(g1, members, log_key, tmp_path)
+    first = receipts.receipt_checkpoints(home)[0]["size"]
+
+    def proof(m: int, n: int) -> list[bytes]:
+        if m == first:
+            raise Unreachable("the gateway did not answer")
+        return g1.log.consistency_proof(m, n)
+
+    coverage = receipts.receipt_coverage(home, witnessed, time.time(), consistency_proof=proof)
+    assert list(coverage.covered) == ["run:run-2"]
+    [bad] = coverage.uncovered
+    assert bad["size"] == first and bad["verdict"] == "inconsistent" and "did not answer" in bad["why"]
+
+
+def test_runs_beyond_one_checks_proofs_are_reported_not_checked_yet(g1, members, log_key, tmp_path) -> None:
+    """More runs than one check proves: the rest are due and uncovered, so
+    they are reported (reconcile exits 1), never silently passed over."""
+    home, witnessed = _two_runs(g1, members, log_key, tmp_path)
+    coverage = receipts.receipt_coverage(home, witnessed, time.time(), consistency_proof=g1.log.consistency_proof,
+                                         max_proofs=1)
+    assert list(coverage.covered) == ["run:run-1"]  # the oldest first
+    assert [r["verdict"] for r in coverage.uncovered] == ["unchecked"]
+
+
+def test_a_kept_checkpoint_that_cannot_be_read_is_never_replaced_by_trust_on_first_use(g1, log_key, tmp_path) -> None:
+    from alliance_member.receipts import KeptCheckpoint
+
+    home = _receipt_home(tmp_path, log_key)
+    verifier = tlog.parse_verifier_key(home.log_verifier.read_text())
+    home.checkpoint.write_text("not a checkpoint\n")
+    kept = KeptCheckpoint(home, verifier)
+    _, note = g1.log.signed_checkpoint()
+    cp = tlog.open_checkpoint(note, verifier)
+    for _ in range(2):  # the second try must fail as the first did, not trust what the gateway sends
+        with pytest.raises(Exception):
+            kept.prove_consistent(cp, note, g1.log.consistency_proof)
+    assert home.checkpoint.read_text() == "not a checkpoint\n"
+
+
 def test_a_line_cut_short_by_a_crash_does_not_swallow_the_next(tmp_path) -> None:
     home = MemberHome(tmp_path / "mq")
     home.path.mkdir()
     (home.path / receipts.RECEIPT_CHECKPOINTS).write_text('{"size": 3, "ro')
     receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 7, bytes(32), ()), "note", run="r")
     assert [r["size"] for r in receipts.receipt_checkpoints(home)] == [7]
-
-
-def test_the_querier_names_its_run_in_every_receipt_checkpoint(tmp_path) -> None:
-    from alliance_member.receipts import KeptCheckpoint
-    assert KeptCheckpoint(MemberHome(tmp_path), None).run != KeptCheckpoint(MemberHome(tmp_path), None).run  # type: ignore[arg-type]
 
 
 def _append_receipts(home_dir: str, count: int, start_size: int) -> None:
@@ -519,13 +570,13 @@ def test_pruning_never_loses_a_receipt_another_process_appends_meanwhile(tmp_pat
         w.start()
     rewrites = 0
     while any(w.is_alive() for w in writers):
-        receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 0, bytes(32), ()), "covered", run="pruned")
-        rewrites += receipts.prune_receipt_checkpoints(home, {"run:pruned": 0}) > 0  # the file is rewritten each time
+        receipts.keep_receipt_checkpoint(home, tlog.Checkpoint("test", 1, bytes(32), ()), "covered", run="pruned")
+        rewrites += receipts.prune_receipt_checkpoints(home, {"run:pruned": 1}) > 0  # the file is rewritten each time
     for w in writers:
         w.join()
         assert w.exitcode == 0
     assert rewrites > 10
-    kept = sorted(r["size"] for r in receipts.receipt_checkpoints(home) if r["size"] > 0)
+    kept = sorted(r["size"] for r in receipts.receipt_checkpoints(home) if r.get("run") != "pruned")
     assert kept == sorted(s for k in range(3) for s in range(1000 * (k + 1), 1000 * (k + 1) + 300))
 
 
