@@ -87,7 +87,8 @@ class ReceiptCoverage:
 
 
 # Why a receipt checkpoint is uncovered (the "verdict" of each uncovered item):
-INCONSISTENT = "inconsistent"    # not a prefix of the witnessed checkpoint: a fork, or a proof the gateway refused
+INCONSISTENT = "inconsistent"    # proven NOT a prefix of the witnessed checkpoint: a fork
+UNPROVEN = "unproven"            # the gateway refused or failed the consistency proof (maybe for this run only)
 NOT_WITNESSED = "not_witnessed"  # nothing witnessed covers it yet (none at all, no quorum, or it is larger)
 UNCHECKED = "unchecked"          # more runs than one check proves: still due, proven by a later check
 
@@ -114,7 +115,7 @@ def uncovered_receipt_checkpoints(home: MemberHome | Path, witnessed_note: str |
     counting this member's own (`member reconcile` passes the checkpoint its
     membership feed already accepted with that quorum).
     Each item: size, root (hex), at_ms, why and verdict (INCONSISTENT,
-    NOT_WITNESSED or UNCHECKED)."""
+    UNPROVEN, NOT_WITNESSED or UNCHECKED)."""
     return receipt_coverage(home, witnessed_note, now, consistency_proof=consistency_proof, witnesses=witnesses,
                             grace_s=grace_s).uncovered
 
@@ -136,7 +137,7 @@ def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: f
             key = run_key(r)
             if r["size"] <= w.size and (key not in tops or r["size"] > tops[key]["size"]):
                 tops[key] = r
-        verdicts: dict[tuple[int, str], str | None] = {}  # (size, root) → None if proven, else why
+        verdicts: dict[tuple[int, str], tuple[str, str] | None] = {}  # (size, root) → None if proven, else (verdict, why)
         for key, top in sorted(tops.items(), key=lambda kv: kv[1]["at_ms"]):  # the oldest first
             at = (top["size"], top["root"])
             if at not in verdicts:
@@ -144,22 +145,24 @@ def receipt_coverage(home: MemberHome | Path, witnessed_note: str | None, now: f
                     failed[key] = (UNCHECKED, f"not checked yet: more than {max_proofs} querier runs to prove at once")
                     continue
                 verdicts[at] = _prefix_of(w, top, consistency_proof)
-            if verdicts[at] is None:
+            verdict = verdicts[at]
+            if verdict is None:
                 covered[key] = top["size"]
             else:
-                failed[key] = (INCONSISTENT, f"not consistent with the witnessed checkpoint of size {w.size}: {verdicts[at]}")
+                failed[key] = (verdict[0], f"not proven consistent with the witnessed checkpoint of size {w.size}: {verdict[1]}"
+                               if verdict[0] == UNPROVEN else f"not consistent with the witnessed checkpoint of size {w.size}: {verdict[1]}")
     uncovered = []
     for r in due:
         key = run_key(r)
         if why_all is not None:
-            verdict: str | None = NOT_WITNESSED
+            judged: str | None = NOT_WITNESSED
             why = why_all
         elif w is not None and r["size"] > w.size:
-            verdict, why = NOT_WITNESSED, f"size {r['size']} is beyond the witnessed size {w.size}"
+            judged, why = NOT_WITNESSED, f"size {r['size']} is beyond the witnessed size {w.size}"
         else:
-            verdict, why = failed.get(key, (None, ""))  # none: covered by its run's proof
-        if verdict is not None:
-            uncovered.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why, "verdict": verdict})
+            judged, why = failed.get(key, (None, ""))  # none: covered by its run's proof
+        if judged is not None:
+            uncovered.append({"size": r["size"], "root": r["root"], "at_ms": r["at_ms"], "why": why, "verdict": judged})
     return ReceiptCoverage(uncovered, covered)
 
 
@@ -235,22 +238,27 @@ def _witnessed(home: MemberHome, note: str | None, witnesses: dict[str, Any] | N
     return w, None
 
 
-def _prefix_of(w: checkpoint.Checkpoint, receipt: dict[str, Any], consistency_proof: Any) -> str | None:
-    """None if the receipt's checkpoint is a prefix of ``w``; else why not.
-    A proof the gateway refuses or cannot give fails this run, like a wrong
-    one: never the whole check (it could refuse just the forked run's)."""
+def _prefix_of(w: checkpoint.Checkpoint, receipt: dict[str, Any], consistency_proof: Any) -> tuple[str, str] | None:
+    """None if the receipt's checkpoint is a prefix of ``w``; else (verdict,
+    why). A proof the gateway refuses or cannot give fails this run
+    (UNPROVEN), never the whole check: it could refuse just the forked run's."""
     size = receipt["size"]
     try:
         root = bytes.fromhex(receipt["root"])
-        if size == w.size:
-            if root != w.root_hash:
-                raise CryptoError(f"another root at size {w.size}")
-        else:
-            if consistency_proof is None:
-                raise CryptoError("no consistency proof source given")
-            merkle.verify_consistency(size, w.size, list(consistency_proof(size, w.size)), root, w.root_hash)
-    except (AllianceError, ValueError) as exc:
-        return str(exc)
+    except ValueError as exc:
+        return INCONSISTENT, f"unreadable root: {exc}"
+    if size == w.size:
+        return None if root == w.root_hash else (INCONSISTENT, f"another root at size {w.size}")
+    if consistency_proof is None:
+        return UNPROVEN, "no consistency proof source given"
+    try:
+        proof = list(consistency_proof(size, w.size))
+    except AllianceError as exc:
+        return UNPROVEN, str(exc)
+    try:
+        merkle.verify_consistency(size, w.size, proof, root, w.root_hash)
+    except (CryptoError, ValueError) as exc:
+        return INCONSISTENT, str(exc)
     return None
 
 

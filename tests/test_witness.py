@@ -516,7 +516,7 @@ def test_a_proof_the_gateway_refuses_fails_that_run_not_the_check(g1, members, l
     coverage = receipts.receipt_coverage(home, witnessed, time.time(), consistency_proof=proof)
     assert list(coverage.covered) == ["run:run-2"]
     [bad] = coverage.uncovered
-    assert bad["size"] == first and bad["verdict"] == "inconsistent" and "did not answer" in bad["why"]
+    assert bad["size"] == first and bad["verdict"] == "unproven" and "did not answer" in bad["why"]
 
 
 def test_runs_beyond_one_checks_proofs_are_reported_not_checked_yet(g1, members, log_key, tmp_path) -> None:
