@@ -59,6 +59,13 @@ def _sqlite_pragmas_durable(dbapi_conn, record) -> None:  # type: ignore[no-unty
     _sqlite_pragmas(dbapi_conn, record, synchronous="FULL")
 
 
+def execute_rows(conn: Any, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` with one statement; a single row goes as a plain
+    execute, since SQLAlchemy's executemany path costs more per call (the
+    member's answer path writes one row per table per answer)."""
+    conn.execute(statement, rows[0] if len(rows) == 1 else rows)
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 

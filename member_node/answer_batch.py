@@ -25,7 +25,7 @@ import grpc
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
-from alliance import log_rules
+from alliance import db, log_rules
 from alliance.errors import Refused
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import store
@@ -128,7 +128,7 @@ def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcome
                         continue
                     try:
                         subject = facts[(a.epoch, bytes(a.query.subject_token))]
-                        ciphertexts[i] = (service.ciphertext(conn, a, subject), has_active_loan(subject))  # a fresh mask each
+                        ciphertexts[i] = (service.ciphertext(a, subject), has_active_loan(subject))  # a fresh mask each
                     except Refused as exc:
                         refused[i] = exc
                     except Exception as exc:  # noqa: BLE001 - a bug costs this item
@@ -136,8 +136,7 @@ def _write(service: MemberService, admitted: list[tuple[int, Admitted]], outcome
                         refused[i] = exc
                 answered = [(a, ciphertexts[i][0]) for i, a in admitted if i in ciphertexts]
                 if answered:
-                    remembered = [{"query_id": a.body.query_id, "seen_at_ms": now_ms} for a, _ in answered]
-                    conn.execute(_REMEMBER, remembered[0] if len(remembered) == 1 else remembered)  # one row: no executemany
+                    db.execute_rows(conn, _REMEMBER, [{"query_id": a.body.query_id, "seen_at_ms": now_ms} for a, _ in answered])
                     journal_rows(conn, [(a.body.query_id, a.query.body, ct) for a, ct in answered], now_ms)  # SPEC §6.2
                 service.prune_seen(conn, now_ms)
         except IntegrityError:

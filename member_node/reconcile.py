@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Engine, delete, insert, select
 
-from alliance import audit_entry, checkpoint, merkle, signing
+from alliance import audit_entry, checkpoint, db, merkle, signing
 from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
@@ -67,8 +67,7 @@ def journal_answer(conn: Connection, query_id: str, request_body: bytes, ciphert
 def journal_rows(conn: Connection, answers: list[tuple[str, bytes, bytes]], now_ms: int) -> None:
     """Record a batch's answers (query id, request body, ciphertext) in one
     statement; call inside the transaction that remembers their query ids."""
-    rows = [_journal_row(query_id, body, ciphertext, now_ms) for query_id, body, ciphertext in answers]
-    conn.execute(_JOURNAL, rows[0] if len(rows) == 1 else rows)  # one row: no executemany
+    db.execute_rows(conn, _JOURNAL, [_journal_row(query_id, body, ciphertext, now_ms) for query_id, body, ciphertext in answers])
 
 
 def _journal_row(query_id: str, request_body: bytes, ciphertext: bytes, now_ms: int) -> dict[str, object]:
@@ -369,7 +368,7 @@ def _start_index(conn: Connection, oldest_answer_ms: int) -> tuple[int, int | No
 
 def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int = MIN_AGE_MS, since_ms: int = 0,
                    engine: Engine | None = None, client: Any = None) -> Result:
-    from alliance import db, pki
+    from alliance import pki
     from alliance_member.gateway_client import GatewayClient
     from alliance_member.home import MemberHome
 
@@ -394,13 +393,11 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
         result = reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
                            source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
                            witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms)
-        from alliance_member import receipts
-
-        coverage = receipts.receipt_coverage(
+        coverage = receipt_checkpoints.receipt_coverage(
             home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
         result.uncovered_receipt_checkpoints = coverage.uncovered
         try:  # proven prefixes of a witnessed checkpoint: nothing more to keep them for
-            dropped = receipts.prune_receipt_checkpoints(home, coverage.covered)
+            dropped = receipt_checkpoints.prune_receipt_checkpoints(home, coverage.covered)
         except OSError as exc:  # best effort: never at the cost of the reconcile result and its alerts
             log.warning("could not forget covered receipt checkpoints: %s", exc)
         else:

@@ -263,7 +263,7 @@ class MemberService(pb_grpc.MemberNodeServicer):
         with self.engine.begin() as conn:
             self._remember_query_id(conn, admitted.body.query_id, now_ms)
             facts = store.subject_facts(conn, admitted.query.subject_token, admitted.epoch)
-            ciphertext = self.ciphertext(conn, admitted, facts)
+            ciphertext = self.ciphertext(admitted, facts)
             journal_answer(conn, admitted.body.query_id, admitted.query.body, ciphertext, now_ms)  # SPEC §6.2, with the replay row
         return self.signed(admitted, ciphertext, now_ms, active_borrower=has_active_loan(facts))
 
@@ -295,12 +295,10 @@ class MemberService(pb_grpc.MemberNodeServicer):
             raise Refused("the request's Paillier key is not the querier's own", reason="foreign_key")
         return Admitted(query, body, pk, key.epoch)
 
-    def ciphertext(self, conn: Connection, admitted: Admitted, facts: store.Facts | None = None) -> bytes:
+    def ciphertext(self, admitted: Admitted, facts: store.Facts) -> bytes:
         """The one fixed-width ciphertext of the figures, under a fresh
-        single-use mask (reads the book only; the caller writes the rows).
-        ``facts``: the subject's rows when the caller read them already (a batch)."""
-        if facts is None:
-            facts = store.subject_facts(conn, admitted.query.subject_token, admitted.epoch)
+        single-use mask; ``facts``: the subject's rows, read by the caller
+        (which also writes the answer's rows)."""
         figures = self._figures(facts, admitted.body)
         pk = admitted.pk
         if self.naive_baseline and admitted.body.mode == pb.QUERY_MODE_REPORT:

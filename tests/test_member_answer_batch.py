@@ -238,11 +238,11 @@ def test_a_concurrent_answer_of_the_same_id_makes_the_item_a_replay(node, querie
     real = node.ciphertext
     raced: list[bool] = []
 
-    def ciphertext_then_race(conn, admitted, *facts):  # type: ignore[no-untyped-def]
+    def ciphertext_then_race(admitted, facts):  # type: ignore[no-untyped-def]
         if not raced and admitted.body.query_id == qid(racing):
             raced.append(True)
             node.answer(item(querier, racing))  # a separate transaction (SQLite: a second connection; no lock held yet)
-        return real(conn, admitted, *facts)
+        return real(admitted, facts)
 
     monkeypatch.setattr(node, "ciphertext", ciphertext_then_race)
     response = answer_batch.answer_batch(node, pb.MemberQueryBatch(items=[item(querier, racing), item(querier, other)]))[0]
