@@ -123,14 +123,16 @@ class MembershipRPCs:
                 .where(and_(mi.membership_seq >= request.from_membership_seq, mi.seq < size))
                 .order_by(mi.membership_seq).limit(limit)
             ).all()
-        entries, total = [], 0
+        chosen, total = [], 0
         for row in rows:
             data = bytes(row.data)
-            if entries and total + len(data) > FEED_PAGE_BYTES:
+            if chosen and total + len(data) > FEED_PAGE_BYTES:
                 break
             total += len(data)
-            entries.append(pb.ProvenEntry(index=row.seq, data=data, inclusion_proof=self.log.inclusion_proof(row.seq, size),
-                                          membership_seq=row.membership_seq))
+            chosen.append((row, data))
+        proofs = self.log.inclusion_proofs([row.seq for row, _ in chosen], size)
+        entries = [pb.ProvenEntry(index=row.seq, data=data, inclusion_proof=proof, membership_seq=row.membership_seq)
+                   for (row, data), proof in zip(chosen, proofs)]
         return pb.ProvenEntries(checkpoint=note, entries=entries)
 
     # -- helpers -------------------------------------------------------------

@@ -5,6 +5,7 @@
     alliance_gateway_query_seconds{kind,outcome}             histogram of query handling, receipt to logged
     alliance_gateway_answers_dropped_total{member,reason}    reason: deadline_exceeded|malformed_answer|unreachable|refused|error
     alliance_gateway_member_batch_items                      histogram of requests per call to a member (AnswerBatch, SPEC §8)
+    alliance_gateway_log_batch_entries                       histogram of query entries per log transaction (group commit, SPEC §8)
     alliance_gateway_log_size                                audit-log entries (read at scrape)
     alliance_gateway_mask_pools / _mask_pool_masks_available / _mask_pool_table_bytes / _mask_pool_misses
 
@@ -40,6 +41,8 @@ class GatewayMetrics:
         # SPEC §8: how well the per-member dispatchers coalesce (1 = light load, no waiting).
         self.batch_items = Histogram("alliance_gateway_member_batch_items", "Requests sent per call to a member "
                                      "(AnswerBatch).", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.log_batch_entries = Histogram("alliance_gateway_log_batch_entries", "Query log entries written per "
+                                           "transaction (group commit).", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         for kind in KINDS:  # the series exist (at 0) before the first query, so rate() works from the start
             for outcome in ("accepted", "refused"):
                 self.queries.labels(kind, outcome)
@@ -68,6 +71,9 @@ class GatewayMetrics:
     def member_batch(self, items: int) -> None:
         self.batch_items.observe(items)
 
+    def log_batch(self, entries: int) -> None:
+        self.log_batch_entries.observe(entries)
+
     def rate_limited(self, kind: str) -> None:
         kind = m.bounded(kind, KINDS)
         self.queries.labels(kind, "rate_limited").inc()
@@ -90,6 +96,9 @@ class NullGatewayMetrics(GatewayMetrics):
         pass
 
     def member_batch(self, items: int) -> None:
+        pass
+
+    def log_batch(self, entries: int) -> None:
         pass
 
 

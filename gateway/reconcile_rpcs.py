@@ -102,7 +102,6 @@ def query_proofs(engine: Engine, reader: audit_log.LogReader, member_id: str, fr
     limit = min(max_entries or DEFAULT_PAGE_ENTRIES, MAX_PAGE_ENTRIES)
     ix = schema.asked_index.c
     seq_c, data_c = schema.log_entries.c.seq, schema.log_entries.c.data
-    out: list[pb.ProvenEntry] = []
     with engine.connect() as conn:
         seqs = [r.seq for r in conn.execute(
             select(ix.seq).where(and_(ix.member_id.in_((member_id, RESTARTS)), ix.seq >= from_index, ix.seq < size))
@@ -118,6 +117,7 @@ def query_proofs(engine: Engine, reader: audit_log.LogReader, member_id: str, fr
             rows = conn.execute(select(seq_c, data_c).where(seq_c.in_(chosen)).order_by(seq_c)).all()
         else:
             rows = []
+    served: list[tuple[int, bytes]] = []
     for row in rows:
         data = bytes(row.data)
         try:
@@ -127,7 +127,9 @@ def query_proofs(engine: Engine, reader: audit_log.LogReader, member_id: str, fr
         if not serves(entry, member_id):  # belt and braces: the index must never widen what a member sees
             log.error("asked_index lists entry %d for %s but the entry does not ask it; not served", row.seq, member_id)
             continue
-        out.append(pb.ProvenEntry(index=row.seq, data=data, inclusion_proof=reader.inclusion_proof(row.seq, size)))
+        served.append((row.seq, data))
+    proofs = reader.inclusion_proofs([seq for seq, _ in served], size)
+    out = [pb.ProvenEntry(index=seq, data=data, inclusion_proof=proof) for (seq, data), proof in zip(served, proofs)]
     return pb.ProvenEntries(checkpoint=note, entries=out)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import grpc
-from sqlalchemy import Engine, and_, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select
 
 from alliance import book_status, log_rules, naive, paillier, protocol, report, signing
 from alliance.policy import MONITORING_PURPOSE
@@ -32,6 +32,7 @@ from alliance_gateway.reconcile_rpcs import ReconcileRPCs, index_asked
 from alliance_gateway.entries import QueryContext, _Context, _query_entry, check_bounds, query_entry  # noqa: F401 (re-exported)
 from alliance_gateway.book_status_rpcs import BookStatusCache, BookStatusRpcs
 from alliance_gateway.disclosure_rpcs import DisclosureRpcs
+from alliance_gateway.group_commit import GroupCommit
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.key_share_rpcs import KeyShareRpcs
 from alliance_gateway.log_rpcs import LogRpcs
@@ -110,6 +111,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
+        self.log_commits = GroupCommit(engine, on_batch=self.metrics.log_batch)  # SPEC §8: batched log appends
 
     # -- RPCs -------------------------------------------------------------
 
@@ -389,38 +391,48 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
             ).scalar_one()
 
     def _commit(self, ctx: QueryContext, querier: MemberRecord | None, *, outcome: str, failure: QueryFailure | None = None) -> int:
-        """Durably log the query before anything is answered. An accepted
-        report settles its token's pin under the log's lock, so pins are
-        taken in log order; a report over another set becomes an
-        `answer_set_changed` refusal (its quota slot stays spent)."""
-        with self.engine.begin() as conn:
-            def build(seq: int, when: str) -> dict[str, Any]:
-                nonlocal outcome, failure
-                if outcome == "accepted" and querier is not None and ctx.body is not None:
-                    pin, ok = reservations.settle_pin(conn, ctx.body.subject_token_sha256, querier.member_id,
-                                                      [r.member_id for r in ctx.receipts], ctx.received_ms)
-                    ctx.answer_set = list(pin.members)
-                    if not ok:
-                        missing = sorted(set(pin.members) - {querier.member_id} - {r.member_id for r in ctx.receipts})
-                        outcome, failure = "refused", QueryFailure("answer_set_changed", _pin_message(pin, missing))
-                return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
-
-            seq, _ = audit_log.append(conn, build, ctx.received_ms, cache=self.log.nodes)
-            index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
-            conn.execute(_INSERT_INQUIRY, {
-                "seq": seq,
-                "querier_id": ctx.peer_id,
-                "token_sha256": ctx.body.subject_token_sha256 if ctx.body is not None else b"",
-                "received_at_ms": ctx.received_ms,
-                "accepted": outcome == "accepted",
-            })
-            if outcome == "accepted" and ctx.body is not None and protocol.purpose_name(ctx.body.purpose) == APPLICATION_PURPOSE:
-                conn.execute(_INSERT_APPLICATION, {"seq": seq, "querier_id": ctx.peer_id, "token_sha256": ctx.body.subject_token_sha256,
-                                                   "received_at_ms": ctx.received_ms})
+        """Durably log the query before anything is answered, in a
+        transaction shared with the queries committing at the same time
+        (group_commit.py). An accepted report settles its token's pin under
+        the log's lock, so pins are taken in log order; a report over another
+        set becomes an `answer_set_changed` refusal (its quota slot stays
+        spent)."""
+        seq, outcome, failure = self.log_commits.run(lambda conn: self._write_query(conn, ctx, querier, outcome, failure))
         if outcome != "accepted" and failure is not None and querier is not None:
             failure.logged = True  # settling the pin turned this entry into a refusal
             raise failure
         return seq
+
+    def _write_query(self, conn: Connection, ctx: QueryContext, querier: MemberRecord | None, outcome: str,
+                     failure: QueryFailure | None) -> tuple[int, str, QueryFailure | None]:
+        """The query's log entry and its indexes, in ``conn``'s transaction.
+        Restartable (group commit may run it again after a rollback): it
+        starts from the arguments each time and returns what settling the
+        pin made of the outcome."""
+        def build(seq: int, when: str) -> dict[str, Any]:
+            nonlocal outcome, failure
+            if outcome == "accepted" and querier is not None and ctx.body is not None:
+                pin, ok = reservations.settle_pin(conn, ctx.body.subject_token_sha256, querier.member_id,
+                                                  [r.member_id for r in ctx.receipts], ctx.received_ms)
+                ctx.answer_set = list(pin.members)
+                if not ok:
+                    missing = sorted(set(pin.members) - {querier.member_id} - {r.member_id for r in ctx.receipts})
+                    outcome, failure = "refused", QueryFailure("answer_set_changed", _pin_message(pin, missing))
+            return query_entry(ctx, seq, when, outcome, failure, self.config.k_min)
+
+        seq, _ = audit_log.append(conn, build, ctx.received_ms, cache=self.log.nodes)
+        index_asked(conn, seq, ctx.asked)  # SPEC §6.2: what GetQueryProofs may serve each member
+        conn.execute(_INSERT_INQUIRY, {
+            "seq": seq,
+            "querier_id": ctx.peer_id,
+            "token_sha256": ctx.body.subject_token_sha256 if ctx.body is not None else b"",
+            "received_at_ms": ctx.received_ms,
+            "accepted": outcome == "accepted",
+        })
+        if outcome == "accepted" and ctx.body is not None and protocol.purpose_name(ctx.body.purpose) == APPLICATION_PURPOSE:
+            conn.execute(_INSERT_APPLICATION, {"seq": seq, "querier_id": ctx.peer_id, "token_sha256": ctx.body.subject_token_sha256,
+                                               "received_at_ms": ctx.received_ms})
+        return seq, outcome, failure
 
     def _receipt(self, seq: int, known_size: int = 0) -> pb.AuditReceipt:
         """Checkpoint, inclusion proof and entry; with the querier's known

@@ -1,0 +1,231 @@
+"""Group commit of the gateway's query log (gateway/group_commit.py, SPEC §8
+"batched log appends"): entries queued while a commit runs share the next
+transaction, in arrival order; one entry's failure costs no other its
+commit; and at the gateway, every query of a batch is logged before it is
+answered, with receipts that prove it, and pins settled in log order."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
+
+from alliance import audit_entry, checkpoint, db, identity, merkle, protocol
+from alliance_gateway.group_commit import GroupCommit
+from alliance_gateway.service import QueryFailure
+from tests.alliance_fixtures import signed_query
+from tests.test_gateway_service import FakeStub, ca, gateway, members, process  # noqa: F401
+
+_meta = MetaData()
+_rows = Table("rows", _meta, Column("id", Integer, primary_key=True, autoincrement=True), Column("name", String(40), nullable=False))
+
+
+@pytest.fixture
+def engine(db_url):  # type: ignore[no-untyped-def]
+    engine = db.make_engine(db_url, durable=True)
+    _meta.create_all(engine)
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    yield engine, commits
+    engine.dispose()
+
+
+def _queued(committer: GroupCommit, n: int, timeout_s: float = 10.0) -> None:
+    """Wait until ``n`` callers wait behind the running commit."""
+    until = time.monotonic() + timeout_s
+    while len(committer._queue) < n:
+        assert time.monotonic() < until, f"only {len(committer._queue)} of {n} callers queued"
+        time.sleep(0.005)
+
+
+def _insert(name: str) -> Callable:  # type: ignore[type-arg]
+    def work(conn):  # type: ignore[no-untyped-def]
+        return conn.execute(insert(_rows).values(name=name).returning(_rows.c.id)).scalar_one()
+    return work
+
+
+def _names(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return [r.name for r in conn.execute(select(_rows.c.name).order_by(_rows.c.id))]
+
+
+def _held_first(committer: GroupCommit, release: threading.Event) -> Callable:  # type: ignore[type-arg]
+    def work(conn):  # type: ignore[no-untyped-def]
+        assert release.wait(10)
+        return _insert("first")(conn)
+    return work
+
+
+def test_callers_queued_behind_a_commit_share_one_transaction_in_arrival_order(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+    committer, release = GroupCommit(engine), threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(committer.run, _held_first(committer, release))
+        time.sleep(0.05)
+        later = []
+        for i in range(6):
+            later.append(pool.submit(committer.run, _insert(f"q{i}")))
+            _queued(committer, i + 1)  # one at a time, so arrival order is known
+        commits_before = len(commits)
+        release.set()
+        ids = [first.result(10)] + [f.result(10) for f in later]
+    assert _names(engine) == ["first", "q0", "q1", "q2", "q3", "q4", "q5"]
+    assert ids == sorted(ids) and len(set(ids)) == 7  # each caller got its own row back
+    assert len(commits) - commits_before == 2  # the held one, then the six together
+
+
+def test_one_failing_entry_costs_no_other_its_commit(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+    committer, release = GroupCommit(engine), threading.Event()
+    runs: list[str] = []
+
+    def counted(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+        def work(conn):  # type: ignore[no-untyped-def]
+            runs.append(name)
+            row = _insert(name)(conn)
+            if fail:
+                raise ValueError(f"{name} is broken")
+            return row
+        return work
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(committer.run, _held_first(committer, release))
+        time.sleep(0.05)
+        futures = {}
+        for i, name in enumerate(["a", "bad", "c"]):
+            futures[name] = pool.submit(committer.run, counted(name, fail=name == "bad"))
+            _queued(committer, i + 1)
+        release.set()
+        first.result(10)
+        with pytest.raises(ValueError, match="bad is broken"):
+            futures["bad"].result(10)
+        assert futures["a"].result(10) and futures["c"].result(10)
+    # The shared transaction rolled back, then each ran alone: nothing of the
+    # failed run and nothing of the broken entry is kept.
+    assert _names(engine) == ["first", "a", "c"]
+    assert runs == ["a", "bad", "a", "bad", "c"]
+
+
+def test_a_caller_beyond_one_batch_still_commits(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+    committer, release = GroupCommit(engine, max_batch=2), threading.Event()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(committer.run, _held_first(committer, release))
+        time.sleep(0.05)
+        later = []
+        for i in range(5):
+            later.append(pool.submit(committer.run, _insert(f"q{i}")))
+            _queued(committer, i + 1)
+        commits_before = len(commits)
+        release.set()
+        first.result(10)
+        for f in later:
+            f.result(10)
+    assert _names(engine) == ["first", "q0", "q1", "q2", "q3", "q4"]
+    assert len(commits) - commits_before == 4  # first, then 2 + 2 + 1
+
+
+def test_a_lone_caller_commits_at_once(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+    committer = GroupCommit(engine)
+    assert committer.run(_insert("only")) == 1
+    assert _names(engine) == ["only"] and len(commits) == 1
+
+
+# -- at the gateway ------------------------------------------------------------
+
+def _hold_log(svc, release: threading.Event) -> list:  # type: ignore[no-untyped-def]
+    """The next query's log write waits for ``release``; returns the
+    transaction (connection) each later write ran in."""
+    calls: list = []
+    write, held = svc._write_query, [False]
+
+    def wrapped(conn, ctx, *args):  # type: ignore[no-untyped-def]
+        if not held[0]:
+            held[0] = True
+            assert release.wait(20)
+        calls.append((id(conn), ctx.body.query_id))
+        return write(conn, ctx, *args)
+
+    svc._write_query = wrapped
+    return calls
+
+
+def test_concurrent_queries_are_logged_together_and_each_receipt_proves_its_entry(gateway) -> None:  # type: ignore[no-untyped-def]
+    svc, _, members = gateway
+    with svc.engine.begin() as conn:
+        from alliance_gateway import schema
+        conn.execute(schema.members.update().values(daily_quota=100))
+    release = threading.Event()
+    calls = _hold_log(svc, release)
+    queries = [signed_query(members["mq"], subject=_subject(i)) for i in range(5)]
+    size_before = svc.log.size()
+    verifier = checkpoint.parse_verifier_key(checkpoint.verifier_key(svc.log.key_name, svc.log.signing_key.public_key()))
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
+        time.sleep(0.1)
+        rest = []
+        for i, q in enumerate(queries[1:]):
+            rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
+            _queued(svc.log_commits, i + 1, timeout_s=20)
+        release.set()
+        responses = [first.result(20)] + [f.result(20) for f in rest]
+    # The four queued queries went in one transaction, in arrival order.
+    batch = [qid for conn_id, qid in calls if conn_id == calls[-1][0]]
+    assert batch == [r.query_id for r in responses[1:]]
+    assert svc.log.size() == size_before + 5
+    for resp in responses:
+        receipt = resp.audit
+        entry = audit_entry.decode(receipt.entry, index=receipt.leaf_index)
+        assert entry["query_id"] == resp.query_id and entry["outcome"] == "accepted"
+        cp = checkpoint.open_checkpoint(receipt.checkpoint, verifier)
+        merkle.verify_inclusion(merkle.leaf_hash(receipt.entry), receipt.leaf_index, cp.size,
+                                list(receipt.inclusion_proof), cp.root_hash)
+    assert [r.audit.leaf_index for r in responses] == list(range(size_before, size_before + 5))
+
+
+def test_pins_are_settled_in_log_order_within_one_batch(gateway) -> None:  # type: ignore[no-untyped-def]
+    """Two reports on one subject, over different answering sets, committed
+    in one transaction: the first pins the set, the second is refused."""
+    svc, stubs, members = gateway
+    with svc.engine.begin() as conn:
+        from alliance_gateway import schema
+        conn.execute(schema.members.update().values(daily_quota=100))
+    release = threading.Event()
+    _hold_log(svc, release)
+    other = signed_query(members["mq"], subject=_subject(7))
+    full, partial = signed_query(members["mq"]), signed_query(members["mq"])
+    with ThreadPoolExecutor(3) as pool:
+        held = pool.submit(process, svc, members, other, "mq", "member", "query")
+        time.sleep(0.1)
+        first = pool.submit(process, svc, members, full, "mq", "member", "query")
+        _queued(svc.log_commits, 1, timeout_s=20)
+        answering = stubs["mc"]
+        stubs["mc"] = FakeStub(None)  # mc no longer answers: the second report has another set
+        try:
+            second = pool.submit(process, svc, members, partial, "mq", "member", "query")
+            _queued(svc.log_commits, 2, timeout_s=20)
+        finally:
+            stubs["mc"] = answering
+        release.set()
+        held.result(20)
+        assert first.result(20).members_answered == 3
+        with pytest.raises(QueryFailure) as exc:
+            second.result(20)
+    assert exc.value.reason == "answer_set_changed"
+    last, before = _entries(svc)[-2:][::-1]
+    assert (before["query_id"], before["outcome"]) == (protocol.parse_body(full).query_id, "accepted")
+    assert (last["query_id"], last["outcome"], last["reason"]) == (protocol.parse_body(partial).query_id, "refused", "answer_set_changed")
+    assert last["answer_set"] == before["answer_set"] == ["ma", "mb", "mc", "mq"]
+
+
+def _subject(i: int) -> tuple[str, str]:
+    first17 = f"1101051949123{100 + i:03d}"[:17].ljust(17, "0")
+    return ("RESIDENT_ID", first17 + identity.resident_id_check_char(first17))
+
+
+def _entries(svc) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [audit_entry.decode(data, index=seq) for seq, data in svc.log.entries(0, svc.log.size())]
