@@ -15,6 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, 
 
 from alliance import audit_entry, checkpoint, db, identity, merkle, protocol
 from alliance_gateway.group_commit import GroupCommit
+from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.service import QueryFailure
 from tests.alliance_fixtures import signed_query
 from tests.test_gateway_service import FakeStub, ca, gateway, members, process  # noqa: F401
@@ -61,7 +62,8 @@ def _held_first(committer: GroupCommit, release: threading.Event) -> Callable:  
 
 def test_callers_queued_behind_a_commit_share_one_transaction_in_arrival_order(engine) -> None:  # type: ignore[no-untyped-def]
     engine, commits = engine
-    committer, release = GroupCommit(engine), threading.Event()
+    batches: list[int] = []
+    committer, release = GroupCommit(engine, on_batch=batches.append), threading.Event()
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(committer.run, _held_first(committer, release))
         time.sleep(0.05)
@@ -75,6 +77,17 @@ def test_callers_queued_behind_a_commit_share_one_transaction_in_arrival_order(e
     assert _names(engine) == ["first", "q0", "q1", "q2", "q3", "q4", "q5"]
     assert ids == sorted(ids) and len(set(ids)) == 7  # each caller got its own row back
     assert len(commits) - commits_before == 2  # the held one, then the six together
+    assert batches == [1, 6]
+
+
+def test_the_gateway_metric_counts_entries_per_log_transaction() -> None:
+    metrics = GatewayMetrics()
+    for n in (1, 6):
+        metrics.log_batch(n)
+    sample = metrics.registry.get_sample_value
+    assert sample("alliance_gateway_log_batch_entries_count") == 2 and sample("alliance_gateway_log_batch_entries_sum") == 7
+    assert sample("alliance_gateway_log_batch_entries_bucket", {"le": "1.0"}) == 1
+    assert sample("alliance_gateway_log_batch_entries_bucket", {"le": "4.0"}) == 1
 
 
 def test_one_failing_entry_costs_no_other_its_commit(engine) -> None:  # type: ignore[no-untyped-def]
