@@ -13,21 +13,35 @@ commits once. Log order is queue order and each entry's work sees the ones
 before it in the batch (the §5.3 pins are settled in log order).
 
 A caller returns only after the transaction holding its entry committed, so
-"logged before answered" is unchanged. If a batch's transaction fails, each
-of its entries is written again on its own, so one entry's failure (its own
-exception) never costs another its commit. Work functions must therefore be
-restartable: they may be run twice, in a rolled-back and a fresh transaction,
-and must keep no state from a rolled-back run."""
+"logged before answered" is unchanged. Failures are told apart by where they
+happen:
+- an entry's own work raises (a bad entry, a constraint): the transaction is
+  rolled back, that caller gets its exception and the rest of the batch is
+  written again without it, so one entry costs no other its commit. Work
+  functions are therefore restartable: they may run again in a fresh
+  transaction and must keep no state from a rolled-back run;
+- the database fails (``OperationalError``: a lock timeout, a lost
+  connection): every caller of the batch gets the error at once, as each
+  would have on its own. Retrying entry by entry would pay a stuck replica's
+  lock timeout once per entry, one after another;
+- COMMIT raises: the outcome is unknown (the server may have committed), so
+  every caller gets the error and nothing is written again: a retry could
+  log an entry twice.
+Work must not call ``run`` itself (it would wait for its own batch).
+"""
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 T = TypeVar("T")
+log = logging.getLogger("alliance.gateway")
 
 MAX_BATCH = 64  # entries per transaction: bounds how long the write lock is held
 
@@ -72,38 +86,92 @@ class GroupCommit:
                 self._writing = True
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 self._cond.release()
+                escaped: BaseException | None = None
                 try:
                     self._write(batch)
+                except BaseException as exc:  # noqa: BLE001 - settled below, so no waiter is stranded
+                    escaped = exc
                 finally:
                     self._cond.acquire()
                     self._writing = False
+                    for pending in batch:
+                        if not pending.done:
+                            _finish(pending, error=escaped if isinstance(escaped, Exception)
+                                    else LogCommitError("the log commit was interrupted; its outcome is unknown"))
                     self._cond.notify_all()
+                if escaped is not None and not isinstance(escaped, Exception):
+                    raise escaped  # KeyboardInterrupt and the like stay this thread's
 
     def _write(self, batch: list[_Pending[Any]]) -> None:
-        """Write ``batch`` in one transaction; on failure, each on its own."""
-        if self._on_batch is not None:
-            self._on_batch(len(batch))
-        try:
-            with self.engine.begin() as conn:
-                results = [item.work(conn) for item in batch]
-        except BaseException as exc:  # noqa: BLE001 - handed to its caller, never lost
-            if len(batch) == 1:
-                _finish(batch[0], error=exc)
+        """Write ``batch`` in one transaction; an entry whose work raises is
+        failed alone and the others are written again without it."""
+        while batch:
+            self._count(len(batch))
+            try:
+                conn = self.engine.connect()
+            except Exception as exc:  # noqa: BLE001 - nothing was written
+                self._finish_all(batch, exc)
                 return
-            for item in batch:
-                self._write_alone(item)
+            try:
+                failed, transaction = None, None
+                try:
+                    transaction = conn.begin()
+                    results = []
+                    for index, pending in enumerate(batch):
+                        failed = index
+                        results.append(pending.work(conn))
+                    failed = None
+                except Exception as exc:  # noqa: BLE001 - handed to its caller
+                    _rollback_quietly(transaction)
+                    if isinstance(exc, OperationalError) or failed is None:
+                        self._finish_all(batch, exc)  # the database, not the entry: fail the batch at once
+                        return
+                    self._finish_one(batch[failed], error=exc)
+                    batch = batch[:failed] + batch[failed + 1:]
+                    continue
+                try:
+                    transaction.commit()
+                except Exception as exc:  # noqa: BLE001 - outcome unknown: never written again
+                    self._finish_all(batch, exc)
+                    return
+            finally:
+                conn.close()
+            for pending, result in zip(batch, results):
+                self._finish_one(pending, result=result)
             return
-        for item, result in zip(batch, results):
-            _finish(item, result=result)
 
-    def _write_alone(self, item: _Pending[Any]) -> None:
+    def _count(self, entries: int) -> None:
+        if self._on_batch is None:
+            return
         try:
-            with self.engine.begin() as conn:
-                result = item.work(conn)
-        except BaseException as exc:  # noqa: BLE001 - handed to its caller
-            _finish(item, error=exc)
-        else:
-            _finish(item, result=result)
+            self._on_batch(entries)
+        except Exception:  # noqa: BLE001 - a metric never costs a commit
+            log.exception("log batch metric failed")
+
+    def _finish_one(self, pending: _Pending[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+        with self._cond:
+            _finish(pending, result=result, error=error)
+            self._cond.notify_all()
+
+    def _finish_all(self, batch: list[_Pending[Any]], error: BaseException) -> None:
+        with self._cond:
+            for pending in batch:
+                _finish(pending, error=error)
+            self._cond.notify_all()
+
+
+def _rollback_quietly(transaction: Any) -> None:
+    """Roll back; a connection too broken to roll back is discarded on close."""
+    if transaction is None:
+        return
+    try:
+        transaction.rollback()
+    except Exception:  # noqa: BLE001 - the error that matters is the one being handed over
+        log.warning("log batch rollback failed", exc_info=True)
+
+
+class LogCommitError(RuntimeError):
+    """A log commit ended without telling this entry's outcome."""
 
 
 def _finish(item: _Pending[Any], *, result: Any = None, error: BaseException | None = None) -> None:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
+from sqlalchemy.exc import OperationalError
 
 from alliance import audit_entry, checkpoint, db, identity, merkle, protocol
 from alliance_gateway.group_commit import GroupCommit
@@ -116,10 +117,10 @@ def test_one_failing_entry_costs_no_other_its_commit(engine) -> None:  # type: i
         with pytest.raises(ValueError, match="bad is broken"):
             futures["bad"].result(10)
         assert futures["a"].result(10) and futures["c"].result(10)
-    # The shared transaction rolled back, then each ran alone: nothing of the
-    # failed run and nothing of the broken entry is kept.
+    # The shared transaction rolled back at the broken entry, then the rest
+    # were written again without it: nothing of the failed run is kept.
     assert _names(engine) == ["first", "a", "c"]
-    assert runs == ["a", "bad", "a", "bad", "c"]
+    assert runs == ["a", "bad", "a", "c"]
 
 
 def test_a_caller_beyond_one_batch_still_commits(engine) -> None:  # type: ignore[no-untyped-def]
@@ -139,6 +140,91 @@ def test_a_caller_beyond_one_batch_still_commits(engine) -> None:  # type: ignor
             f.result(10)
     assert _names(engine) == ["first", "q0", "q1", "q2", "q3", "q4"]
     assert len(commits) - commits_before == 4  # first, then 2 + 2 + 1
+
+
+def _batch_behind_held(committer: GroupCommit, works: list) -> list:  # type: ignore[type-arg]
+    """Run ``works`` as one batch queued behind a held first commit; each
+    caller's result, or its exception."""
+    release = threading.Event()
+    with ThreadPoolExecutor(len(works) + 1) as pool:
+        first = pool.submit(committer.run, _held_first(committer, release))
+        time.sleep(0.05)
+        futures = []
+        for i, work in enumerate(works):
+            futures.append(pool.submit(committer.run, work))
+            _queued(committer, i + 1)
+        release.set()
+        first.result(20)
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(20))
+            except Exception as exc:  # noqa: BLE001 - the outcome under test
+                outcomes.append(exc)
+    return outcomes
+
+
+def test_a_failing_metric_costs_no_commit(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+
+    def on_batch(n: int) -> None:
+        raise RuntimeError("metric backend hiccup")
+
+    outcomes = _batch_behind_held(GroupCommit(engine, on_batch=on_batch), [_insert("a"), _insert("b")])
+    assert outcomes == [2, 3]
+    assert _names(engine) == ["first", "a", "b"]
+
+
+def test_a_commit_that_fails_is_never_written_again(engine) -> None:  # type: ignore[no-untyped-def]
+    """COMMIT raising is ambiguous (the server may have committed): every
+    caller of the batch gets the error and no entry is written twice."""
+    engine, commits = engine
+    real, armed = engine.dialect.do_commit, {"after": -1}
+
+    def do_commit(dbapi_conn):  # type: ignore[no-untyped-def]
+        real(dbapi_conn)
+        armed["after"] -= 1
+        if armed["after"] == 0:
+            raise engine.dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+
+    engine.dialect.do_commit = do_commit
+    armed["after"] = 2  # the held commit, then the [a, b] batch's
+    outcomes = _batch_behind_held(GroupCommit(engine), [_insert("a"), _insert("b")])
+    assert [type(o).__name__ for o in outcomes] == ["OperationalError", "OperationalError"]
+    assert _names(engine) == ["first", "a", "b"]  # committed once, by the one COMMIT
+
+
+def test_a_database_error_fails_the_batch_at_once(engine) -> None:  # type: ignore[no-untyped-def]
+    """A lock timeout or a lost connection is the database's, not an
+    entry's: the batch fails together instead of paying it once per entry."""
+    engine, commits = engine
+    runs: list[str] = []
+
+    def locked(name: str):  # type: ignore[no-untyped-def]
+        def work(conn):  # type: ignore[no-untyped-def]
+            runs.append(name)
+            raise OperationalError("UPDATE log_head", {}, Exception("lock timeout"))
+        return work
+
+    outcomes = _batch_behind_held(GroupCommit(engine), [locked("a"), locked("b"), locked("c")])
+    assert all(isinstance(o, OperationalError) for o in outcomes)
+    assert runs == ["a"]  # tried once, for all three
+
+
+def test_an_interrupt_in_a_work_leaves_the_committer_usable(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+    committer = GroupCommit(engine)
+
+    class Interrupt(BaseException):
+        pass
+
+    def interrupted(conn):  # type: ignore[no-untyped-def]
+        _insert("lost")(conn)
+        raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        committer.run(interrupted)
+    assert committer.run(_insert("after")) and _names(engine) == ["after"]
 
 
 def test_a_lone_caller_commits_at_once(engine) -> None:  # type: ignore[no-untyped-def]
@@ -242,3 +328,49 @@ def _subject(i: int) -> tuple[str, str]:
 
 def _entries(svc) -> list[dict]:  # type: ignore[no-untyped-def]
     return [audit_entry.decode(data, index=seq) for seq, data in svc.log.entries(0, svc.log.size())]
+
+
+def test_an_ambiguous_log_commit_never_logs_a_query_twice(gateway) -> None:  # type: ignore[no-untyped-def]
+    """The batch's COMMIT went through but raised (a connection lost during
+    COMMIT): its queries fail, and none is logged a second time (SPEC §5.4:
+    one entry per query id; §12: the log stays duplicate-free)."""
+    svc, _, members = gateway
+    with svc.engine.begin() as conn:
+        from alliance_gateway import schema
+        conn.execute(schema.members.update().values(daily_quota=100))
+    engine, real, armed = svc.engine, svc.engine.dialect.do_commit, {"after": -1}
+
+    def do_commit(dbapi_conn):  # type: ignore[no-untyped-def]
+        real(dbapi_conn)
+        armed["after"] -= 1
+        if armed["after"] == 0:
+            raise engine.dialect.loaded_dbapi.OperationalError("server closed the connection unexpectedly")
+
+    release = threading.Event()
+    calls = _hold_log(svc, release)
+    queries = [signed_query(members["mq"], subject=_subject(i)) for i in range(3)]
+    outcomes: list = []
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
+        time.sleep(0.1)
+        rest = []
+        for i, q in enumerate(queries[1:]):
+            rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
+            _queued(svc.log_commits, i + 1, timeout_s=20)
+        armed["after"] = 2  # the held query's COMMIT, then the batch's
+        engine.dialect.do_commit = do_commit
+        try:
+            release.set()
+            first.result(20)
+            for f in rest:
+                try:
+                    outcomes.append(f.result(20))
+                except Exception as exc:  # noqa: BLE001 - the outcome under test
+                    outcomes.append(exc)
+        finally:
+            engine.dialect.do_commit = real
+    assert len({conn_id for conn_id, _ in calls[-2:]}) == 1  # the two went in one transaction
+    assert all(isinstance(o, Exception) for o in outcomes)
+    query_ids = [e["query_id"] for e in _entries(svc) if e["kind"] == "query"]
+    assert len(query_ids) == len(set(query_ids))
+    assert {protocol.parse_body(q).query_id for q in queries} <= set(query_ids)  # committed, once
