@@ -29,7 +29,11 @@ from alliance.errors import CryptoError
 
 ED25519_TYPE = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space
-MAX_SIGNATURES = 100  # the spec asks verifiers to accept at least 16
+# The C2SP spec asks verifiers to accept at least 16. A witnessed checkpoint
+# carries the log's line and one cosignature per member (SPEC §6.1), so this
+# bounds the alliance: 999 members. It was 100, which would have made every
+# member refuse the witnessed checkpoints of an alliance past 99 members.
+MAX_SIGNATURES = 1000
 MAX_TREE_SIZE = 2**64 - 1
 _SIZE = re.compile(r"0|[1-9][0-9]*")
 _HEX8 = re.compile(r"[0-9a-fA-F]{8}")

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from alliance import checkpoint, cosignature
+from alliance import checkpoint, cosignature, witness_quorum
 from alliance.errors import CryptoError
 
 CP = checkpoint.Checkpoint("test.alliance/audit-log", 42, bytes(range(32)), ("membership 7",))
@@ -57,3 +57,29 @@ def test_a_forged_or_misplaced_cosignature_fails() -> None:
     assert cosignature.verify_line(line, CP, {"a": _raw(Ed25519PrivateKey.generate())}) is None  # another key: ignored
     with pytest.raises(CryptoError, match="future"):
         cosignature.verify_line(cosignature.cosign(CP, "a", k, 10_000), CP, {"a": _raw(k)}, now_s=1000)
+
+
+def test_a_large_alliance_s_witnessed_checkpoint_opens_and_counts() -> None:
+    """An alliance past 99 members: the log's line plus 150 cosignatures (the
+    old limit of 100 signature lines refused such notes, so members would
+    have trusted no witnessed checkpoint at all)."""
+    log_key = Ed25519PrivateKey.generate()
+    keys = {f"lender-{i:03d}": Ed25519PrivateKey.generate() for i in range(150)}
+    note = cosignature.add_cosignatures(checkpoint.sign_checkpoint(CP, "test.alliance/audit-log", log_key),
+                                        [cosignature.cosign(CP, m, k, 100) for m, k in keys.items()])
+    assert note.count("\n\u2014 ") == 151
+    verifier = checkpoint.parse_verifier_key(checkpoint.verifier_key("test.alliance/audit-log", log_key.public_key()))
+    assert checkpoint.open_checkpoint(note, verifier) == CP
+    counted = witness_quorum.check_quorum(note, CP, eligible=set(keys), keys={m: [_raw(k)] for m, k in keys.items()},
+                                          deciding="lender-000", now_s=1000)
+    assert counted == set(keys) - {"lender-000"}
+
+
+def test_a_note_with_more_signature_lines_than_the_bound_is_refused() -> None:
+    log_key = Ed25519PrivateKey.generate()
+    filler = cosignature.cosign(CP, "someone", Ed25519PrivateKey.generate(), 100)
+    note = cosignature.add_cosignatures(checkpoint.sign_checkpoint(CP, "test.alliance/audit-log", log_key),
+                                        [filler] * checkpoint.MAX_SIGNATURES)
+    verifier = checkpoint.parse_verifier_key(checkpoint.verifier_key("test.alliance/audit-log", log_key.public_key()))
+    with pytest.raises(CryptoError, match="signature lines, more than 1000"):
+        checkpoint.open_checkpoint(note, verifier)
