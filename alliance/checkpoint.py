@@ -31,9 +31,12 @@ ED25519_TYPE = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space
 # The C2SP spec asks verifiers to accept at least 16. A witnessed checkpoint
 # carries the log's line and one cosignature per member (SPEC §6.1), so this
-# bounds the alliance: 999 members. It was 100, which would have made every
-# member refuse the witnessed checkpoints of an alliance past 99 members.
-MAX_SIGNATURES = 1000
+# bounds the alliance: 199 members. It was 100, which would have made every
+# member refuse the witnessed checkpoints of an alliance past 99 members. Not
+# higher: GetWitnessedCheckpoint returns a note per distinct size witnesses
+# stand at, each with every line, and at 200 lines even 200 such notes stay
+# under 5 MB, well inside the 8 MiB messages the alliance allows.
+MAX_SIGNATURES = 200
 MAX_TREE_SIZE = 2**64 - 1
 _SIZE = re.compile(r"0|[1-9][0-9]*")
 _HEX8 = re.compile(r"[0-9a-fA-F]{8}")

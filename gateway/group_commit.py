@@ -20,10 +20,15 @@ happen:
   written again without it, so one entry costs no other its commit. Work
   functions are therefore restartable: they may run again in a fresh
   transaction and must keep no state from a rolled-back run;
-- the database fails (``OperationalError``: a lock timeout, a lost
-  connection): every caller of the batch gets the error at once, as each
-  would have on its own. Retrying entry by entry would pay a stuck replica's
-  lock timeout once per entry, one after another;
+- the database fails (any driver error but a constraint or a bad value: a
+  lock timeout, a lost or timed-out connection): every caller of the batch
+  gets the error at once, as each would have on its own. Retrying entry by
+  entry would pay a stuck replica's lock timeout once per entry, one after
+  another, and blame whichever entry happened to be running;
+- an entry waited longer than ``max_wait_s`` for its batch to start (a
+  commit stuck behind a hung replica): it fails instead of being written
+  late, as a lone append would have after its lock timeout. SPEC §6.3 bounds
+  how far an entry's ``received_at_ms`` may lag the log's clock;
 - COMMIT raises: the outcome is unknown (the server may have committed), so
   every caller gets the error and nothing is written again: a retry could
   log an entry twice.
@@ -33,22 +38,27 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+
+from alliance import log_rules
 
 T = TypeVar("T")
 log = logging.getLogger("alliance.gateway")
 
 MAX_BATCH = 64  # entries per transaction: bounds how long the write lock is held
+MAX_WAIT_S = log_rules.LOCK_TIMEOUT_MS / 1000  # what a lone append waited for the log's lock at most
 
 
 @dataclass(eq=False)
 class _Pending(Generic[T]):
     work: Callable[[Connection], T]
+    queued_at: float = 0.0
     done: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -64,18 +74,21 @@ class GroupCommit:
     other callers waiting at the time, return its result once committed.
     ``on_batch(n)`` is told each transaction's size (a metric)."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, engine: Engine, *, max_batch: int = MAX_BATCH, max_wait_s: float = MAX_WAIT_S,
+                 on_batch: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.engine = engine
         self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._clock = clock
         self._on_batch = on_batch
         self._cond = threading.Condition()
         self._queue: list[_Pending[Any]] = []
         self._writing = False
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        item: _Pending[T] = _Pending(work)
+        item: _Pending[T] = _Pending(work, queued_at=self._clock())
         with self._cond:
             self._queue.append(item)
             while True:
@@ -105,6 +118,11 @@ class GroupCommit:
     def _write(self, batch: list[_Pending[Any]]) -> None:
         """Write ``batch`` in one transaction; an entry whose work raises is
         failed alone and the others are written again without it."""
+        now = self._clock()
+        late = [pending for pending in batch if now - pending.queued_at > self.max_wait_s]
+        if late:
+            self._finish_all(late, LogCommitError(f"the query waited over {self.max_wait_s:g} s for the log; it was not logged"))
+            batch = [pending for pending in batch if not pending.done]
         while batch:
             self._count(len(batch))
             try:
@@ -123,7 +141,7 @@ class GroupCommit:
                     failed = None
                 except Exception as exc:  # noqa: BLE001 - handed to its caller
                     _rollback_quietly(transaction)
-                    if isinstance(exc, OperationalError) or failed is None:
+                    if _database_failure(exc) or failed is None:
                         self._finish_all(batch, exc)  # the database, not the entry: fail the batch at once
                         return
                     self._finish_one(batch[failed], error=exc)
@@ -158,6 +176,13 @@ class GroupCommit:
             for pending in batch:
                 _finish(pending, error=error)
             self._cond.notify_all()
+
+
+def _database_failure(exc: Exception) -> bool:
+    """The database's failure, not the entry's: every driver error except a
+    constraint or a bad value (IntegrityError, DataError), which only the
+    entry that raised it causes."""
+    return isinstance(exc, DBAPIError) and not isinstance(exc, (IntegrityError, DataError))
 
 
 def _rollback_quietly(transaction: Any) -> None:

@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, insert, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, InternalError, OperationalError
 
 from alliance import audit_entry, checkpoint, db, identity, merkle, protocol
-from alliance_gateway.group_commit import GroupCommit
+from alliance_gateway.group_commit import GroupCommit, LogCommitError
 from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.service import QueryFailure
 from tests.alliance_fixtures import signed_query
@@ -194,21 +194,59 @@ def test_a_commit_that_fails_is_never_written_again(engine) -> None:  # type: ig
     assert _names(engine) == ["first", "a", "b"]  # committed once, by the one COMMIT
 
 
-def test_a_database_error_fails_the_batch_at_once(engine) -> None:  # type: ignore[no-untyped-def]
-    """A lock timeout or a lost connection is the database's, not an
-    entry's: the batch fails together instead of paying it once per entry."""
+@pytest.mark.parametrize("error", [OperationalError, InternalError, InterfaceError])
+def test_a_database_error_fails_the_batch_at_once(engine, error) -> None:  # type: ignore[no-untyped-def]
+    """A lock timeout, a lost or timed-out connection (PostgreSQL's
+    idle-in-transaction timeout is an InternalError) is the database's, not
+    an entry's: the batch fails together, never blaming the entry that
+    happened to run, nor paying a lock timeout once per entry."""
     engine, commits = engine
     runs: list[str] = []
 
     def locked(name: str):  # type: ignore[no-untyped-def]
         def work(conn):  # type: ignore[no-untyped-def]
             runs.append(name)
-            raise OperationalError("UPDATE log_head", {}, Exception("lock timeout"))
+            if name == "b":
+                raise error("UPDATE log_head", {}, Exception("terminating connection due to idle-in-transaction timeout"))
+            return _insert(name)(conn)
         return work
 
     outcomes = _batch_behind_held(GroupCommit(engine), [locked("a"), locked("b"), locked("c")])
-    assert all(isinstance(o, OperationalError) for o in outcomes)
-    assert runs == ["a"]  # tried once, for all three
+    assert all(isinstance(o, error) for o in outcomes)
+    assert runs == ["a", "b"]  # tried once, for all three
+    assert _names(engine) == ["first"]
+
+
+def test_an_entry_s_own_constraint_error_fails_it_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    engine, commits = engine
+
+    def duplicate(conn):  # type: ignore[no-untyped-def]
+        conn.execute(insert(_rows).values(id=1, name="clash"))  # "first" holds id 1
+
+    outcomes = _batch_behind_held(GroupCommit(engine), [_insert("a"), duplicate, _insert("c")])
+    assert isinstance(outcomes[1], IntegrityError) and outcomes[0] and outcomes[2]
+    assert _names(engine) == ["first", "a", "c"]
+
+
+def test_an_entry_that_waited_too_long_for_the_log_fails_unwritten(engine) -> None:  # type: ignore[no-untyped-def]
+    """A batch stuck behind a hung replica: the entries queued meanwhile fail
+    once they have waited longer than a lone append's lock timeout (SPEC
+    §6.3 bounds how late an entry may be written), and are not written."""
+    engine, commits = engine
+    now = [100.0]
+    committer = GroupCommit(engine, max_wait_s=5.0, clock=lambda: now[0])
+    release = threading.Event()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(committer.run, _held_first(committer, release))
+        time.sleep(0.05)
+        late = pool.submit(committer.run, _insert("late"))
+        _queued(committer, 1)
+        now[0] += 5.5
+        release.set()
+        first.result(20)
+        with pytest.raises(LogCommitError, match="waited over 5 s"):
+            late.result(20)
+    assert committer.run(_insert("on time")) and _names(engine) == ["first", "on time"]
 
 
 def test_an_interrupt_in_a_work_leaves_the_committer_usable(engine) -> None:  # type: ignore[no-untyped-def]
