@@ -11,9 +11,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -42,6 +40,7 @@ from alliance_gateway.policy_store import PolicyCache
 from alliance_gateway.rate_limit import RefusalLimiter
 from alliance_gateway.refusal_flush import RefusalFlush
 from alliance_gateway.refusals import REFUSALS, QueryFailure  # noqa: F401 (re-exported)
+from alliance_gateway.screen_rpcs import ScreenRpcs, StreamSlots
 from alliance_gateway.registry import MemberRecord, Registry
 from alliance_gateway.witness_rpcs import WitnessRpcs
 
@@ -49,11 +48,6 @@ log = logging.getLogger("alliance.gateway")
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 INQUIRY_WINDOW_MS = 720 * 3600 * 1000
-# Subjects of one screening stream processed at once (SPEC §8 screening). More
-# in flight means larger member batches and log group commits: at 10 members
-# on the bench box, 8 gave 67-68 subjects/s, 16 gave 76-78, 24-32 gave 79-81;
-# 16 takes most of that without letting one stream hold 32 gateway threads.
-SCREEN_IN_FLIGHT = 16
 
 APPLICATION_PURPOSE = "LOAN_APPROVAL"  # SPEC §4: the only purpose inquiries_30d counts
 _app = schema.applications.c
@@ -78,7 +72,7 @@ def shanghai_day_start_ms(now_ms: int) -> int:
     return int(midnight.timestamp() * 1000)
 
 
-class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRpcs, WitnessRpcs, KeyShareRpcs, LogRpcs,
+class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRpcs, WitnessRpcs, KeyShareRpcs, LogRpcs,
                      RefusalFlush, PeerChecks, pb_grpc.GatewayServicer):
     def __init__(
         self,
@@ -116,6 +110,7 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
         self._flusher: threading.Thread | None = None
         self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
         self.log_commits = GroupCommit(engine, on_batch=self.metrics.log_batch)  # SPEC §8: batched log appends
+        self.screen_streams = StreamSlots()
 
     # -- RPCs -------------------------------------------------------------
 
@@ -124,35 +119,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
 
     def Precheck(self, request: pb.SignedQuery, context: grpc.ServicerContext) -> pb.GatewayQueryResponse:
         return self._unary(request, context, "precheck")
-
-    def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
-        """Up to SCREEN_IN_FLIGHT subjects of one batch are processed at once
-        (each exactly as a single query: reserved, fanned out, logged before
-        its answer); answers stream back in request order."""
-        peer_id, peer_role, cert_sha256 = self._peer(context)
-        proofs = _StreamProofs(self.log)
-        with ThreadPoolExecutor(SCREEN_IN_FLIGHT, thread_name_prefix="screen") as pool:
-            pending: deque[Future[pb.GatewayQueryResponse]] = deque()
-            try:
-                for request in request_iterator:
-                    proofs.start(request.known_tree_size)
-                    kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
-                    self._check_rate(context, peer_id, peer_role, kind)
-                    pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))
-                    while pending and (len(pending) >= SCREEN_IN_FLIGHT or pending[0].done()):
-                        yield proofs.carry(pending.popleft().result())
-                while pending:
-                    yield proofs.carry(pending.popleft().result())
-            finally:
-                for fut in pending:
-                    fut.cancel()  # the stream ended early: subjects not yet started are never sent
-
-    def _screen_one(self, request: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
-                    cert_sha256: bytes) -> pb.GatewayQueryResponse:
-        try:
-            return self.process(request, peer_id, peer_role, kind, cert_sha256)
-        except QueryFailure as failure:
-            return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
 
     # -- the query path ---------------------------------------------------
 
@@ -450,39 +416,6 @@ class GatewayService(MembershipRPCs, ReconcileRPCs, DisclosureRpcs, BookStatusRp
         return receipt
 
 
-class _StreamProofs:
-    """Consistency proofs for one Screen stream. Its requests' size hints
-    are made before the answers to earlier subjects arrive, so they lag;
-    but the querier reads answers in stream order and keeps the largest
-    checkpoint seen, so the size it holds when it reads an answer is the
-    largest of the first hint and the sizes already streamed. Each receipt
-    carries the proof from that size: no extra round trip per subject
-    (a querier whose kept checkpoint moved otherwise asks, as before)."""
-
-    def __init__(self, log_reader: audit_log.LogReader) -> None:
-        self.log = log_reader
-        self.size: int | None = None
-
-    def start(self, hint: int) -> None:
-        if self.size is None:
-            self.size = hint if hint <= self.log.size() else 0  # a hint beyond the log proves nothing
-
-    def carry(self, response: pb.GatewayQueryResponse) -> pb.GatewayQueryResponse:
-        receipt = response.audit
-        if not receipt.present or not self.size:
-            if receipt.present:
-                self.size = receipt.tree_size
-            return response
-        if receipt.tree_size != self.size:
-            small, large = sorted((receipt.tree_size, self.size))
-            proof = self.log.consistency_proof(small, large)
-            del receipt.consistency_proof[:]
-            receipt.consistency_from = self.size
-            receipt.consistency_proof.extend(proof)
-        self.size = max(self.size, receipt.tree_size)
-        return response
-
-
 def _pin_message(pin: reservations.Pin, missing: list[str]) -> str:
     until = datetime.fromtimestamp(pin.expires_at_ms / 1000, tz=SHANGHAI).strftime("%Y-%m-%d %H:%M %Z")
     return (f"reports on this subject are pinned to {', '.join(pin.members)} and {', '.join(missing)} did not answer; "
@@ -498,21 +431,3 @@ def _refusal_summary(dropped: list[dict[str, Any]]) -> str:
         reason = parts[1] if len(parts) > 1 and parts[0] == "permission_denied" else parts[0]
         reasons[reason] = reasons.get(reason, 0) + 1
     return "" if not reasons else " (members refused or failed: " + ", ".join(f"{r} ×{n}" for r, n in sorted(reasons.items())) + ")"
-
-
-def _peek_mode(request: pb.SignedQuery) -> int:
-    body = pb.QueryRequestBody()
-    try:
-        body.ParseFromString(request.body)
-    except Exception:  # noqa: BLE001 - the full parse reports it properly
-        return pb.QUERY_MODE_REPORT
-    return body.mode
-
-
-def _peek_query_id(request: pb.SignedQuery) -> str:
-    body = pb.QueryRequestBody()
-    try:
-        body.ParseFromString(request.body)
-    except Exception:  # noqa: BLE001
-        return ""
-    return body.query_id

@@ -315,3 +315,59 @@ def test_a_screen_hint_beyond_the_log_is_ignored_not_fatal(gateway) -> None:
     q.known_tree_size = 10**12
     (response,) = _screen(svc, members, [q])
     assert response.audit.present and response.audit.consistency_from == 0 and not response.audit.consistency_proof
+
+
+def test_a_peer_keeps_at_most_two_screening_streams_open(gateway) -> None:
+    """Each stream holds a server worker and up to 16 subjects in flight, queued
+    ahead of other queriers in every member's dispatcher and in the log's
+    commit queue: a third concurrent stream is refused before it reads a
+    request, with its reason; a stream that ends frees its slot."""
+    import queue
+
+    from alliance_gateway.screen_rpcs import MAX_SCREEN_STREAMS
+
+    svc, _, members = gateway
+    assert MAX_SCREEN_STREAMS == 2
+
+    class Aborted(Exception):
+        pass
+
+    class Peer:
+        def __init__(self, member_id: str) -> None:
+            self.peer = (member_id, "member", members[member_id].body.tls_cert_sha256)
+            self.trailing: tuple = ()
+
+        def set_trailing_metadata(self, metadata: tuple) -> None:
+            self.trailing = metadata
+
+        def abort(self, code: grpc.StatusCode, details: str) -> None:
+            raise Aborted(code, details)
+
+    def held_open():  # type: ignore[no-untyped-def]
+        """A request stream that sends nothing until closed."""
+        gate: queue.Queue = queue.Queue()
+        return gate, iter(gate.get, None)
+
+    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
+    streams = []
+    for _ in range(2):
+        gate, requests = held_open()
+        stream = svc.Screen(requests, Peer("mq"))
+        threading.Thread(target=lambda s=stream: list(s), daemon=True).start()  # open, waiting for requests
+        streams.append(gate)
+    until = time.monotonic() + 10
+    while svc.screen_streams._open.get("mq", 0) < 2:
+        assert time.monotonic() < until
+        time.sleep(0.01)
+    third = Peer("mq")
+    with pytest.raises(Aborted) as refused:
+        list(svc.Screen(iter([]), third))
+    assert refused.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "too_many_screens" in refused.value.args[1]
+    assert dict(third.trailing)["alliance-reason"] == "too_many_screens"
+    assert list(svc.Screen(iter([]), Peer("ma"))) == []  # another peer is not affected
+    streams[0].put(None)  # one stream ends: its slot is free again
+    while svc.screen_streams._open.get("mq", 0) > 1:
+        assert time.monotonic() < until
+        time.sleep(0.01)
+    assert list(svc.Screen(iter([]), Peer("mq"))) == []
+    streams[1].put(None)
