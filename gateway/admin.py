@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, select, update
 
 from alliance import checkpoint, db, migrations, pki
 from alliance.errors import InvalidInput, Refused, UsageError
@@ -156,6 +156,8 @@ class Admin:
                 pki.verify_join_rotation(request, bytes(existing.ed25519_public_key))
             elif request.predecessor_signature:
                 raise InvalidInput(f"{body.member_id!r} is not a member yet; a key-rotation request needs an existing member")
+            elif role == "member":
+                _check_room_for_a_member(conn)
             serial = (conn.execute(select(func.max(schema.members.c.credential_serial))).scalar() or 0) + 1
             credential = pki.issue_credential(
                 ca_key=ca_key, join_body=body, tls_cert=tls_cert, serial=serial,
@@ -317,3 +319,22 @@ def make_bundle(credential: pb.Credential, tls_cert: Any, ca_cert: Any, gateway_
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# A witnessed checkpoint carries the log's signature and one cosignature per
+# member (SPEC §6.1); verifiers read at most checkpoint.MAX_SIGNATURES lines.
+MAX_MEMBERS = checkpoint.MAX_SIGNATURES - 1
+
+
+def _check_room_for_a_member(conn: Any) -> None:
+    """Refuse the member past MAX_MEMBERS: its alliance's witnessed
+    checkpoints would outgrow what every member reads, and members would
+    quietly stop trusting any."""
+    members = schema.members.c
+    count = conn.execute(select(func.count()).select_from(schema.members)
+                         .where(and_(members.role == "member", members.status != "revoked"))).scalar_one()
+    if count >= MAX_MEMBERS:
+        raise Refused(f"the alliance has {count} members, the most its witnessed checkpoints can carry "
+                      f"({MAX_MEMBERS}: one cosignature each beside the log's, at most {checkpoint.MAX_SIGNATURES} lines)",
+                      reason="alliance_full")
+

@@ -481,3 +481,36 @@ def test_a_second_gateway_on_a_port_in_use_fails_loudly(net: Net) -> None:
             build_server(net.gateway, listen=f"{HOST}:{port}")
     finally:
         first.stop(0)
+
+
+def test_no_member_past_what_a_witnessed_checkpoint_can_carry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A witnessed checkpoint carries one cosignature per member beside the
+    log's line, and verifiers read at most checkpoint.MAX_SIGNATURES lines:
+    the CA refuses the member that would outgrow it (here with the bound
+    lowered to 2 members), while auditors and revoked members do not count."""
+    from alliance import checkpoint
+    from alliance.errors import Refused
+    from alliance_gateway import admin
+
+    assert admin.MAX_MEMBERS == checkpoint.MAX_SIGNATURES - 1 == 199
+    monkeypatch.setattr(admin, "MAX_MEMBERS", 2)
+    admin_ops.init_alliance(tmp_path / "admin", tmp_path / "gw", alliance_name="prod.test", listen="0.0.0.0:50051",
+                            gateway_endpoint="gw.example:50051", hosts=("gw.example",))
+    registry = admin_ops.Admin(tmp_path / "admin")
+
+    def request(member_id: str, role: str = "member") -> bytes:
+        home = tmp_path / member_id
+        result = onboarding.keygen(home, member_id=member_id, name=member_id, role=role,
+                                   endpoint="" if role == "auditor" else f"{member_id}.example:7001",
+                                   listen="" if role == "auditor" else "0.0.0.0:7001", gateway="gw.example:50051")
+        return result.join_request.read_bytes()
+
+    registry.add(request("lender-a"), expected_role="member")
+    registry.add(request("lender-b"), expected_role="member")
+    third = request("lender-c")
+    with pytest.raises(Refused, match="the most its witnessed checkpoints can carry") as full:
+        registry.add(third, expected_role="member")
+    assert full.value.reason == "alliance_full"
+    registry.add(request("auditor", role="auditor"), expected_role="auditor")  # auditors cosign nothing
+    registry.set_status("lender-b", "revoked")
+    registry.add(third, expected_role="member")  # a revoked member frees its place
