@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from alliance.checkpoint import (
+    MAX_SIGNATURES,
     Checkpoint,
     NoteVerifier,
     open_checkpoint,
@@ -328,7 +329,7 @@ def test_malformed_notes_fail(log_key, verifier):
         note + f"{EM} unknown.example\n",
         note + "not a signature line\n",
         note.replace("\n", "\r\n"),
-        note + (f"{EM} k{{}} " + base64.b64encode(bytes(68)).decode() + "\n") * 100,  # too many lines
+        note + (f"{EM} k{{}} " + base64.b64encode(bytes(68)).decode() + "\n") * MAX_SIGNATURES,  # too many lines
         "",
     ]
     for text in bad:
