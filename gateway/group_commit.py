@@ -196,7 +196,9 @@ def _rollback_quietly(transaction: Any) -> None:
 
 
 class LogCommitError(RuntimeError):
-    """A log commit ended without telling this entry's outcome."""
+    """An entry failed by the group commit itself, not by its work or the
+    database: it waited too long and was not written, or its batch was
+    interrupted and its outcome is unknown."""
 
 
 def _finish(item: _Pending[Any], *, result: Any = None, error: BaseException | None = None) -> None:
