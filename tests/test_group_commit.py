@@ -20,6 +20,7 @@ from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.service import QueryFailure
 from tests.alliance_fixtures import signed_query
 from tests.test_gateway_service import FakeStub, ca, gateway, members, process  # noqa: F401
+from tests.test_gateway_v2 import _raise_quotas
 
 _meta = MetaData()
 _rows = Table("rows", _meta, Column("id", Integer, primary_key=True, autoincrement=True), Column("name", String(40), nullable=False))
@@ -291,23 +292,29 @@ def _hold_log(svc, release: threading.Event) -> list:  # type: ignore[no-untyped
     return calls
 
 
+def _behind_held_commit(pool, svc, members, queries):  # type: ignore[no-untyped-def]
+    """Send queries[0], whose log write _hold_log holds, then the others one
+    at a time, each queued behind it before the next is sent (so their
+    arrival order is known); returns (first future, the others' futures)."""
+    first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
+    time.sleep(0.1)
+    rest = []
+    for i, q in enumerate(queries[1:]):
+        rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
+        _queued(svc.log_commits, i + 1, timeout_s=20)
+    return first, rest
+
+
 def test_concurrent_queries_are_logged_together_and_each_receipt_proves_its_entry(gateway) -> None:  # type: ignore[no-untyped-def]
     svc, _, members = gateway
-    with svc.engine.begin() as conn:
-        from alliance_gateway import schema
-        conn.execute(schema.members.update().values(daily_quota=100))
+    _raise_quotas(svc)
     release = threading.Event()
     calls = _hold_log(svc, release)
     queries = [signed_query(members["mq"], subject=_subject(i)) for i in range(5)]
     size_before = svc.log.size()
     verifier = checkpoint.parse_verifier_key(checkpoint.verifier_key(svc.log.key_name, svc.log.signing_key.public_key()))
     with ThreadPoolExecutor(5) as pool:
-        first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
-        time.sleep(0.1)
-        rest = []
-        for i, q in enumerate(queries[1:]):
-            rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
-            _queued(svc.log_commits, i + 1, timeout_s=20)
+        first, rest = _behind_held_commit(pool, svc, members, queries)
         release.set()
         responses = [first.result(20)] + [f.result(20) for f in rest]
     # The four queued queries went in one transaction, in arrival order.
@@ -328,9 +335,7 @@ def test_pins_are_settled_in_log_order_within_one_batch(gateway) -> None:  # typ
     """Two reports on one subject, over different answering sets, committed
     in one transaction: the first pins the set, the second is refused."""
     svc, stubs, members = gateway
-    with svc.engine.begin() as conn:
-        from alliance_gateway import schema
-        conn.execute(schema.members.update().values(daily_quota=100))
+    _raise_quotas(svc)
     release = threading.Event()
     _hold_log(svc, release)
     other = signed_query(members["mq"], subject=_subject(7))
@@ -373,9 +378,7 @@ def test_an_ambiguous_log_commit_never_logs_a_query_twice(gateway) -> None:  # t
     COMMIT): its queries fail, and none is logged a second time (SPEC §5.4:
     one entry per query id; §12: the log stays duplicate-free)."""
     svc, _, members = gateway
-    with svc.engine.begin() as conn:
-        from alliance_gateway import schema
-        conn.execute(schema.members.update().values(daily_quota=100))
+    _raise_quotas(svc)
     engine, real, armed = svc.engine, svc.engine.dialect.do_commit, {"after": -1}
 
     def do_commit(dbapi_conn):  # type: ignore[no-untyped-def]
@@ -389,12 +392,7 @@ def test_an_ambiguous_log_commit_never_logs_a_query_twice(gateway) -> None:  # t
     queries = [signed_query(members["mq"], subject=_subject(i)) for i in range(3)]
     outcomes: list = []
     with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
-        time.sleep(0.1)
-        rest = []
-        for i, q in enumerate(queries[1:]):
-            rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
-            _queued(svc.log_commits, i + 1, timeout_s=20)
+        first, rest = _behind_held_commit(pool, svc, members, queries)
         armed["after"] = 2  # the held query's COMMIT, then the batch's
         engine.dialect.do_commit = do_commit
         try:
