@@ -14,7 +14,15 @@ The caller still sees one concurrent.futures.Future per member per query,
 resolving to the member's MemberQueryResponse or raising a grpc.RpcError
 whose code and details are those the single ``Answer`` call would have
 carried, so the fan-out's drop reasons (``permission_denied: <reason>: …``)
-and ``_refusal_summary`` are unchanged."""
+and ``_refusal_summary`` are unchanged.
+
+Under load, an idle dispatcher also waits briefly for company: while other
+queries are on their way to the fan-out (admitted or being admitted, counted
+by ``Arrivals``), it holds its next call up to ``HOLD_S`` for them, so nine
+calls per query become fewer, larger AnswerBatch calls. Each call costs both
+sides about as much gRPC and transaction work as several answers, which is
+what a 2-core box runs out of first. At light load nothing is on its way and
+nothing waits."""
 from __future__ import annotations
 
 import asyncio
@@ -38,6 +46,15 @@ log = logging.getLogger("alliance.gateway")
 # it is probed again after this long, so an upgraded member gets batches
 # without a gateway restart.
 BATCH_REPROBE_S = 300.0
+
+# Under load (other queries on their way to the fan-out), a dispatcher about
+# to call its member waits at most this long for them to join the batch.
+# Measured at 10 members, 16 concurrent queriers (alliance bench): holding
+# cut the CPU per query by about a sixth; a query's latency under that load
+# is hundreds of ms of queueing, so 20 ms more for some is in the noise.
+HOLD_S = 0.020
+_HOLD_POLL_S = 0.002
+_HOLD_MARGIN_S = 0.050  # never hold a request into the last moments of its deadline
 
 _CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -66,6 +83,43 @@ def item_error(error: pb.MemberBatchError) -> ItemError:
     return ItemError(code, error.message)
 
 
+class Arrivals:
+    """How many queries are on their way to the fan-out: admitted, or being
+    admitted, and not yet handed to the dispatchers (thread-safe). The
+    gateway counts each query in with ``arriving()`` and out with the
+    returned ticket's ``done()``; the dispatchers read ``on_the_way()``."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def arriving(self) -> "Arrival":
+        with self._lock:
+            self._count += 1
+        return Arrival(self)
+
+    def on_the_way(self) -> int:
+        return self._count  # one int read: no lock needed to look
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+
+class Arrival:
+    """One query's place in ``Arrivals``; ``done()`` may be called any number of times."""
+
+    __slots__ = ("_arrivals",)
+
+    def __init__(self, arrivals: Arrivals) -> None:
+        self._arrivals: Arrivals | None = arrivals
+
+    def done(self) -> None:
+        arrivals, self._arrivals = self._arrivals, None
+        if arrivals is not None:
+            arrivals._leave()
+
+
 @dataclass
 class _Item:
     request: pb.MemberQueryRequest
@@ -81,13 +135,16 @@ class MemberDispatcher:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, stub: Any, *, max_items: int = log_rules.MAX_BATCH_ITEMS,
                  max_bytes: int = log_rules.MAX_BATCH_BYTES, clock: Callable[[], float] = time.monotonic,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, arrivals: Arrivals | None = None,
+                 hold_s: float = HOLD_S) -> None:
         self._loop = loop
         self._stub = stub
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._clock = clock
         self._on_batch = on_batch  # told each call's number of requests (gateway metrics)
+        self._arrivals = arrivals  # None: never hold (tests, or a caller without the gateway's count)
+        self._hold_s = hold_s
         self._queue: deque[_Item] = deque()
         self._lock = threading.Lock()
         self._busy = False  # a pump task is sending, or is about to
@@ -109,6 +166,7 @@ class MemberDispatcher:
 
     async def _pump(self) -> None:
         while True:
+            await self._hold()
             with self._lock:
                 batch = self._take()
                 if not batch:
@@ -124,6 +182,25 @@ class MemberDispatcher:
                         self._busy = False
                     raise
                 log.exception("member dispatcher failed a batch")
+
+    async def _hold(self) -> None:
+        """Wait for the queries on their way (see Arrivals) to join the next
+        batch: until none is left on its way, the batch is full, ``hold_s``
+        has passed, or the oldest queued request nears its deadline. Returns
+        at once when nothing is on its way (light load)."""
+        arrivals = self._arrivals
+        if arrivals is None or self._hold_s <= 0 or not arrivals.on_the_way():
+            return
+        loop_clock = self._loop.time  # real time: the hold is a real wait, whatever clock deadlines use
+        until = loop_clock() + self._hold_s
+        with self._lock:
+            if self._queue:
+                until = min(until, loop_clock() + min(i.deadline for i in self._queue) - self._clock() - _HOLD_MARGIN_S)
+        while arrivals.on_the_way() and len(self._queue) < self._max_items:
+            left = until - loop_clock()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(_HOLD_POLL_S, left))
 
     def _take(self) -> list[_Item]:
         """The next batch, oldest first, within the bounds; items whose

@@ -20,7 +20,7 @@ from alliance.errors import UsageError
 from alliance.v1 import alliance_pb2, alliance_pb2_grpc
 from alliance_gateway import audit_log, schema
 from alliance_gateway.home import GatewayHome, resolve_db_url
-from alliance_gateway.member_dispatch import MemberDispatcher
+from alliance_gateway.member_dispatch import Arrivals, MemberDispatcher
 from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.reconcile_rpcs import log_gateway_started
 from alliance_gateway.registry import Registry
@@ -39,8 +39,10 @@ class AioMemberChannels:
     light load. ``stub(endpoint).Answer.future(request, timeout=…)`` returns
     a concurrent.futures.Future, as the service expects."""
 
-    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, metrics: GatewayMetrics | None = None) -> None:
+    def __init__(self, key_pem: bytes, cert_pem: bytes, ca_pem: bytes, metrics: GatewayMetrics | None = None,
+                 arrivals: Arrivals | None = None) -> None:
         self._creds = (key_pem, cert_pem, ca_pem)
+        self._arrivals = arrivals  # the service's count of queries on their way (the dispatchers hold for them)
         self._on_batch = metrics.member_batch if metrics is not None else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="member-fan-out", daemon=True)
@@ -56,7 +58,8 @@ class AioMemberChannels:
                     return alliance_pb2_grpc.MemberNodeStub(transport.aio_secure_channel(endpoint, *self._creds))
 
                 aio_stub = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
-                stub = self._stubs[endpoint] = _DispatchStub(MemberDispatcher(self._loop, aio_stub, on_batch=self._on_batch))
+                stub = self._stubs[endpoint] = _DispatchStub(MemberDispatcher(self._loop, aio_stub, on_batch=self._on_batch,
+                                                                                arrivals=self._arrivals))
             return stub
 
 
@@ -109,7 +112,8 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
     reader = audit_log.LogReader(
         engine, origin=cfg.log_origin, key_name=cfg.log_key_name, signing_key=pki.load_ed25519_private_pem(home.log_key)
     )
-    channels = AioMemberChannels(key_pem, cert_pem, ca_pem, metrics)
+    arrivals = Arrivals()
+    channels = AioMemberChannels(key_pem, cert_pem, ca_pem, metrics, arrivals)
     service = GatewayService(
         engine=engine,
         registry=Registry(engine, cfg.registry_refresh_ms),
@@ -119,6 +123,7 @@ def build_server(home_dir: Path, *, db_url: str | None = None, listen: str | Non
         mask_pools=paillier.MaskPools(target=8),
         metrics=metrics,
         naive_baseline=naive.enabled(),
+        arrivals=arrivals,
     )
     if service.naive_baseline:
         log.warning("%s=naive: reports use the SPEC §8 naive baseline (benchmark only)", naive.ENV)

@@ -33,6 +33,7 @@ from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.group_commit import GroupCommit
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.key_share_rpcs import KeyShareRpcs
+from alliance_gateway.member_dispatch import Arrivals
 from alliance_gateway.log_rpcs import LogRpcs
 from alliance_gateway.membership_rpcs import MembershipRPCs
 from alliance_gateway.peers import PeerChecks
@@ -87,6 +88,7 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
         limiter: RefusalLimiter | None = None,
         metrics: gateway_metrics.GatewayMetrics | None = None,
         naive_baseline: bool = False,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.engine = engine
         self.naive_baseline = naive_baseline  # SPEC §8 bench baseline only (alliance.naive): reports carry a ciphertext per figure
@@ -111,6 +113,8 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
         self.metrics = (metrics or gateway_metrics.NULL).bind(self)  # SPEC §12
         self.log_commits = GroupCommit(engine, on_batch=self.metrics.log_batch)  # SPEC §8: batched log appends
         self.screen_streams = StreamSlots()
+        # Queries on their way to the fan-out; the member dispatchers wait for them under load (SPEC §8).
+        self.arrivals = arrivals or Arrivals()
 
     # -- RPCs -------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
         (query id, quota slot) before any member does any work."""
         ctx = QueryContext(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms(), version=2, rules=self.rules)
         t0 = time.perf_counter()
+        arrival = self.arrivals.arriving()
         try:
             check_bounds(ctx)
             querier, body = self._admit(ctx, peer_role, peer_cert_sha256)
@@ -158,6 +163,7 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
                 raise QueryFailure("quota_exceeded", f"{'monitoring' if pool == 'monitoring' else 'daily'} quota of {quota} queries used up")
             ctx.asked = [m.member_id for m in targets]
             t_admit = time.perf_counter()
+            arrival.done()  # here now: the dispatchers stop waiting for it
             answers = self._fan_out(ctx, targets, querier, pk)
             t_fan = time.perf_counter()
             if len(answers) < self.config.k_min:
@@ -176,17 +182,21 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
             seq = self._commit(ctx, querier, outcome="accepted")
             t_commit = time.perf_counter()
         except QueryFailure as failure:
+            arrival.done()  # refused: it will never reach the members
             if not failure.logged:
                 self._commit(ctx, None, outcome="refused", failure=failure)
             self.limiter.refused(peer_id)
             self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped, failure.reason)
             raise
         except CryptoError as exc:  # e.g. a garbled Enc(x) in a precheck
+            arrival.done()
             failure = QueryFailure("malformed_request", str(exc))
             self._commit(ctx, None, outcome="refused", failure=failure)
             self.limiter.refused(peer_id)
             self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped, failure.reason)
             raise failure from None
+        finally:
+            arrival.done()  # whatever failed: a query counted as on its way for ever would make every batch wait
         self.metrics.query_done(kind, time.perf_counter() - t0, ctx.dropped)
         receipt = self._receipt(seq, query.known_tree_size)
         if log.isEnabledFor(logging.DEBUG):

@@ -37,7 +37,7 @@ from alliance.v1 import alliance_pb2 as pb
 log = logging.getLogger("alliance.member.feed")
 
 MAX_VIEW_AGE_S = 60.0        # older than this: refuse to answer (`feed_stale`)
-REFRESH_INTERVAL_S = 2.0     # `member serve` refreshes at least every 5 s
+REFRESH_INTERVAL_S = 4.0     # `member serve` refreshes at least every 5 s (SPEC §5.1)
 FEED_STALE = "feed_stale"
 
 metadata = MetaData()

@@ -2,7 +2,8 @@
 member call"): singles when idle, one batch of what queued while a call was
 in flight, bounded batches, per-item deadlines, per-item errors with the
 single call's code and details, and the fallback to Answer for a member
-without AnswerBatch; and the fan-out through it, unchanged in its results."""
+without AnswerBatch; the hold for queries on their way (under load only,
+bounded); and the fan-out through it, unchanged in its results."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,7 @@ import pytest
 
 from alliance import log_rules, report
 from alliance.v1 import alliance_pb2 as pb
-from alliance_gateway.member_dispatch import MemberDispatcher
+from alliance_gateway.member_dispatch import Arrivals, MemberDispatcher
 from alliance_gateway.metrics import GatewayMetrics
 from alliance_gateway.server import _DispatchStub
 from alliance_gateway.service import QueryFailure
@@ -182,6 +183,80 @@ def test_a_member_without_answer_batch_is_asked_with_single_calls(loop) -> None:
     assert member.singles == ["q1", "q2", "bad3", "q4"]
 
 
+# -- holding for queries on their way (Arrivals) ------------------------------------------
+
+
+def test_with_nothing_on_its_way_a_request_is_sent_at_once_even_with_a_long_hold(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    d = MemberDispatcher(loop, member, arrivals=Arrivals(), hold_s=30.0)
+    started = time.monotonic()
+    assert d.submit(req("q1"), 60.0).result(5).member_id == "q1"  # a hold would take 30 s: result(5) would time out
+    assert time.monotonic() - started < 5 and member.batches == [["q1"]]
+
+
+def test_a_request_waits_for_the_queries_on_their_way_and_goes_in_one_batch_with_them(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    arrivals = Arrivals()
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=30.0)
+    coming = [arrivals.arriving(), arrivals.arriving()]
+    first = d.submit(req("q1"), 60.0)
+    time.sleep(0.1)
+    assert member.batches == []  # held: two queries are on their way
+    coming[0].done()
+    second = d.submit(req("q2"), 60.0)
+    time.sleep(0.05)
+    assert member.batches == []  # still one on its way
+    coming[1].done()
+    third = d.submit(req("q3"), 60.0)
+    assert [f.result(5).member_id for f in (first, second, third)] == ["q1", "q2", "q3"]
+    assert member.batches[0][:2] == ["q1", "q2"] and sum(map(len, member.batches)) == 3  # q3 may race the hold's end
+
+
+def test_a_done_ticket_leaves_once_however_often_it_is_done(loop) -> None:  # type: ignore[no-untyped-def]
+    arrivals = Arrivals()
+    a, b = arrivals.arriving(), arrivals.arriving()
+    a.done()
+    a.done()
+    assert arrivals.on_the_way() == 1
+    b.done()
+    assert arrivals.on_the_way() == 0
+
+
+def test_the_hold_is_bounded_when_a_query_on_its_way_never_comes(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    arrivals = Arrivals()
+    arrivals.arriving()  # never done
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=0.2)
+    started = time.monotonic()
+    assert d.submit(req("q1"), 60.0).result(5).member_id == "q1"
+    assert 0.15 < time.monotonic() - started < 5 and member.batches == [["q1"]]
+
+
+def test_the_hold_never_runs_a_request_into_its_deadline(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    arrivals = Arrivals()
+    arrivals.arriving()  # never done
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=30.0)
+    assert d.submit(req("q1"), 0.4).result(5).member_id == "q1"  # sent before its deadline, not cancelled
+    assert member.batches == [["q1"]] and member.timeouts[0] > 0
+
+
+def test_a_full_batch_does_not_wait(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    member.gate.clear()
+    arrivals = Arrivals()
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=0.0)
+    first = d.submit(req("q0"), 60.0)
+    wait_for(lambda: len(member.batches) == 1)
+    d._hold_s = 30.0
+    arrivals.arriving()  # never done
+    futures = [d.submit(req(f"q{i}"), 60.0) for i in range(1, log_rules.MAX_BATCH_ITEMS + 1)]
+    member.gate.set()
+    assert first.result(5).member_id == "q0"
+    assert futures[-1].result(5).member_id == f"q{log_rules.MAX_BATCH_ITEMS}"  # a full batch goes at once
+    assert [len(b) for b in member.batches] == [1, log_rules.MAX_BATCH_ITEMS]
+
+
 # -- the fan-out through dispatchers, with real member services ---------------------------
 
 
@@ -217,7 +292,7 @@ def batched_gateway(gateway, loop, monkeypatch):  # type: ignore[no-untyped-def]
     inproc = {}
     for mid in list(stubs):
         inproc[mid] = InProcessMember(stubs[mid].handler.__self__, delay=0.05)
-        stubs[mid] = _DispatchStub(MemberDispatcher(loop, inproc[mid]))
+        stubs[mid] = _DispatchStub(MemberDispatcher(loop, inproc[mid], arrivals=svc.arrivals))  # as build_server wires it
     return svc, inproc, members
 
 
@@ -274,3 +349,44 @@ def svc_members_quota() -> Any:
     from alliance_gateway import schema
 
     return update(schema.members).values(daily_quota=bindparam("q"))
+
+
+def test_every_query_leaves_the_arrivals_count_whatever_its_outcome(batched_gateway, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A query counted as on its way for ever would make every member's
+    batches wait their full hold: accepted, refused and failing queries all
+    leave the count."""
+    svc, _, members = batched_gateway
+    assert process(svc, members, signed_query(members["mq"]), "mq", "member", "query").members_answered == 3
+    assert svc.arrivals.on_the_way() == 0
+    with pytest.raises(QueryFailure):
+        process(svc, members, signed_query(members["mq"]), "nobody", "member", "query")  # refused in admission
+    assert svc.arrivals.on_the_way() == 0
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug in admission")
+
+    monkeypatch.setattr(svc, "_targets", broken)
+    with pytest.raises(RuntimeError):
+        process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
+    assert svc.arrivals.on_the_way() == 0
+
+
+def test_a_query_is_counted_on_its_way_while_it_is_admitted(batched_gateway, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    svc, _, members = batched_gateway
+    seen: list[int] = []
+    real = svc._targets
+
+    def spying(*args: Any) -> Any:
+        seen.append(svc.arrivals.on_the_way())
+        return real(*args)
+
+    real_fan_out = svc._fan_out
+
+    def fanning_out(*args: Any) -> Any:
+        seen.append(svc.arrivals.on_the_way())  # arrived: its own requests must not wait for itself
+        return real_fan_out(*args)
+
+    monkeypatch.setattr(svc, "_targets", spying)
+    monkeypatch.setattr(svc, "_fan_out", fanning_out)
+    process(svc, members, signed_query(members["mq"]), "mq", "member", "query")
+    assert seen == [1, 0] and svc.arrivals.on_the_way() == 0
