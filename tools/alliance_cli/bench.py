@@ -167,7 +167,14 @@ def _measure(n: int, *, naive_crypto: bool, light_queries: int, queries: int, co
                 out: dict[str, Any] = {"sequential": sequential.summary(), "concurrent": concurrent.summary(),
                                        "cpu_ms_per_query": cpu, "cpu_ms_per_party": per_party,
                                        "concurrency": concurrency, "deadline_ms": NAIVE_DEADLINE_MS if naive_crypto else 2000}
-                screened = _screen(querier, subjects, screen, consent, as_of, echo) if screen else None
+                if screen:
+                    meter.restart()
+                    screened = _screen(querier, subjects, screen, consent, as_of, echo)
+                    cpu, per_party = meter.per_query(screened["subjects"], screened["subjects"] * (n - 1))
+                    echo(f"screening, CPU {cpu} ms/subject (all processes): querier {per_party['querier']}, gateway "
+                         f"{per_party['gateway']} ms/subject, member {per_party['member']} ms/answer")
+                else:
+                    screened = None
                 if not naive_crypto:
                     out["security"] = _security_overhead(alliance, n)
             finally:
