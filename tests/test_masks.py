@@ -174,10 +174,94 @@ def test_table_memory_stays_under_the_bound_with_many_querier_keys() -> None:
         assert held[0].mode == "plain" and held[0].table is None  # LRU: fell back to plain …
         held[0].take()
         assert held[0].made["plain"] == before + 1                # … and still answers, with plain masks
-        assert pools.budget.evictions == 40 - fits
+        # Early keys were built wider while few keys shared the budget; they gave their memory back (narrowed)
+        # or were evicted as idle; at 40 keys every table left has the floor window.
+        assert pools.budget.evictions + pools.budget.narrowed == 40 - fits
+        assert {p.table.window_bits for p in with_tables} == {M.DEFAULT_WINDOW_BITS}
     finally:
         pools.close()
     assert pools.table_bytes == 0
+
+
+def test_a_lone_querier_key_gets_the_widest_window_that_fits_every_key() -> None:
+    pools = M.MaskPools(target=0)                                 # the default 64 MiB budget
+    try:
+        pool = pools.for_key(fake_key())
+        assert pool.ensure_table() and pool.table.window_bits == M.MAX_WINDOW_BITS == 8
+        assert pools.table_bytes == pool.table.nbytes <= M.estimate_table_bytes(2048, 448, 8) <= M.TABLE_BUDGET_BYTES
+        # 448 / 8 = 56 windows of 255 entries: the mask is a product of at most 56 of them
+        assert len(pool.table._rows) == 56 and {len(r) for r in pool.table._rows} == {255}
+    finally:
+        pools.close()
+
+
+def _widest_fitting(keys: int, limit: int) -> int:
+    """The window rule, restated: widest w in [6, 8] with keys × estimate(w) ≤ limit, else 6."""
+    return next((w for w in (8, 7) if keys * M.estimate_table_bytes(2048, 448, w) <= limit), 6)
+
+
+def test_keys_joining_narrow_the_wider_tables_and_the_bound_always_holds() -> None:
+    """Three keys on a budget that holds two tables at w = 8 but three only
+    at w = 7: the third key's admission takes memory from a wider table
+    (busy or not: min_idle_s is an hour), which rebuilds narrower on its next
+    refill; the accounted and the real bytes never pass the bound."""
+    limit = 2 * M.estimate_table_bytes(2048, 448, 8) + 4096
+    assert (_widest_fitting(2, limit), _widest_fitting(3, limit)) == (8, 7)
+    pools = M.MaskPools(target=0, table_budget_bytes=limit, min_idle_s=3600)
+
+    def within_bound() -> None:
+        assert pools.table_bytes == sum(p.table.nbytes for p in made if p.table is not None) <= limit
+
+    try:
+        made = [pools.for_key(fake_key()), pools.for_key(fake_key())]
+        for pool in made:
+            assert pool.ensure_table() and pool.table.window_bits == 8
+            pool.take()
+        within_bound()
+        made.append(pools.for_key(fake_key()))
+        assert made[2].ensure_table() and made[2].table.window_bits == 7   # not plain, though both others are busy
+        within_bound()
+        assert pools.budget.narrowed == 1 and pools.budget.evictions == 0 and pools.budget.refusals == 0
+        narrowed = [p for p in made[:2] if p.table is None]
+        assert len(narrowed) == 1 and narrowed[0].mode == "plain"
+        assert narrowed[0].ensure_table() and narrowed[0].table.window_bits == 7  # its next refill rebuilds it
+        within_bound()
+        survivor = next(p for p in made[:2] if p is not narrowed[0])
+        assert survivor.table is None or survivor.table.window_bits == 8  # gave way to the rebuild, or still wide
+        assert survivor.ensure_table() and survivor.table.window_bits == 7
+        within_bound()
+        assert {p.table.window_bits for p in made} == {7}
+        for pool in made:                                        # every table still makes encryptions of 0 …
+            assert pool.take() != pool.take()                    # … and never the same mask twice
+    finally:
+        pools.close()
+    assert pools.table_bytes == 0 and pools.budget.keys == 0
+
+
+def test_a_wide_table_is_rebuilt_narrower_on_its_next_refill_once_more_keys_share_the_budget() -> None:
+    pools = M.MaskPools(target=0)                                 # the default 64 MiB budget
+    try:
+        first = pools.for_key(fake_key())
+        assert first.ensure_table() and first.table.window_bits == 8
+        old = first.table
+        others = [pools.for_key(fake_key()) for _ in range(8)]     # nine keys: 9 tables fit at w = 7, not at 8
+        assert pools.budget.window_for(2048) == _widest_fitting(9, M.TABLE_BUDGET_BYTES) == 7
+        assert first.ensure_table() and first.table is not old and first.table.window_bits == 7
+        assert pools.table_bytes == first.table.nbytes and len(others) == 8
+    finally:
+        pools.close()
+
+
+def test_a_closed_key_no_longer_narrows_the_others() -> None:
+    limit = 2 * M.estimate_table_bytes(2048, 448, 8) + 4096
+    pools = M.MaskPools(target=0, max_keys=2, table_budget_bytes=limit, min_idle_s=3600)
+    try:
+        a, b = pools.for_key(fake_key()), pools.for_key(fake_key())
+        assert pools.budget.keys == 2 and pools.budget.window_for(2048) == 8
+        pools.for_key(fake_key())                                # max_keys: a's pool is closed
+        assert a.closed and pools.budget.keys == 2 and pools.budget.window_for(2048) == 8
+    finally:
+        pools.close()
 
 
 def test_busy_tables_are_not_evicted_the_newcomer_stays_plain() -> None:

@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from alliance.masks import refill
-from alliance.masks.budget import TABLE_BUDGET_BYTES, TABLE_MIN_IDLE_S, TableBudget, _live_budgets
+from alliance.masks.budget import MAX_WINDOW_BITS, TABLE_BUDGET_BYTES, TABLE_MIN_IDLE_S, TableBudget, _live_budgets
 from alliance.masks.plain import _mask_for, _masks_for
 from alliance.masks.refill import REFILL_BATCH, REFILL_LOW_WATER, _last_take
 from alliance.masks.table import DEFAULT_WINDOW_BITS, DjnTable
@@ -46,6 +46,8 @@ class _PoolState:
         self.pid = os.getpid()
         self.misses = 0
         self.budget = budget     # None: plain masks only
+        if budget is not None:
+            budget.join(self)    # this key counts for the window every key's table gets
         self.table: DjnTable | None = None
         self.table_bytes = 0
         self.last_use = time.monotonic()
@@ -66,17 +68,25 @@ class _PoolState:
 
     def ensure_table(self) -> DjnTable | None:
         """Build this key's table if the budget admits it (refiller or warm-up,
-        never on the request path)."""
+        never on the request path), with the window the budget gives each of
+        its keys now; a table wider than that gives its memory back first
+        (more keys share the budget than when it was built)."""
         table = self.usable_table()
         budget = self.budget
-        if table is not None or budget is None or self.closed or self.pid != os.getpid():
+        if budget is None or self.closed or self.pid != os.getpid():
             return table
-        if not budget.try_admit(self, budget.table_bytes_for(self.n_bits)):
+        window = budget.window_for(self.n_bits)
+        if table is not None:
+            if table.window_bits <= window:
+                return table
+            budget.release(self)  # masks it made stay valid (and single-use); the next ones come from the new table
+            log.debug("rebuilding a DJN table with a %d-bit window (was %d)", window, table.window_bits)
+        if not budget.try_admit(self, budget.table_bytes_for(self.n_bits, window), window):
             return None
         generation = self.generation
         try:
             table = DjnTable(PaillierPublicKey(int(self.n)), exponent_bits=budget.exponent_bits,
-                             window_bits=budget.window_bits)
+                             window_bits=window)
         except Exception:
             budget.release(self)
             raise
@@ -144,6 +154,7 @@ def _close_state(state: _PoolState) -> None:
         state.masks.clear()
     if state.budget is not None:
         state.budget.release(state)
+        state.budget.leave(state)
     state.table = None
 
 
@@ -264,7 +275,8 @@ class MaskPools:
 
     def __init__(self, target: int = 32, max_keys: int = 64, *, mode: str = "djn",
                  table_budget_bytes: int = TABLE_BUDGET_BYTES, min_idle_s: float = TABLE_MIN_IDLE_S,
-                 exponent_bits: int | None = None, window_bits: int = DEFAULT_WINDOW_BITS) -> None:
+                 exponent_bits: int | None = None, window_bits: int = DEFAULT_WINDOW_BITS,
+                 max_window_bits: int = MAX_WINDOW_BITS) -> None:
         if _require_int(max_keys, "max_keys") < 1:
             raise ValueError("max_keys must be ≥ 1")
         if mode not in MODES:
@@ -273,7 +285,8 @@ class MaskPools:
         self._max_keys = max_keys
         self.mode = mode
         self.budget = None if mode == "plain" else TableBudget(
-            table_budget_bytes, min_idle_s=min_idle_s, exponent_bits=exponent_bits, window_bits=window_bits)
+            table_budget_bytes, min_idle_s=min_idle_s, exponent_bits=exponent_bits, window_bits=window_bits,
+            max_window_bits=max_window_bits)
         self._pools: OrderedDict[int, MaskPool] = OrderedDict()
         self._lock = threading.Lock()
 
