@@ -53,7 +53,7 @@ BATCH_REPROBE_S = 300.0
 # cut the CPU per query by about a sixth; a query's latency under that load
 # is hundreds of ms of queueing, so 20 ms more for some is in the noise.
 HOLD_S = 0.020
-_HOLD_POLL_S = 0.002
+_HOLD_POLL_S = 0.005  # a timer wake-up per holding dispatcher this often, not an event per arrival
 _HOLD_MARGIN_S = 0.050  # never hold a request into the last moments of its deadline
 
 _CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
@@ -166,7 +166,12 @@ class MemberDispatcher:
 
     async def _pump(self) -> None:
         while True:
-            await self._hold()
+            try:
+                await self._hold()
+            except asyncio.CancelledError:
+                with self._lock:
+                    self._busy = False  # what is queued goes with the next submit's pump
+                raise
             with self._lock:
                 batch = self._take()
                 if not batch:
@@ -186,18 +191,24 @@ class MemberDispatcher:
     async def _hold(self) -> None:
         """Wait for the queries on their way (see Arrivals) to join the next
         batch: until none is left on its way, the batch is full, ``hold_s``
-        has passed, or the oldest queued request nears its deadline. Returns
-        at once when nothing is on its way (light load)."""
+        has passed, or a queued request nears its deadline (checked at each
+        poll, so a request that joins during the hold is never held into
+        its own). Returns at once when nothing is on its way (light load) or
+        nothing is queued (the next submit starts a pump of its own)."""
         arrivals = self._arrivals
-        if arrivals is None or self._hold_s <= 0 or not arrivals.on_the_way():
+        if arrivals is None or self._hold_s <= 0 or not arrivals.on_the_way() or not self._queue:
             return
         loop_clock = self._loop.time  # real time: the hold is a real wait, whatever clock deadlines use
         until = loop_clock() + self._hold_s
-        with self._lock:
-            if self._queue:
-                until = min(until, loop_clock() + min(i.deadline for i in self._queue) - self._clock() - _HOLD_MARGIN_S)
-        while arrivals.on_the_way() and len(self._queue) < self._max_items:
-            left = until - loop_clock()
+        while arrivals.on_the_way():
+            with self._lock:
+                if len(self._queue) >= self._max_items:
+                    return
+                earliest = min((i.deadline for i in self._queue), default=None)
+            now = loop_clock()
+            left = until - now
+            if earliest is not None:
+                left = min(left, earliest - self._clock() - _HOLD_MARGIN_S)
             if left <= 0:
                 return
             await asyncio.sleep(min(_HOLD_POLL_S, left))

@@ -241,6 +241,41 @@ def test_the_hold_never_runs_a_request_into_its_deadline(loop) -> None:  # type:
     assert member.batches == [["q1"]] and member.timeouts[0] > 0
 
 
+def test_a_request_joining_a_hold_is_never_held_into_its_deadline(loop) -> None:  # type: ignore[no-untyped-def]
+    """The cap is taken from every queued request at each poll, not from
+    those queued when the hold began (review finding, stop 17)."""
+    member = FakeMember()
+    arrivals = Arrivals()
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=1.0)
+    arrivals.arriving()  # never done
+    long = d.submit(req("q0"), 60.0)  # starts a hold capped only by hold_s
+    time.sleep(0.05)
+    short = d.submit(req("q1"), 0.4)  # joins the hold: must go before its own deadline
+    assert short.result(5).member_id == "q1" and long.result(5).member_id == "q0"
+    assert member.batches == [["q0", "q1"]]
+
+
+def test_a_pump_cancelled_while_holding_leaves_the_dispatcher_usable(loop) -> None:  # type: ignore[no-untyped-def]
+    member = FakeMember()
+    arrivals = Arrivals()
+    d = MemberDispatcher(loop, member, arrivals=arrivals, hold_s=30.0)
+    ticket = arrivals.arriving()
+    first = d.submit(req("q1"), 60.0)
+    time.sleep(0.05)
+
+    async def cancel_pumps() -> None:
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    asyncio.run_coroutine_threadsafe(cancel_pumps(), loop).result(5)
+    wait_for(lambda: not d._busy)
+    ticket.done()
+    second = d.submit(req("q2"), 60.0)  # a new pump takes what the cancelled one left queued
+    assert first.result(5).member_id == "q1" and second.result(5).member_id == "q2"
+    assert member.batches == [["q1", "q2"]]
+
+
 def test_a_full_batch_does_not_wait(loop) -> None:  # type: ignore[no-untyped-def]
     member = FakeMember()
     member.gate.clear()
