@@ -245,9 +245,39 @@ def test_a_wide_table_is_rebuilt_narrower_on_its_next_refill_once_more_keys_shar
         assert first.ensure_table() and first.table.window_bits == 8
         old = first.table
         others = [pools.for_key(fake_key()) for _ in range(8)]     # nine keys: 9 tables fit at w = 7, not at 8
-        assert pools.budget.window_for(2048) == _widest_fitting(9, M.TABLE_BUDGET_BYTES) == 7
+        assert pools.budget.window() == _widest_fitting(9, M.TABLE_BUDGET_BYTES) == 7
         assert first.ensure_table() and first.table is not old and first.table.window_bits == 7
         assert pools.table_bytes == first.table.nbytes and len(others) == 8
+    finally:
+        pools.close()
+
+
+def test_keys_of_different_sizes_share_one_window_and_all_keep_a_table() -> None:
+    """Review finding (stop 17): with the window worked out per key size, a
+    4096-bit key joining 13 busy 2048-bit keys kept asking for a window the
+    others left no room for; one key stayed plain though all 14 fit at w = 6."""
+    def odd(bits: int) -> P.PaillierPublicKey:
+        return P.PaillierPublicKey(secrets.randbits(bits) | (1 << (bits - 1)) | 1)
+
+    def needed(window: int) -> int:  # the rule restated from the estimates
+        return 13 * M.estimate_table_bytes(2048, 448, window) + M.estimate_table_bytes(4096, M.djn_exponent_bits(4096), window)
+
+    pools = M.MaskPools(target=0, min_idle_s=3600)               # every table busy: nothing idle to evict
+    try:
+        small = [pools.for_key(odd(2048)) for _ in range(13)]
+        for pool in small:
+            assert pool.ensure_table() and pool.table.window_bits == 7   # 13 keys of 2048 bits fit at w = 7
+            pool.take()
+        big = pools.for_key(odd(4096))
+        expected = next((w for w in (8, 7) if needed(w) <= M.TABLE_BUDGET_BYTES), 6)
+        assert expected == 6 == pools.budget.window()
+        everyone = [*small, big]
+        for _ in range(3):                                       # a few refill rounds
+            for pool in everyone:
+                pool.ensure_table()
+                assert pools.table_bytes <= M.TABLE_BUDGET_BYTES
+        assert all(p.table is not None and p.table.window_bits == 6 for p in everyone)
+        assert pools.budget.refusals == 0 and pools.budget.evictions == 0
     finally:
         pools.close()
 
@@ -257,9 +287,9 @@ def test_a_closed_key_no_longer_narrows_the_others() -> None:
     pools = M.MaskPools(target=0, max_keys=2, table_budget_bytes=limit, min_idle_s=3600)
     try:
         a, b = pools.for_key(fake_key()), pools.for_key(fake_key())
-        assert pools.budget.keys == 2 and pools.budget.window_for(2048) == 8
+        assert pools.budget.keys == 2 and pools.budget.window() == 8
         pools.for_key(fake_key())                                # max_keys: a's pool is closed
-        assert a.closed and pools.budget.keys == 2 and pools.budget.window_for(2048) == 8
+        assert a.closed and pools.budget.keys == 2 and pools.budget.window() == 8
     finally:
         pools.close()
 

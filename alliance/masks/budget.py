@@ -52,7 +52,7 @@ class TableBudget:
         self.evictions = 0
         self.refusals = 0
         self.narrowed = 0  # tables given back to be rebuilt with a narrower window
-        self._keys: set[int] = set()  # the pools sharing this budget (id of their state); survives a fork
+        self._keys: dict[int, int] = {}  # the pools sharing this budget: id of their state -> key bits; survives a fork
         self._reset()
         _live_budgets.add(self)
 
@@ -86,23 +86,27 @@ class TableBudget:
     def join(self, state: _PoolState) -> None:
         """A pool now shares this budget (its key counts for the window)."""
         with self._lock:
-            self._keys.add(id(state))
+            self._keys[id(state)] = state.n_bits
 
     def leave(self, state: _PoolState) -> None:
         with self._lock:
-            self._keys.discard(id(state))
+            self._keys.pop(id(state), None)
 
     @property
     def keys(self) -> int:
         with self._lock:
             return len(self._keys)
 
-    def window_for(self, n_bits: int) -> int:
-        """The widest window at which every pool sharing the budget could
-        hold its table at once; the floor window when none is wider."""
-        keys = max(1, self.keys)
+    def window(self) -> int:
+        """One window for every table of the node: the widest at which the
+        tables of every pool sharing the budget, whatever their key sizes,
+        fit at once; the floor window when none is wider. (Per key size it
+        would let a large key keep asking for a window the others' tables
+        leave no room for.)"""
+        with self._lock:
+            sizes = list(self._keys.values())
         for window in range(self.max_window_bits, self.window_bits, -1):
-            if keys * self.table_bytes_for(n_bits, window) <= self.limit_bytes:
+            if sum(self.table_bytes_for(n_bits, window) for n_bits in sizes) <= self.limit_bytes:
                 return window
         return self.window_bits
 

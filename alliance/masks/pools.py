@@ -75,12 +75,13 @@ class _PoolState:
         budget = self.budget
         if budget is None or self.closed or self.pid != os.getpid():
             return table
-        window = budget.window_for(self.n_bits)
+        window = budget.window()
         if table is not None:
             if table.window_bits <= window:
                 return table
             budget.release(self)  # masks it made stay valid (and single-use); the next ones come from the new table
             log.debug("rebuilding a DJN table with a %d-bit window (was %d)", window, table.window_bits)
+            table = None  # the old table's memory goes before the new one is built
         if not budget.try_admit(self, budget.table_bytes_for(self.n_bits, window), window):
             return None
         generation = self.generation

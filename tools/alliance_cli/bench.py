@@ -43,7 +43,7 @@ def run(member_counts: list[int], *, queries: int, light_queries: int, concurren
     os.environ["ALLIANCE_MASKS"] = mask_mode   # read by the member processes (alliance.masks.mode_from_env)
     pk, sk = paillier.generate_keypair(paillier.MIN_KEY_BITS)  # one 2048-bit key for both measurements
     # The bench's members answer one querier key, so their tables take the widest window (alliance.masks.budget).
-    mask_costs = masks.measure_costs(pk, window_bits=masks.TableBudget().window_for(pk.n.bit_length()))
+    mask_costs = masks.measure_costs(pk, window_bits=masks.TableBudget().window())
     mask_costs["decrypt_ms"] = decrypt_cost_ms(sk)
     echo(f"masks ({mask_mode} in the members): plain r^n {mask_costs['plain_mask_ms']} ms CPU, DJN "
          f"{mask_costs['djn_mask_ms']} ms CPU (ℓ = {mask_costs['exponent_bits']} bits, w = {mask_costs['window_bits']}); "
