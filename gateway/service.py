@@ -33,8 +33,8 @@ from alliance_gateway.disclosure_rpcs import DisclosureRpcs
 from alliance_gateway.group_commit import GroupCommit
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.key_share_rpcs import KeyShareRpcs
-from alliance_gateway.member_dispatch import Arrivals
 from alliance_gateway.log_rpcs import LogRpcs
+from alliance_gateway.member_dispatch import Arrivals
 from alliance_gateway.membership_rpcs import MembershipRPCs
 from alliance_gateway.peers import PeerChecks
 from alliance_gateway.policy_store import PolicyCache
