@@ -121,12 +121,12 @@ class _StreamProofs:
             if receipt.present:
                 self.size = receipt.tree_size
             return response
-        if receipt.tree_size != self.size:
-            small, large = sorted((receipt.tree_size, self.size))
-            proof = self.log.consistency_proof(small, large)
-            del receipt.consistency_proof[:]
-            receipt.consistency_from = self.size
-            receipt.consistency_proof.extend(proof)
+        # Always restated from the size the querier holds: the receipt came with the proof from the
+        # request's stale hint. At the same size the proof is empty (nothing to prove, roots compared).
+        proof = [] if receipt.tree_size == self.size else self.log.consistency_proof(*sorted((receipt.tree_size, self.size)))
+        del receipt.consistency_proof[:]
+        receipt.consistency_from = self.size
+        receipt.consistency_proof.extend(proof)
         self.size = max(self.size, receipt.tree_size)
         return response
 

@@ -309,6 +309,29 @@ def test_a_screen_streams_each_receipt_with_the_proof_from_the_size_the_querier_
             size, root = cp.size, cp.root_hash
 
 
+def test_a_streamed_receipt_at_the_held_size_carries_an_empty_proof_from_that_size_not_the_stale_hint() -> None:
+    """Two subjects whose receipts share a tree size: the second came with the
+    proof from the request's stale hint; the stream restates it from the size
+    the querier holds, where there is nothing to prove (found by CI: a
+    receipt at the held size kept consistency_from = the hint)."""
+    from alliance_gateway.screen_rpcs import _StreamProofs
+
+    class Log:
+        def size(self) -> int:
+            return 8
+
+        def consistency_proof(self, first: int, second: int) -> list[bytes]:
+            raise AssertionError(f"no proof is needed between equal sizes ({first}, {second})")
+
+    proofs = _StreamProofs(Log())  # type: ignore[arg-type]
+    proofs.start(5)
+    proofs.size = 8  # an earlier subject's receipt at size 8 was streamed
+    stale = pb.GatewayQueryResponse(audit=pb.AuditReceipt(present=True, tree_size=8, consistency_from=5,
+                                                          consistency_proof=[b"\x01" * 32]))
+    receipt = proofs.carry(stale).audit
+    assert (receipt.consistency_from, list(receipt.consistency_proof)) == (8, [])
+
+
 def test_a_screen_hint_beyond_the_log_is_ignored_not_fatal(gateway) -> None:
     svc, _, members = gateway
     q = signed_query(members["mq"])
