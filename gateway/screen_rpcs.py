@@ -77,6 +77,8 @@ class ScreenRpcs:
                 try:
                     for request in request_iterator:
                         proofs.start(request.known_tree_size)
+                        if proofs.size:  # carry() restates the receipt's proof from the size held: one proof, not two
+                            request.known_tree_size = 0
                         kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
                         self._check_rate(context, peer_id, peer_role, kind)  # type: ignore[attr-defined]
                         pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))

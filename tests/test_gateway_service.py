@@ -297,7 +297,11 @@ def test_a_screen_streams_each_receipt_with_the_proof_from_the_size_the_querier_
         q = signed_query(members["mq"])
         q.known_tree_size = held  # made before any answer arrived: every hint is the same, stale size
         queries.append(q)
+    asked_from: list[int] = []
+    receipt = svc.log.receipt
+    svc.log.receipt = lambda seq, known_size=0: (asked_from.append(known_size), receipt(seq, known_size))[1]
     responses = _screen(svc, members, queries)
+    assert asked_from == [0, 0, 0]  # the stream restates each proof from the size held: none is made from the stale hint
     assert all(r.audit.present for r in responses), responses
     size, root = held, held_root
     for r in responses:
