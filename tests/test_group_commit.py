@@ -297,7 +297,10 @@ def _behind_held_commit(pool, svc, members, queries):  # type: ignore[no-untyped
     at a time, each queued behind it before the next is sent (so their
     arrival order is known); returns (first future, the others' futures)."""
     first = pool.submit(process, svc, members, queries[0], "mq", "member", "query")
-    time.sleep(0.1)
+    until = time.monotonic() + 20
+    while not svc.log_commits._writing:  # queries[0] is in its held write (a fixed sleep lost this race on a loaded CI box)
+        assert time.monotonic() < until, "the first query never reached its log write"
+        time.sleep(0.005)
     rest = []
     for i, q in enumerate(queries[1:]):
         rest.append(pool.submit(process, svc, members, q, "mq", "member", "query"))
