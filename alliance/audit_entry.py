@@ -32,10 +32,19 @@ KINDS = QUERY_KINDS + MEMBERSHIP_KINDS + OTHER_V2_KINDS + DISCLOSURE_KINDS + BOO
 
 def encode(entry: dict[str, Any]) -> bytes:
     _check_types(entry)
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    return _dumps(entry)
 
 
 def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
+    """The entry ``data`` encodes, refusing any bytes that are not its
+    canonical encoding, an unknown version or kind, or (given ``index``) a
+    ``seq`` other than its position. Every reader of the log (auditors,
+    reconcile, the feed) runs this per entry, so the common case takes one
+    parse and one dump; anything else goes the slow way, whose message is
+    the one reported."""
+    entry = _decode_common(data, index)
+    if entry is not None:
+        return entry
     try:
         entry = json.loads(data.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -53,6 +62,31 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
     if index is not None and entry.get("seq") != index:
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)
     return entry
+
+
+def _no_float(text: str) -> Any:
+    raise ValueError(f"{text} is not an integer")
+
+
+def _decode_common(data: bytes, index: int | None) -> dict[str, Any] | None:
+    """A canonical, valid entry, or None to take the slow path. JSON parsed
+    without floats or NaN holds only the types ``encode`` accepts, so a
+    parse that re-encodes to the same bytes is canonical (no type walk)."""
+    try:
+        if not data.isascii():
+            return None
+        entry = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+    except ValueError:
+        return None
+    if (type(entry) is dict and (index is None or (type(entry.get("seq")) is int and entry["seq"] == index))
+            and type(entry.get("v")) is int and entry["v"] in FORMAT_VERSIONS and entry.get("kind") in KINDS
+            and _dumps(entry) == data):
+        return entry
+    return None
+
+
+def _dumps(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
 def parse_canonical_statement(body: bytes, *, what: str, keys: set[str], max_bytes: int, format_: str,

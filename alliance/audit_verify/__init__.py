@@ -47,7 +47,6 @@ from alliance.audit_verify.fields import (
     SHANGHAI,
     STATE_GRACE_MS,
     Bad,
-    decode_entry,
 )
 from alliance.audit_verify.feed import Feed
 from alliance.audit_verify.reasons import (
@@ -81,13 +80,14 @@ from alliance.audit_verify.tree import (
     first_divergence,
     trusted_tree,
 )
+from alliance import audit_entry
 from alliance.checkpoint import Checkpoint
 from alliance.errors import VerificationFailed
 
 __all__ = [
     "CREDENTIAL_SLACK_S", "INQUIRY_WINDOW_MS", "JOBS_PER_CHUNK", "KNOWN_REASONS", "PARALLEL_MIN_JOBS", "PARSE_REASONS",
     "REASONS_AFTER_SIGNATURE", "REASONS_BEFORE_PARSE", "SHANGHAI", "STATE_GRACE_MS", "ProofSource", "SignatureJob",
-    "Tree", "VerifyResult", "check_history", "check_signature_jobs", "decode_entry", "first_divergence", "verify_log",
+    "Tree", "VerifyResult", "check_history", "check_signature_jobs", "first_divergence", "verify_log",
 ]
 
 # PARALLEL_MIN_JOBS and JOBS_PER_CHUNK tune the signature checks; verify_log reads them here at each call,
@@ -137,7 +137,7 @@ def verify_log(
                 problems.add(position, STRUCTURE, f"the entry is {what}: the gateway served entry {index} in its place")
                 continue
             try:
-                entry = decode_entry(data, position)
+                entry = audit_entry.decode(data, index=position)
             except VerificationFailed as exc:
                 problems.add(position, DECODE, str(exc).removeprefix(f"entry {position}: "))
                 continue

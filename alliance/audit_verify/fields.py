@@ -5,13 +5,12 @@ field access that raises :class:`Bad` naming the field, and the time
 formats and day boundaries the gateway uses."""
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alliance import audit_entry, protocol
+from alliance import protocol
 
 STATE_GRACE_MS = 5_000  # SPEC §5: suspensions take effect within 5 s
 CREDENTIAL_SLACK_S = protocol.FRESHNESS_MS // 1000  # clock skew tolerated on credential validity
@@ -23,30 +22,6 @@ _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 class Bad(Exception):
     """The entry being replayed breaks a rule; the message says which."""
-
-
-def _no_float(text: str) -> Any:
-    raise ValueError(f"{text} is not an integer")
-
-
-def decode_entry(data: bytes, index: int) -> dict[str, Any]:
-    """``audit_entry.decode`` for the common case, about twice as fast: JSON
-    that parses without floats or NaN into an object and re-encodes to the
-    same bytes is canonical (JSON has no other non-canonical types). Anything
-    else goes through ``audit_entry.decode``, whose error message is the one
-    reported."""
-    try:
-        if data.isascii():
-            entry = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
-            if (type(entry) is dict and entry.get("seq") == index and type(entry.get("seq")) is int
-                    and type(entry.get("v")) is int and entry["v"] in audit_entry.FORMAT_VERSIONS
-                    and entry.get("kind") in audit_entry.KINDS
-                    and json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                                   allow_nan=False).encode("ascii") == data):
-                return entry
-    except ValueError:
-        pass
-    return audit_entry.decode(data, index=index)
 
 
 def day_start_ms(ms: int) -> int:
