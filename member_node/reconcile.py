@@ -20,7 +20,8 @@ gave is in the log, and the member checks it itself.
 - ``Reconciler``: what ``member serve`` runs every 15 minutes; it raises an
   ``unlogged_answer`` alert for each answer missing from the log.
 
-The matching itself (``entry_reconciles``, ``nearest_restart``) is pure."""
+The matching itself (``entry_reconciles``, ``nearest_restart``) is pure, in
+``reconcile_match``."""
 from __future__ import annotations
 
 import logging
@@ -28,11 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from alliance import audit_entry, checkpoint, db, merkle, signing
@@ -40,6 +40,15 @@ from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import alerts, receipt_checkpoints, store
+from alliance_member.reconcile_match import (  # noqa: F401 - JournalRow, entry_reconciles: the module's API
+    JournalRow,
+    OwnSignatures,
+    Restart,
+    parse_time_ms,
+    format_utc,
+    entry_reconciles,
+    nearest_restart,
+)
 
 log = logging.getLogger("alliance.member.reconcile")
 
@@ -78,14 +87,6 @@ def _journal_row(query_id: str, request_body: bytes, ciphertext: bytes, now_ms: 
 _JOURNAL = insert(store.answer_journal)  # built once (the answer path)
 
 
-@dataclass(frozen=True)
-class JournalRow:
-    query_id: str
-    request_sha256: bytes
-    ciphertext_sha256: bytes
-    answered_at_ms: int
-
-
 # ---------------------------------------------------------------------------
 # Checkpoints: acceptance and the member's kept checkpoint
 
@@ -119,80 +120,6 @@ def keep_consistent(path: Path, cp: checkpoint.Checkpoint, note: str, verifier: 
         if old.size > 0:
             merkle.verify_consistency(old.size, cp.size, consistency_proof(old.size, cp.size), old.root_hash, cp.root_hash)
     write_atomic(path, note.encode("utf-8"))
-
-
-# ---------------------------------------------------------------------------
-# Matching (pure)
-
-
-def entry_reconciles(entry: dict[str, Any], row: JournalRow, member_id: str, public_key: Ed25519PublicKey | bytes) -> bool:
-    """Does this log entry account for this journalled answer? Same query id
-    and request digest, this member among `members_asked`, and either its
-    answer (same ciphertext digest, this member's valid signature) or a drop
-    reason for it. An answer listed with another ciphertext never counts."""
-    if entry.get("kind") not in audit_entry.QUERY_KINDS or entry.get("query_id") != row.query_id:
-        return False
-    body_hex = entry.get("request_body")
-    try:
-        if not isinstance(body_hex, str) or signing.sha256(bytes.fromhex(body_hex)) != row.request_sha256:
-            return False
-    except ValueError:
-        return False
-    asked = entry.get("members_asked")
-    if not isinstance(asked, list) or member_id not in asked:
-        return False
-    answers = [a for a in entry.get("answers") or [] if isinstance(a, dict) and a.get("member_id") == member_id]
-    if answers:
-        return any(_answer_is_ours(a, row, public_key) for a in answers)
-    return any(isinstance(d, dict) and d.get("member_id") == member_id and isinstance(d.get("reason"), str)
-               for d in entry.get("dropped") or [])
-
-
-def _answer_is_ours(answer: dict[str, Any], row: JournalRow, public_key: Ed25519PublicKey | bytes) -> bool:
-    if answer.get("ciphertext_sha256") != row.ciphertext_sha256.hex():
-        return False
-    try:
-        signature = bytes.fromhex(answer.get("signature") or "")
-        status = bytes.fromhex(answer.get("book_status") or "")  # SPEC §10: covered by the answer signature
-        signing.verify(public_key, signing.MEMBER_ANSWER,
-                       signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256,
-                                                     signing.sha256(status) if status else b""),
-                       signature, what="own answer signature")
-    except (ValueError, CryptoError):
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class Restart:
-    seq: int
-    time_ms: int
-    time: str
-    pid: Any
-    host: Any
-
-    def as_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "time": self.time, "pid": self.pid, "host": self.host}
-
-
-def nearest_restart(restarts: list[Restart], answered_at_ms: int) -> dict[str, Any]:
-    """The latest gateway_started at or before the answer and the first after it
-    (by time; None when the log read holds none)."""
-    before = [r for r in restarts if r.time_ms <= answered_at_ms]
-    after = [r for r in restarts if r.time_ms > answered_at_ms]
-    return {"before": max(before, key=lambda r: r.time_ms).as_json() if before else None,
-            "after": min(after, key=lambda r: r.time_ms).as_json() if after else None}
-
-
-def _time_ms(text: Any) -> int:
-    try:
-        return int(datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
-    except ValueError:
-        return 0
-
-
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 # ---------------------------------------------------------------------------
@@ -260,7 +187,7 @@ def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoi
             entry = audit_entry.decode(data, index=proven.index)
             index = proven.index + 1
             if entry.get("kind") == "gateway_started":
-                view.restarts.append(Restart(proven.index, _time_ms(entry.get("time")), str(entry.get("time")),
+                view.restarts.append(Restart(proven.index, parse_time_ms(entry.get("time")), str(entry.get("time")),
                                              entry.get("pid"), entry.get("host")))
             elif entry.get("kind") in audit_entry.QUERY_KINDS and member_id in (entry.get("members_asked") or []):
                 bucket = view.by_query_id if proven.index < witnessed_size else view.unwitnessed_by_query_id
@@ -311,11 +238,14 @@ class Result:
 
 def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | bytes, source: ProofSource,
               verifier: checkpoint.NoteVerifier, kept: Path, witnessed: Witnessed | None, min_age_ms: int = MIN_AGE_MS,
-              since_ms: int = 0, clock: Callable[[], float] = time.time) -> Result:
+              since_ms: int = 0, clock: Callable[[], float] = time.time,
+              signing_key: Ed25519PrivateKey | None = None) -> Result:
     """Check every journalled answer at least ``min_age_ms`` old (and answered
     at or after ``since_ms``) against the log under ``witnessed`` (the
     member's newest checkpoint accepted with a witness quorum, None while it
-    has none); prune the reconciled ones."""
+    has none); prune the reconciled ones. ``signing_key`` (the member's own)
+    only makes checking its signatures cheaper (``OwnSignatures``)."""
+    own = OwnSignatures(public_key, signing_key)
     now_ms = int(clock() * 1000)
     with engine.connect() as conn:
         rows = [JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
@@ -326,15 +256,15 @@ def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | 
     view = read_log(source, member_id, start, verifier, kept, clock, witnessed=witnessed)
     reconciled, missing, pending = [], [], []
     for row in rows:
-        if any(entry_reconciles(e, row, member_id, public_key) for e in view.by_query_id.get(row.query_id, [])):
+        if any(entry_reconciles(e, row, member_id, own) for e in view.by_query_id.get(row.query_id, [])):
             reconciled.append(row.query_id)
-        elif any(entry_reconciles(e, row, member_id, public_key) for e in view.unwitnessed_by_query_id.get(row.query_id, [])):
-            pending.append({"query_id": row.query_id, "answered_at": _utc(row.answered_at_ms),
+        elif any(entry_reconciles(e, row, member_id, own) for e in view.unwitnessed_by_query_id.get(row.query_id, [])):
+            pending.append({"query_id": row.query_id, "answered_at": format_utc(row.answered_at_ms),
                             "overdue": now_ms - row.answered_at_ms > WITNESS_GRACE_MS,
                             "why": "logged, but not yet below a checkpoint cosigned by a witness quorum"
                                    + ("" if witnessed is not None else " (this member has no witnessed checkpoint yet)")})
         else:
-            missing.append({"query_id": row.query_id, "answered_at": _utc(row.answered_at_ms),
+            missing.append({"query_id": row.query_id, "answered_at": format_utc(row.answered_at_ms),
                             "nearest_restart": nearest_restart(view.restarts, row.answered_at_ms)})
     with engine.begin() as conn:
         if reconciled:
@@ -392,7 +322,8 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
         witnessed = _witnessed(home, client, engine)
         result = reconcile(engine, member_id=cfg.member_id, public_key=bytes(own.ed25519_public_key),
                            source=GatewayProofSource(client), verifier=verifier, kept=home.checkpoint,
-                           witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms)
+                           witnessed=witnessed, min_age_ms=min_age_ms, since_ms=since_ms,
+                           signing_key=_own_signing_key(home))
         coverage = receipt_checkpoints.receipt_coverage(
             home, witnessed[1] if witnessed is not None else None, time.time(), consistency_proof=client.consistency_proof)
         result.uncovered_receipt_checkpoints = coverage.uncovered
@@ -409,6 +340,18 @@ def reconcile_home(home_dir: Path, *, db_url: str | None = None, min_age_ms: int
             client.close()
         if owns_engine:
             engine.dispose()
+
+
+def _own_signing_key(home: Any) -> Ed25519PrivateKey | None:
+    """The member's answer-signing key, if this process can read it; without
+    it reconcile verifies every signature (slower, same verdicts)."""
+    from alliance import pki
+
+    try:
+        return pki.load_ed25519_private_pem(home.signing_key)
+    except (OSError, ValueError, AllianceError) as exc:
+        log.info("reconcile verifies each own signature in full: cannot read the signing key (%s)", exc)
+        return None
 
 
 def _witnessed(home: Any, client: Any, engine: Engine) -> Witnessed | None:

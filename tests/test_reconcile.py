@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import date
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,58 @@ def test_entry_reconciles_needs_digest_member_and_own_signature(alliance) -> Non
                                             dropped=[{"member_id": "ma", "reason": "deadline_exceeded"}]), row, "ma", key)
     assert rec.entry_reconciles(changed(answers=others, dropped=[{"member_id": "ma", "reason": "deadline_exceeded"}]),
                                 row, "ma", key)
+
+
+def test_own_signatures_by_re_signing_agree_with_verification(alliance, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With its signing key a member recognises its own deterministic
+    signature without verifying it; a changed status, other bytes, or a key
+    that is not the credential's never pass that way."""
+    from alliance import book_status
+
+    a = alliance
+
+    def status_of(member_id: str, loans: int) -> bytes:
+        m = a.members[member_id]
+        return book_status.sign(m.signing_key, book_status.BookStatus(member_id, m.body.serial, date.today(), loans,
+                                                                      int(time.time() * 1000)))[0]
+
+    a.services["ma"].book_status = lambda: status_of("ma", 100)  # SPEC §10: the answer carries it, signed over
+    qid = a.query("mq")
+    entry = next(e for e in a.log() if e.get("query_id") == qid)
+    with a.services["ma"].engine.connect() as conn:
+        r = conn.execute(select(store.answer_journal)).one()
+    row = rec.JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+    key = bytes(a.members["ma"].body.ed25519_public_key)
+    own = rec.OwnSignatures(key, a.members["ma"].signing_key)
+    mine = next(x for x in entry["answers"] if x["member_id"] == "ma")
+    others = [x for x in entry["answers"] if x["member_id"] != "ma"]
+    assert mine["book_status"], "the answer carries the member's book status (SPEC §10)"
+
+    def with_mine(**kw: Any) -> dict[str, Any]:
+        return {**entry, "answers": others + [{**mine, **kw}]}
+
+    verified: list[bytes] = []
+    real_verify = signing.verify
+    monkeypatch.setattr(signing, "verify", lambda *args, **kw: (verified.append(args[3]), real_verify(*args, **kw))[1])
+    assert rec.entry_reconciles(entry, row, "ma", own)
+    assert verified == []  # recognised by its bytes, not verified
+    # the gateway swaps in another status under the member's signature: no longer its answer
+    assert not rec.entry_reconciles(with_mine(book_status=status_of("ma", 1).hex()), row, "ma", own)
+    assert not rec.entry_reconciles(with_mine(book_status=""), row, "ma", own)
+    assert not rec.entry_reconciles(with_mine(signature="00" * 64), row, "ma", own)
+    assert not rec.entry_reconciles(with_mine(signature=mine["signature"][:-2]), row, "ma", own)
+    assert len(verified) == 4  # each fell back to a full verification, which refused it
+    # a signing key that is not the credential's is never used: its signature is not ours
+    foreign = rec.OwnSignatures(key, a.members["mb"].signing_key)
+    assert foreign.signing_key is None
+    status = bytes.fromhex(mine["book_status"])
+    message = signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256, signing.sha256(status))
+    by_mb = signing.sign(a.members["mb"].signing_key, signing.MEMBER_ANSWER, message).hex()
+    assert not rec.entry_reconciles(with_mine(signature=by_mb), row, "ma", foreign)
+    assert not rec.entry_reconciles(with_mine(signature=by_mb), row, "ma", rec.OwnSignatures(key, a.members["ma"].signing_key))
+    # and a run given the key reconciles as one without it
+    result = a.reconcile("ma", signing_key=a.members["ma"].signing_key)
+    assert result.ok and result.reconciled == 1
 
 
 def test_a_late_answer_reconciles_by_its_logged_drop(alliance) -> None:  # type: ignore[no-untyped-def]
