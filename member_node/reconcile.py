@@ -40,7 +40,7 @@ from alliance._internal.files import write_atomic
 from alliance.errors import AllianceError, CryptoError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import alerts, receipt_checkpoints, store
-from alliance_member.reconcile_match import (  # noqa: F401 - JournalRow, entry_reconciles: the module's API
+from alliance_member.reconcile_match import (
     JournalRow,
     OwnSignatures,
     Restart,
@@ -147,11 +147,14 @@ class GatewayProofSource:
 
 @dataclass
 class LogView:
-    """What a run read: the entries that asked this member (by query id), the
-    restarts, and the first checkpoint's size and when it was read."""
+    """What a run read: which journalled answers an entry accounts for (by
+    query id: below the witnessed checkpoint, or only at or above it), the
+    restarts, and the first checkpoint's size and when it was read. Entries
+    are matched as they are read and then dropped: between two runs a member
+    answering 100 queries a second is asked in 90,000 entries."""
 
-    by_query_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    unwitnessed_by_query_id: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # at or above the witnessed size
+    reconciled: set[str] = field(default_factory=set)
+    unwitnessed: set[str] = field(default_factory=set)  # logged only at or above the witnessed size
     restarts: list[Restart] = field(default_factory=list)
     first_size: int | None = None
     first_read_ms: int = 0
@@ -159,18 +162,21 @@ class LogView:
 
 
 def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoint.NoteVerifier, kept: Path,
-             clock: Callable[[], float] = time.time, *, witnessed: Witnessed | None = None) -> LogView:
+             clock: Callable[[], float] = time.time, *, witnessed: Witnessed | None = None,
+             journal: dict[str, JournalRow] | None = None, own: OwnSignatures | None = None) -> LogView:
     """Every entry served from ``start`` on, each proven included in its page's
     accepted checkpoint, each checkpoint consistent with the kept one and with
-    ``witnessed``. Query entries at or above the witnessed size (all of them
-    without one) are kept apart: nothing a witness quorum vouched for. An
-    entry that does not concern this member is an error: the gateway must
-    never serve it."""
+    ``witnessed``; each query entry matched against the ``journal`` row of
+    its query id (``entry_reconciles``, signatures checked by ``own``). Query
+    entries at or above the witnessed size (all of them without one) count
+    apart: nothing a witness quorum vouched for. An entry that does not
+    concern this member is an error: the gateway must never serve it."""
     from alliance_member.witness import check_consistent
 
     view = LogView()
     index = start
     witnessed_size = witnessed[0].size if witnessed is not None else 0
+    journal = journal or {}
     for page in _pages(source, start):
         cp = accept_checkpoint(page.checkpoint, verifier)
         keep_consistent(kept, cp, page.checkpoint, verifier, source.consistency_proof)
@@ -190,8 +196,9 @@ def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoi
                 view.restarts.append(Restart(proven.index, parse_time_ms(entry.get("time")), str(entry.get("time")),
                                              entry.get("pid"), entry.get("host")))
             elif entry.get("kind") in audit_entry.QUERY_KINDS and member_id in (entry.get("members_asked") or []):
-                bucket = view.by_query_id if proven.index < witnessed_size else view.unwitnessed_by_query_id
-                bucket.setdefault(str(entry.get("query_id")), []).append(entry)
+                row = journal.get(str(entry.get("query_id")))
+                if row is not None and own is not None and entry_reconciles(entry, row, member_id, own):
+                    (view.reconciled if proven.index < witnessed_size else view.unwitnessed).add(row.query_id)
             else:
                 raise CryptoError(f"GetQueryProofs served entry {proven.index} ({entry.get('kind')}), which did not ask {member_id}")
     return view
@@ -253,12 +260,13 @@ def reconcile(engine: Engine, *, member_id: str, public_key: Ed25519PublicKey | 
                                       .where(_j.answered_at_ms <= now_ms - min_age_ms, _j.answered_at_ms >= since_ms)
                                       .order_by(_j.answered_at_ms, _j.query_id))]
         start, mark_at = _start_index(conn, min((r.answered_at_ms for r in rows), default=now_ms))
-    view = read_log(source, member_id, start, verifier, kept, clock, witnessed=witnessed)
+    view = read_log(source, member_id, start, verifier, kept, clock, witnessed=witnessed,
+                    journal={row.query_id: row for row in rows}, own=own)
     reconciled, missing, pending = [], [], []
     for row in rows:
-        if any(entry_reconciles(e, row, member_id, own) for e in view.by_query_id.get(row.query_id, [])):
+        if row.query_id in view.reconciled:
             reconciled.append(row.query_id)
-        elif any(entry_reconciles(e, row, member_id, own) for e in view.unwitnessed_by_query_id.get(row.query_id, [])):
+        elif row.query_id in view.unwitnessed:
             pending.append({"query_id": row.query_id, "answered_at": format_utc(row.answered_at_ms),
                             "overdue": now_ms - row.answered_at_ms > WITNESS_GRACE_MS,
                             "why": "logged, but not yet below a checkpoint cosigned by a witness quorum"
