@@ -59,7 +59,7 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
         raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
     if type(entry.get("v")) is not int or entry["v"] not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
         raise VerificationFailed(f"entry {index}: unknown version or kind", entry=index)
-    if index is not None and entry.get("seq") != index:
+    if index is not None and (type(entry.get("seq")) is not int or entry["seq"] != index):  # True == 1 in Python
         raise VerificationFailed(f"entry {index}: sequence number {entry.get('seq')} does not match its position", entry=index)
     return entry
 

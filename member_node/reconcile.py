@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Connection, Engine, delete, insert, select
 
 from alliance import audit_entry, checkpoint, db, merkle, signing
 from alliance._internal.files import write_atomic
-from alliance.errors import AllianceError, CryptoError
+from alliance.errors import AllianceError, CryptoError, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import alerts, receipt_checkpoints, store
 from alliance_member.reconcile_match import (
@@ -59,6 +60,7 @@ FIRST_RUN_S = 60
 MARK_MARGIN_MS = 60_000  # clock steps between a mark and an answer
 PAGE_ENTRIES = 256
 ALERT_KIND = "unlogged_answer"
+STALL_RUNS = 4  # runs in a row that could not complete (an hour at INTERVAL_S): alert `reconcile_failed`
 
 _j = store.answer_journal.c
 _marks = store.reconcile_marks.c
@@ -357,7 +359,7 @@ def _own_signing_key(home: Any) -> Ed25519PrivateKey | None:
 
     try:
         return pki.load_ed25519_private_pem(home.signing_key)
-    except (OSError, ValueError, AllianceError) as exc:
+    except (OSError, ValueError, TypeError, AllianceError, UnsupportedAlgorithm) as exc:
         log.info("reconcile verifies each own signature in full: cannot read the signing key (%s)", exc)
         return None
 
@@ -387,16 +389,26 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._alerted: set[str] = set()
+        self._failed_runs = 0  # runs in a row that could not complete (AllianceError other than a bad log)
 
     def run_once(self) -> Result | None:
         try:
             result = reconcile_home(self.home_dir, db_url=self.db_url, engine=self.engine, min_age_ms=self.min_age_ms)
-        except CryptoError as exc:
+        except (CryptoError, VerificationFailed) as exc:  # a log that does not verify, or an entry not canonical
             alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile could not verify the log: {exc}")
             return None
-        except AllianceError as exc:
+        except AllianceError as exc:  # e.g. the gateway unreachable: try again next run, alert once it lasts
             log.warning("member reconcile did not run: %s", exc)
+            self._failed_runs += 1
+            if self._failed_runs == STALL_RUNS:
+                alerts.raise_alert(self.engine, "reconcile_failed",
+                                   f"member reconcile has not completed in {STALL_RUNS} runs in a row: {exc}")
             return None
+        except Exception as exc:  # noqa: BLE001 - a bug, or log content nothing anticipated: a person must look
+            log.exception("member reconcile failed")
+            alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile failed: {type(exc).__name__}: {exc}")
+            return None
+        self._failed_runs = 0
         for miss in result.missing:
             if miss["query_id"] in self._alerted:
                 continue

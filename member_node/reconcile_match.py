@@ -5,6 +5,7 @@ for one answer; ``OwnSignatures`` checks the member's own answer signatures;
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -66,36 +67,45 @@ def entry_reconciles(entry: dict[str, Any], row: JournalRow, member_id: str,
     """Does this log entry account for this journalled answer? Same query id
     and request digest, this member among `members_asked`, and either its
     answer (same ciphertext digest, this member's valid signature) or a drop
-    reason for it. An answer listed with another ciphertext never counts."""
+    reason for it. An answer listed with another ciphertext never counts.
+
+    Never raises: the entry's bytes are the gateway's, and a run that stopped
+    at an odd entry would never report the answers missing around it. Any
+    field of the wrong shape, or hex an auditor would refuse (not lowercase),
+    accounts for nothing."""
     if entry.get("kind") not in audit_entry.QUERY_KINDS or entry.get("query_id") != row.query_id:
         return False
-    body_hex = entry.get("request_body")
-    try:
-        if not isinstance(body_hex, str) or signing.sha256(bytes.fromhex(body_hex)) != row.request_sha256:
-            return False
-    except ValueError:
+    body = _strict_hex(entry.get("request_body"))
+    if body is None or signing.sha256(body) != row.request_sha256:
         return False
-    asked = entry.get("members_asked")
-    if not isinstance(asked, list) or member_id not in asked:
+    asked, answers, dropped = entry.get("members_asked"), entry.get("answers", []), entry.get("dropped", [])
+    if not (isinstance(asked, list) and isinstance(answers, list) and isinstance(dropped, list)) or member_id not in asked:
         return False
-    answers = [a for a in entry.get("answers") or [] if isinstance(a, dict) and a.get("member_id") == member_id]
-    if answers:
+    mine = [a for a in answers if isinstance(a, dict) and a.get("member_id") == member_id]
+    if mine:
         own = own if isinstance(own, OwnSignatures) else OwnSignatures(own)
-        return any(_answer_is_ours(a, row, own) for a in answers)
+        return any(_answer_is_ours(a, row, own) for a in mine)
     return any(isinstance(d, dict) and d.get("member_id") == member_id and isinstance(d.get("reason"), str)
-               for d in entry.get("dropped") or [])
+               for d in dropped)
 
 
 def _answer_is_ours(answer: dict[str, Any], row: JournalRow, own: OwnSignatures) -> bool:
-    if answer.get("ciphertext_sha256") != row.ciphertext_sha256.hex():
-        return False
-    try:
-        signature = bytes.fromhex(answer.get("signature") or "")
-        status = bytes.fromhex(answer.get("book_status") or "")  # SPEC §10: covered by the answer signature
-    except (ValueError, TypeError):
+    signature = _strict_hex(answer.get("signature"))
+    status = _strict_hex(answer.get("book_status", ""))  # SPEC §10: covered by the answer signature
+    if answer.get("ciphertext_sha256") != row.ciphertext_sha256.hex() or signature is None or status is None:
         return False
     return own.valid(signing.member_answer_message(row.query_id, row.request_sha256, row.ciphertext_sha256,
                                                    signing.sha256(status) if status else b""), signature)
+
+
+_LOWER_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+
+
+def _strict_hex(value: Any) -> bytes | None:
+    """Bytes the log spells as lowercase hex (docs/audit-log.md), else None."""
+    if not isinstance(value, str) or not _LOWER_HEX.fullmatch(value):
+        return None
+    return bytes.fromhex(value)
 
 
 @dataclass(frozen=True)

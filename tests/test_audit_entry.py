@@ -31,6 +31,7 @@ def test_the_canonical_bytes_decode_to_their_entry() -> None:
     (b'{"kind":"gateway_started","note":NaN,"seq":7,"v":2}', 7, "floats are not allowed"),
     (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":7,"v":2}', 8, "sequence number 7 does not match"),
     (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":"7","v":2}', 7, "sequence number 7 does not match"),
+    (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":true,"v":2}', 1, "sequence number True does not match"),
     (b'{"kind":"coffee","note":"caf\\u00e9","seq":7,"v":2}', 7, "unknown version or kind"),
     (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":7,"v":3}', 7, "unknown version or kind"),
     (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":7,"v":true}', 7, "unknown version or kind"),
