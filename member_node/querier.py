@@ -251,6 +251,12 @@ class Querier:
         errors: list[tuple[int, AllianceError]] = []
 
         broken: list[BaseException] = []
+        # gRPC pulls a request stream ahead as far as flow control lets it, thousands of requests
+        # beyond what the gateway works on; each is signed with its time, and one older than the
+        # gateway's freshness window (±60 s, SPEC §5.4) is refused. So a request is made only
+        # when fewer than SCREEN_AHEAD are unanswered: it is signed moments before its turn.
+        ahead = threading.Semaphore(SCREEN_AHEAD)
+        finished = threading.Event()
 
         def requests() -> Iterator[pb.SignedQuery]:
             # An exception here would reach gRPC as "Exception iterating
@@ -260,6 +266,9 @@ class Querier:
                     if isinstance(subject, AllianceError):
                         errors.append((line, subject))
                         continue
+                    while not ahead.acquire(timeout=0.5):
+                        if finished.is_set():  # the stream ended (an error, or the caller stopped)
+                            return
                     signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_REPORT)
                     sent[pb.QueryRequestBody.FromString(signed.body).query_id] = (line, signed)
                     yield signed
@@ -273,6 +282,7 @@ class Querier:
         with ThreadPoolExecutor(SCREEN_DECRYPT_WORKERS, thread_name_prefix="screen-decrypt") as pool:
             try:
                 for response in self.client.screen(requests()):
+                    ahead.release()
                     while errors:  # bad rows the request thread met so far, in order
                         window.append(errors.pop(0))
                     line, signed = sent.pop(response.query_id, (0, None))
@@ -292,6 +302,7 @@ class Querier:
                 while window:
                     yield _outcome(window.popleft())
             finally:
+                finished.set()
                 for _, item in window:  # the caller stopped early: decryptions not started are not needed
                     if isinstance(item, Future):
                         item.cancel()
@@ -328,6 +339,11 @@ class Querier:
 
 
 SCREEN_DECRYPT_WORKERS = max(1, os.cpu_count() or 1)
+# Requests of a screen made but not yet answered. The gateway works on 16 of a
+# stream at once (gateway/screen_rpcs.py); 32 keeps it fed, and even at one
+# subject a second the last of them is signed 32 s before its turn, within the
+# 60 s freshness window.
+SCREEN_AHEAD = 32
 
 
 def _settled(item: Future[dict[str, Any]] | dict[str, Any] | AllianceError) -> bool:

@@ -521,6 +521,58 @@ def test_screening_decrypts_on_other_threads_after_the_checks_and_keeps_the_orde
     assert len(threads) == len(subjects) and all(t.startswith("screen-decrypt") for t in threads)
 
 
+def test_a_screen_signs_each_request_just_before_its_turn_however_far_the_transport_reads_ahead(evil, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """gRPC pulls a request stream as far ahead as flow control allows; a
+    screen of 100,000 subjects then signed thousands of requests long before
+    the gateway reached them, they aged past its 60 s freshness window, the
+    refusals tripped the per-peer refusal limit and the whole screen was cut
+    off (found by `alliance bench --screen 100000`). Here the transport reads
+    every request it can get while the gateway is slow: no more than
+    SCREEN_AHEAD are ever made and unanswered, and each is answered within a
+    moment of being signed."""
+    import queue
+    import random
+    import time
+
+    from alliance.errors import Unreachable
+    from alliance_member import querier as querier_mod
+
+    q, gw = evil
+    pulled: list[float] = []
+    unanswered: list[int] = []
+    ages_ms: list[int] = []
+
+    def greedy_transport(requests: Any, timeout_s: float | None = None) -> Iterator[pb.GatewayQueryResponse]:
+        read: queue.Queue = queue.Queue()
+
+        def read_ahead() -> None:
+            for r in requests:
+                pulled.append(time.monotonic())
+                read.put(r)
+            read.put(None)
+
+        threading.Thread(target=read_ahead, daemon=True).start()
+        time.sleep(0.3)  # the gateway is busy; the transport keeps reading
+        answered = 0
+        while (r := read.get(timeout=10)) is not None:
+            body = pb.QueryRequestBody.FromString(r.body)
+            unanswered.append(len(pulled) - answered)
+            ages_ms.append(int(time.time() * 1000) - body.timestamp_ms)
+            answered += 1
+            time.sleep(0.01)  # the gateway's pace: 100 subjects a second
+            yield pb.GatewayQueryResponse(query_id=body.query_id, error=pb.QueryError(
+                reason="too_few_answers", message="busy", exit_code=5))
+
+    monkeypatch.setattr(gw, "screen", greedy_transport)
+    lines = [(i, Subject("RESIDENT_ID", synthetic.generate_resident_id(random.Random(i)))) for i in range(300)]
+    screened = list(q.screen(lines, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF))
+    assert [i for i, _ in screened] == list(range(300))
+    assert all(isinstance(r, Unreachable) and r.reason == "too_few_answers" for _, r in screened)
+    assert len(pulled) == 300
+    assert max(unanswered) <= querier_mod.SCREEN_AHEAD, max(unanswered)
+    assert max(ages_ms) < 1_500, max(ages_ms)  # reading everything first: the last one 3.3 s old
+
+
 def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:  # type: ignore[no-untyped-def]
     """One Querier shared by threads (as `alliance bench` does): the kept
     checkpoint moves under each query, which then proves against the moved
