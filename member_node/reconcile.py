@@ -45,10 +45,10 @@ from alliance_member.reconcile_match import (
     JournalRow,
     OwnSignatures,
     Restart,
-    parse_time_ms,
-    format_utc,
     entry_reconciles,
+    format_utc,
     nearest_restart,
+    parse_time_ms,
 )
 
 log = logging.getLogger("alliance.member.reconcile")

@@ -24,8 +24,6 @@ class JournalRow:
     answered_at_ms: int
 
 
-
-
 class OwnSignatures:
     """Checks signatures this member claims as its own answers. Given its
     signing key (the one matching ``public_key``), a signature equal to that
@@ -36,9 +34,9 @@ class OwnSignatures:
 
     def __init__(self, public_key: Ed25519PublicKey | bytes, signing_key: Ed25519PrivateKey | None = None) -> None:
         self.public_key = public_key if isinstance(public_key, Ed25519PublicKey) else _public_key(public_key)
-        matches = signing_key is not None and self.public_key is not None and \
-            signing_key.public_key().public_bytes_raw() == self.public_key.public_bytes_raw()
-        self.signing_key = signing_key if matches else None
+        matches = (signing_key is not None and self.public_key is not None
+                   and signing_key.public_key().public_bytes_raw() == self.public_key.public_bytes_raw())
+        self.signing_key = signing_key if matches else None  # another key's signatures are not ours
 
     def valid(self, message: bytes, signature: bytes) -> bool:
         # Constant time: the status hashed into the message is the gateway's to choose, and a
