@@ -49,12 +49,16 @@ def decode(data: bytes, *, index: int | None = None) -> dict[str, Any]:
         entry = json.loads(data.decode("ascii"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise VerificationFailed(f"entry {index}: not canonical JSON ({exc})", entry=index) from exc
+    except RecursionError:  # the gateway's bytes: nesting no entry has
+        raise VerificationFailed(f"entry {index}: nested too deeply", entry=index) from None
     if not isinstance(entry, dict):
         raise VerificationFailed(f"entry {index}: not a JSON object", entry=index)
     try:
         canonical = encode(entry)
     except TypeError as exc:
         raise VerificationFailed(f"entry {index}: {exc}", entry=index) from exc
+    except RecursionError:
+        raise VerificationFailed(f"entry {index}: nested too deeply", entry=index) from None
     if canonical != data:
         raise VerificationFailed(f"entry {index}: bytes are not the canonical encoding", entry=index)
     if type(entry.get("v")) is not int or entry["v"] not in FORMAT_VERSIONS or entry.get("kind") not in KINDS:
@@ -76,12 +80,15 @@ def _decode_common(data: bytes, index: int | None) -> dict[str, Any] | None:
         if not data.isascii():
             return None
         entry = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if (type(entry) is dict and (index is None or (type(entry.get("seq")) is int and entry["seq"] == index))
-            and type(entry.get("v")) is int and entry["v"] in FORMAT_VERSIONS and entry.get("kind") in KINDS
-            and _dumps(entry) == data):
-        return entry
+    try:
+        if (type(entry) is dict and (index is None or (type(entry.get("seq")) is int and entry["seq"] == index))
+                and type(entry.get("v")) is int and entry["v"] in FORMAT_VERSIONS and entry.get("kind") in KINDS
+                and _dumps(entry) == data):
+            return entry
+    except RecursionError:
+        pass
     return None
 
 

@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select
 
 from alliance import audit_entry, checkpoint, db, merkle, signing
 from alliance._internal.files import write_atomic
-from alliance.errors import AllianceError, CryptoError, VerificationFailed
+from alliance.errors import AllianceError, CryptoError, Unreachable, VerificationFailed
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import alerts, receipt_checkpoints, store
 from alliance_member.reconcile_match import (
@@ -60,6 +60,7 @@ FIRST_RUN_S = 60
 MARK_MARGIN_MS = 60_000  # clock steps between a mark and an answer
 PAGE_ENTRIES = 256
 ALERT_KIND = "unlogged_answer"
+RUN_BUDGET_S = 600.0  # a run reads ~1,000 pages a minute; one the gateway keeps open longer did not complete
 STALL_RUNS = 4  # runs in a row that could not complete (an hour at INTERVAL_S): alert `reconcile_failed`
 
 _j = store.answer_journal.c
@@ -165,21 +166,28 @@ class LogView:
 
 def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoint.NoteVerifier, kept: Path,
              clock: Callable[[], float] = time.time, *, witnessed: Witnessed | None = None,
-             journal: dict[str, JournalRow] | None = None, own: OwnSignatures | None = None) -> LogView:
+             journal: dict[str, JournalRow] | None = None, own: OwnSignatures | None = None,
+             budget_s: float = RUN_BUDGET_S) -> LogView:
     """Every entry served from ``start`` on, each proven included in its page's
     accepted checkpoint, each checkpoint consistent with the kept one and with
     ``witnessed``; each query entry matched against the ``journal`` row of
     its query id (``entry_reconciles``, signatures checked by ``own``). Query
     entries at or above the witnessed size (all of them without one) count
     apart: nothing a witness quorum vouched for. An entry that does not
-    concern this member is an error: the gateway must never serve it."""
+    concern this member is an error: the gateway must never serve it. The
+    read ends at the first page's checkpoint (the log when the run began),
+    and fails as Unreachable after ``budget_s``."""
     from alliance_member.witness import check_consistent
 
     view = LogView()
     index = start
     witnessed_size = witnessed[0].size if witnessed is not None else 0
     journal = journal or {}
-    for page in _pages(source, start):
+    deadline = time.monotonic() + budget_s
+    for pages, page in enumerate(_pages(source, start), 1):
+        if time.monotonic() > deadline:  # a gateway trickling pages must not keep a run (and its alerts) open for ever
+            raise Unreachable(f"the gateway served {pages - 1} pages of the log in {budget_s:.0f} s without reaching "
+                              f"entry {view.first_size}; reconcile did not complete")
         cp = accept_checkpoint(page.checkpoint, verifier)
         keep_consistent(kept, cp, page.checkpoint, verifier, source.consistency_proof)
         if witnessed is not None:  # a fork between what the witnesses saw and what this member is shown: Inconsistent
@@ -197,13 +205,21 @@ def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoi
             if entry.get("kind") == "gateway_started":
                 view.restarts.append(Restart(proven.index, parse_time_ms(entry.get("time")), str(entry.get("time")),
                                              entry.get("pid"), entry.get("host")))
-            elif entry.get("kind") in audit_entry.QUERY_KINDS and member_id in (entry.get("members_asked") or []):
+            elif entry.get("kind") in audit_entry.QUERY_KINDS and _may_ask(entry.get("members_asked"), member_id):
                 row = journal.get(str(entry.get("query_id")))
                 if row is not None and own is not None and entry_reconciles(entry, row, member_id, own):
                     (view.reconciled if proven.index < witnessed_size else view.unwitnessed).add(row.query_id)
             else:
                 raise CryptoError(f"GetQueryProofs served entry {proven.index} ({entry.get('kind')}), which did not ask {member_id}")
+        if index >= view.first_size:  # the log as it was when the run began: later entries are the next run's
+            break
     return view
+
+
+def _may_ask(asked: Any, member_id: str) -> bool:
+    """A query entry lists this member, or is malformed (it then accounts for
+    nothing, ``entry_reconciles``, but must not stop the run)."""
+    return not isinstance(asked, list) or member_id in asked
 
 
 def _pages(source: ProofSource, start: int) -> Iterator[pb.ProvenEntries]:
@@ -389,26 +405,25 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._alerted: set[str] = set()
-        self._failed_runs = 0  # runs in a row that could not complete (AllianceError other than a bad log)
+        self._failed_runs = 0  # runs in a row that failed, for whatever reason
+        self._failures_alerted: set[str] = set()  # alerted in this run of failures
 
     def run_once(self) -> Result | None:
         try:
             result = reconcile_home(self.home_dir, db_url=self.db_url, engine=self.engine, min_age_ms=self.min_age_ms)
         except (CryptoError, VerificationFailed) as exc:  # a log that does not verify, or an entry not canonical
-            alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile could not verify the log: {exc}")
+            self._failed(f"member reconcile could not verify the log: {exc}")
             return None
         except AllianceError as exc:  # e.g. the gateway unreachable: try again next run, alert once it lasts
             log.warning("member reconcile did not run: %s", exc)
-            self._failed_runs += 1
-            if self._failed_runs == STALL_RUNS:
-                alerts.raise_alert(self.engine, "reconcile_failed",
-                                   f"member reconcile has not completed in {STALL_RUNS} runs in a row: {exc}")
+            self._failed(f"member reconcile has not completed in {STALL_RUNS} runs in a row: {exc}", at_once=False,
+                         key="stalled")
             return None
         except Exception as exc:  # noqa: BLE001 - a bug, or log content nothing anticipated: a person must look
             log.exception("member reconcile failed")
-            alerts.raise_alert(self.engine, "reconcile_failed", f"member reconcile failed: {type(exc).__name__}: {exc}")
+            self._failed(f"member reconcile failed: {type(exc).__name__}: {exc}")
             return None
-        self._failed_runs = 0
+        self._failed_runs, self._failures_alerted = 0, set()
         for miss in result.missing:
             if miss["query_id"] in self._alerted:
                 continue
@@ -434,6 +449,16 @@ class Reconciler:
                 self._alerted.add(key)
         log.info("reconcile: %d checked, %d reconciled, %d missing", result.checked, result.reconciled, len(result.missing))
         return result
+
+    def _failed(self, message: str, *, at_once: bool = True, key: str | None = None) -> None:
+        """One `reconcile_failed` alert per failure while runs keep failing
+        (not one every 15 minutes); a failure that may pass (the gateway
+        unreachable) only once STALL_RUNS runs in a row could not complete."""
+        self._failed_runs += 1
+        key = key or message
+        if (at_once or self._failed_runs >= STALL_RUNS) and key not in self._failures_alerted:
+            alerts.raise_alert(self.engine, "reconcile_failed", message)
+            self._failures_alerted.add(key)
 
     def start(self) -> None:
         def loop() -> None:

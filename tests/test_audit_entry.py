@@ -37,6 +37,7 @@ def test_the_canonical_bytes_decode_to_their_entry() -> None:
     (b'{"kind":"gateway_started","note":"caf\\u00e9","seq":7,"v":true}', 7, "unknown version or kind"),
     (b'[{"kind":"gateway_started","seq":7,"v":2}]', 7, "not a JSON object"),
     (b'{"kind":"gateway_started","seq":7,"v":2', 7, "not canonical JSON"),
+    (b'{"kind":"gateway_started","note":' + b"[" * 5000 + b"]" * 5000 + b',"seq":7,"v":2}', 7, "nested too deeply"),
 ])
 def test_any_other_bytes_are_refused_with_the_reason(data: bytes, index: int, message: str) -> None:
     with pytest.raises(VerificationFailed, match=message):

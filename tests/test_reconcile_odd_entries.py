@@ -97,7 +97,8 @@ def test_an_odd_entry_does_not_stop_the_checks_of_later_entries(tmp_path) -> Non
 
 @pytest.mark.parametrize("odd", [
     {"answers": 5}, {"answers": True}, {"answers": [], "dropped": 7}, {"answers": [], "dropped": "ma"},
-    {"members_asked": "ma,mb"}, {"request_body": 7}, {"request_body": None},
+    {"members_asked": "ma,mb"}, {"members_asked": 5}, {"members_asked": True}, {"members_asked": None},
+    {"request_body": 7}, {"request_body": None},
 ])
 def test_an_odd_entry_accounts_for_nothing_and_hides_nothing(tmp_path, engine, odd) -> None:  # type: ignore[no-untyped-def]
     assert not rec.entry_reconciles(_entry("q0", b"b0", b"c0", **odd), _row("q0", b"b0", b"c0"), "ma",
@@ -143,6 +144,69 @@ def test_the_reconciler_alerts_when_the_log_cannot_be_read(tmp_path, engine, mon
     assert rec.Reconciler(tmp_path, engine).run_once() is None
     with engine.connect() as conn:
         assert [r.kind for r in conn.execute(select(store.alerts))] == ["reconcile_failed"]
+
+
+def test_a_lasting_failure_is_alerted_once_per_run_of_failures(tmp_path, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Not one alert every 15 minutes for ever: once while the same failure
+    lasts, a different one alerts too, and after a run that completes the
+    same failure alerts again."""
+    outcome: list[Exception | None] = []
+
+    def run(*args: Any, **kw: Any) -> rec.Result:
+        exc = outcome.pop(0)
+        if exc is not None:
+            raise exc
+        return rec.Result(checked=0, reconciled=0, missing=[], tree_size=0)
+
+    monkeypatch.setattr(rec, "reconcile_home", run)
+    reconciler = rec.Reconciler(tmp_path, engine)
+    fork, other = CryptoError("audit log fork: two different checkpoints of the same size"), TypeError("odd")
+    outcome.extend([fork, fork, fork, other, fork, None, fork])
+    for _ in range(7):
+        reconciler.run_once()
+    with engine.connect() as conn:
+        messages = [r.message for r in conn.execute(select(store.alerts).order_by(store.alerts.c.id))]
+    assert len(messages) == 3 and "fork" in messages[0] and "TypeError" in messages[1] and "fork" in messages[2]
+
+
+class TricklingLog(OperatorLog):
+    """Serves one entry per page, slowly, and logs a new entry for the
+    member every time it serves one: a run that reads to the end of the log
+    would never end."""
+
+    def __init__(self, entries: list[dict[str, Any]], delay_s: float) -> None:
+        super().__init__(entries)
+        self.delay_s, self.pages = delay_s, 0
+
+    def query_proofs(self, from_index: int, max_entries: int) -> pb.ProvenEntries:
+        import time
+
+        self.pages += 1
+        time.sleep(self.delay_s)
+        page = super().query_proofs(from_index, 1)
+        more = audit_entry.encode({"v": 2, **_entry(f"new{self.pages}", b"b", b"c"), "seq": self.tree.size})
+        self.data.append(more)
+        self.tree.append(merkle.leaf_hash(more))
+        return page
+
+
+def test_a_run_reads_the_log_as_it_was_when_it_began(tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as conn:
+        rec.journal_answer(conn, "q0", b"b0", b"c0", 0)
+    log = TricklingLog([_entry("q0", b"b0", b"c0"), _entry("q1", b"b1", b"c1"), _entry("q2", b"b2", b"c2")], 0.0)
+    view = rec.read_log(log, "ma", 0, VERIFIER, tmp_path / "kept.txt", journal={"q0": _row("q0", b"b0", b"c0")},
+                        own=rec.OwnSignatures(MA.public_key()), budget_s=5)  # reading on would fail after 5 s
+    assert view.first_size == 3 and log.pages == 3 and view.unwitnessed == {"q0"}  # no witnessed checkpoint given
+
+
+def test_a_gateway_that_trickles_pages_cannot_keep_a_run_open(tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    """Each page just under the client's timeout, for ever: the run gives up
+    after its budget as a run that could not complete (so the stall alert
+    comes), instead of never returning and never alerting."""
+    log = TricklingLog([_entry(f"q{i}", b"b", b"c") for i in range(50)], 0.02)
+    with pytest.raises(Unreachable, match="reconcile did not complete"):
+        rec.read_log(log, "ma", 0, VERIFIER, tmp_path / "kept.txt", budget_s=0.2)
+    assert log.pages < 20
 
 
 def test_a_gateway_that_keeps_reconcile_from_running_is_alerted_after_an_hour(tmp_path, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
