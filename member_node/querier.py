@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from alliance import book_status, checkpoint, db, identity, matching_key, naive, paillier, pki, protocol, report, signing, uds1
-from alliance.errors import AllianceError, CryptoError, InvalidInput, UsageError
+from alliance.errors import AllianceError, CryptoError, InvalidInput, Unreachable, UsageError
 from alliance.v1 import alliance_pb2 as pb
 from alliance_member import answer_checks, onboarding, receipts, store
 from alliance_member.answer_trust import AnswerTrust, answer_signature_valid
@@ -257,6 +257,7 @@ class Querier:
         # when fewer than SCREEN_AHEAD are unanswered: it is signed moments before its turn.
         ahead = threading.Semaphore(SCREEN_AHEAD)
         finished = threading.Event()
+        exhausted = threading.Event()  # every input row was read (and every subject sent)
 
         def requests() -> Iterator[pb.SignedQuery]:
             # An exception here would reach gRPC as "Exception iterating
@@ -272,6 +273,7 @@ class Querier:
                     signed, _ = self._signed(subject, purpose, consent, as_of, pb.QUERY_MODE_REPORT)
                     sent[pb.QueryRequestBody.FromString(signed.body).query_id] = (line, signed)
                     yield signed
+                exhausted.set()
             except Exception as exc:  # noqa: BLE001 - re-raised below, after the answers already given
                 broken.append(exc)
 
@@ -279,24 +281,32 @@ class Querier:
         # in stream order; its decryption (GIL-free powmods) then runs on a
         # worker while the next one is checked. Results leave in input order.
         window: deque[tuple[int, Future[dict[str, Any]] | dict[str, Any] | AllianceError]] = deque()
+        stream_error: AllianceError | None = None
         with ThreadPoolExecutor(SCREEN_DECRYPT_WORKERS, thread_name_prefix="screen-decrypt") as pool:
             try:
-                for response in self.client.screen(requests()):
-                    ahead.release()
-                    while errors:  # bad rows the request thread met so far, in order
-                        window.append(errors.pop(0))
-                    line, signed = sent.pop(response.query_id, (0, None))
-                    if signed is None:
-                        raise CryptoError(f"gateway answered an unknown query id {response.query_id!r}")
-                    if response.HasField("error"):
-                        window.append((line, _error_from_query_error(response.error)))
-                    else:
-                        try:
-                            window.append((line, pool.submit(self._checked(signed, response))))
-                        except AllianceError as exc:
-                            window.append((line, exc))
-                    while window and (len(window) > 2 * SCREEN_DECRYPT_WORKERS or _settled(window[0][1])):
-                        yield _outcome(window.popleft())
+                try:
+                    for response in self.client.screen(requests()):
+                        ahead.release()
+                        while errors:  # bad rows the request thread met so far, in order
+                            window.append(errors.pop(0))
+                        line, signed = sent.pop(response.query_id, (0, None))
+                        if signed is None:
+                            raise CryptoError(f"gateway answered an unknown query id {response.query_id!r}")
+                        if response.HasField("error"):
+                            window.append((line, _error_from_query_error(response.error)))
+                        else:
+                            try:
+                                window.append((line, pool.submit(self._checked(signed, response))))
+                            except AllianceError as exc:
+                                window.append((line, exc))
+                        while window and (len(window) > 2 * SCREEN_DECRYPT_WORKERS or _settled(window[0][1])):
+                            yield _outcome(window.popleft())
+                except AllianceError as exc:  # the stream broke: the reports already received still count
+                    stream_error = exc
+                if stream_error is None and not broken and (sent or not exhausted.is_set()):
+                    # The gateway closed the stream as if done: never a silently shorter batch.
+                    stream_error = Unreachable(f"the gateway ended the screen early: {len(sent)} subject(s) sent were "
+                                               "not answered" + ("" if exhausted.is_set() else ", and the rest were not sent"))
                 while errors:
                     window.append(errors.pop(0))
                 while window:
@@ -308,6 +318,8 @@ class Querier:
                         item.cancel()
         if broken:
             raise broken[0]
+        if stream_error is not None:
+            raise stream_error
 
     def engine(self):  # type: ignore[no-untyped-def]
         if self._engine is None:
@@ -363,7 +375,7 @@ def _outcome(entry: tuple[int, Future[dict[str, Any]] | dict[str, Any] | Allianc
 
 
 def _error_from_query_error(err: pb.QueryError) -> AllianceError:
-    from alliance.errors import Refused, Unreachable
+    from alliance.errors import Refused
 
     if err.exit_code == 5:
         return Unreachable(err.message, reason=err.reason)

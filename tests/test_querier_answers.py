@@ -573,6 +573,48 @@ def test_a_screen_signs_each_request_just_before_its_turn_however_far_the_transp
     assert max(ages_ms) < 1_500, max(ages_ms)  # reading everything first: the last one 3.3 s old
 
 
+def test_the_querier_keeps_more_requests_ahead_than_the_gateway_works_on() -> None:
+    """The gateway's Screen sends a finished answer when the next request
+    arrives; a querier holding back once the gateway has as many as it works
+    on would wait for an answer the gateway waits to send (a deadlock)."""
+    from alliance_gateway import screen_rpcs
+    from alliance_member import querier as querier_mod
+
+    assert querier_mod.SCREEN_AHEAD > screen_rpcs.SCREEN_IN_FLIGHT
+
+
+@pytest.mark.parametrize("how", ["ends", "breaks"])
+def test_a_screen_the_gateway_cuts_short_reports_what_it_got_then_fails(evil, monkeypatch, how: str) -> None:  # type: ignore[no-untyped-def]
+    """A gateway that closes the stream as if done after 10 of 40 subjects
+    must not pass for a finished screen (`member screen` would print "10
+    screened, 0 failed" and exit 0); one whose stream breaks must still hand
+    over the 10 answers it gave, so a resume does not ask them again."""
+    import random
+
+    from alliance.errors import Unreachable
+
+    q, gw = evil
+
+    def short(requests: Any, timeout_s: float | None = None) -> Iterator[pb.GatewayQueryResponse]:
+        for n, r in enumerate(requests):
+            if n == 10:
+                if how == "breaks":
+                    raise Unreachable("UNAVAILABLE: the gateway went away")
+                return
+            yield pb.GatewayQueryResponse(query_id=pb.QueryRequestBody.FromString(r.body).query_id,
+                                          error=pb.QueryError(reason="too_few_answers", message="busy", exit_code=5))
+
+    monkeypatch.setattr(gw, "screen", short)
+    lines: list[tuple[int, Any]] = [(i, Subject("RESIDENT_ID", synthetic.generate_resident_id(random.Random(i))))
+                                    for i in range(40)]
+    lines.insert(10, (100, InvalidInput("line 100: not a valid identity number")))  # read before the cut
+    got: list[int] = []
+    with pytest.raises(Unreachable, match="went away" if how == "breaks" else "ended the screen early"):
+        for line, _ in q.screen(lines, purpose="LOAN_APPROVAL", consent=CONSENT, as_of=AS_OF):
+            got.append(line)
+    assert got == list(range(10)) + [100]
+
+
 def test_concurrent_queries_each_prove_their_checkpoint(alliance, evil) -> None:  # type: ignore[no-untyped-def]
     """One Querier shared by threads (as `alliance bench` does): the kept
     checkpoint moves under each query, which then proves against the moved
