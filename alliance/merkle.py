@@ -20,7 +20,7 @@ of order) raise ``InvalidInput``: they come from whoever asked for the proof.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from alliance.errors import CryptoError, InvalidInput
 
@@ -222,6 +222,25 @@ def root_at(size: int, get: GetNode) -> bytes:
 
 def inclusion_proof(index: int, size: int, get: GetNode) -> list[bytes]:
     """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, leaf to root."""
+    return _path(index, size, lambda start, end: subtree_hash(start, end, get))
+
+
+def inclusion_proofs(indices: Iterable[int], size: int, get: GetNode) -> list[list[bytes]]:
+    """PATH(index, D[0:size]) for several leaves of one tree. Their paths
+    share the upper levels and the tree's ragged right edge, whose hashes
+    take several gets each: every distinct subtree is hashed once."""
+    memo: dict[tuple[int, int], bytes] = {}
+
+    def subtree(start: int, end: int) -> bytes:
+        h = memo.get((start, end))
+        if h is None:
+            h = memo[(start, end)] = subtree_hash(start, end, get)
+        return h
+
+    return [_path(index, size, subtree) for index in indices]
+
+
+def _path(index: int, size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
     if not 0 <= index < size:
         raise InvalidInput(f"leaf {index} is not in a tree of size {size}")
     siblings = []  # collected root to leaf
@@ -229,10 +248,10 @@ def inclusion_proof(index: int, size: int, get: GetNode) -> list[bytes]:
     while end - start > 1:
         k = _split(end - start)
         if index < start + k:
-            siblings.append(subtree_hash(start + k, end, get))
+            siblings.append(subtree(start + k, end))
             end = start + k
         else:
-            siblings.append(subtree_hash(start, start + k, get))
+            siblings.append(subtree(start, start + k))
             start += k
     return siblings[::-1]
 

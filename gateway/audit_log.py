@@ -268,8 +268,7 @@ class LogReader:
             for index in indices:
                 if not 0 <= index < size <= log_size:
                     raise InvalidInput(f"no leaf {index} in a tree of size {size} (log size {log_size})")
-            get = _getter(conn, self.nodes)
-            return [merkle.inclusion_proof(index, size, get) for index in indices]
+            return merkle.inclusion_proofs(indices, size, _getter(conn, self.nodes))
 
     def consistency_proof(self, first: int, second: int) -> list[bytes]:
         with self.engine.connect() as conn:

@@ -19,6 +19,7 @@ from alliance.merkle import (
     ProofError,
     consistency_proof,
     inclusion_proof,
+    inclusion_proofs,
     leaf_hash,
     node_hash,
     nodes_to_add,
@@ -173,6 +174,33 @@ def _subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
 def _leaves(n: int, seed: int = 0) -> list[bytes]:
     rng = random.Random(seed)
     return [leaf_hash(rng.randbytes(rng.randrange(0, 40))) for _ in range(n)]
+
+
+def test_batched_inclusion_proofs_are_the_rfc_paths_with_fewer_reads():
+    """A reconcile page proves hundreds of leaves of one tree at once; the
+    batch must give each leaf exactly its RFC 9162 path, reading less."""
+    leaves = _leaves(70, seed=3)
+    store = MemoryNodeStore()
+    for h in leaves:
+        store.append(h)
+    reads = [0]
+
+    def counting(level: int, index: int) -> bytes:
+        reads[0] += 1
+        return store.get(level, index)
+
+    for n in (1, 2, 5, 13, 64, 70):
+        indices = list(range(n)) + [n - 1, 0]  # repeats too
+        assert inclusion_proofs(indices, n, store.get) == [_path(i, leaves[:n]) for i in indices]
+        reads[0] = 0
+        inclusion_proofs(indices, n, counting)
+        batched = reads[0]
+        reads[0] = 0
+        for i in indices:
+            inclusion_proof(i, n, counting)
+        assert batched <= reads[0] and (n < 5 or batched < reads[0] / 2), (n, batched, reads[0])
+    with pytest.raises(InvalidInput):
+        inclusion_proofs([3, 70], 70, store.get)
 
 
 def test_hash_functions():
