@@ -211,7 +211,7 @@ def read_log(source: ProofSource, member_id: str, start: int, verifier: checkpoi
                     (view.reconciled if proven.index < witnessed_size else view.unwitnessed).add(row.query_id)
             else:
                 raise CryptoError(f"GetQueryProofs served entry {proven.index} ({entry.get('kind')}), which did not ask {member_id}")
-        if index >= view.first_size:  # the log as it was when the run began: later entries are the next run's
+        if view.first_size is not None and index >= view.first_size:  # the log when the run began; later: next run
             break
     return view
 
