@@ -2,6 +2,8 @@
 SQLAlchemy URL (PostgreSQL via psycopg) is accepted."""
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,30 @@ def _sqlite_pragmas(dbapi_conn, _record, synchronous: str = "NORMAL") -> None:  
     # NORMAL in WAL mode loses no committed data on a process crash, only on
     # power loss: right for a member's book, which can be re-imported.
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _wal(cur)
     cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _wal(cur: Any, wait_s: float = 30.0) -> None:
+    """Switch a new database to WAL (it stays so: the mode is in the file).
+    The switch needs the database to itself, and SQLite reports a process
+    starting beside another (replicas, a CLI beside `member serve`) as
+    locked at once, without its busy timeout: retry until ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            contended = "locked" in str(exc) or "busy" in str(exc)
+            if not contended or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 def _sqlite_pragmas_durable(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
