@@ -249,13 +249,18 @@ def test_an_entry_naming_another_ciphertext_does_not_reconcile(alliance) -> None
     assert [m["query_id"] for m in result.missing] == [qid]
 
 
+def _only_journal_row(a: Alliance, member_id: str) -> rec.JournalRow:
+    """The one answer ``member_id`` has journalled."""
+    with a.services[member_id].engine.connect() as conn:
+        r = conn.execute(select(store.answer_journal)).one()
+    return rec.JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+
+
 def test_entry_reconciles_needs_digest_member_and_own_signature(alliance) -> None:  # type: ignore[no-untyped-def]
     a = alliance
     qid = a.query("mq")
     entry = next(e for e in a.log() if e.get("query_id") == qid)
-    with a.services["ma"].engine.connect() as conn:
-        r = conn.execute(select(store.answer_journal)).one()
-    row = rec.JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+    row = _only_journal_row(a, "ma")
     key = bytes(a.members["ma"].body.ed25519_public_key)
     assert rec.entry_reconciles(entry, row, "ma", key)
 
@@ -294,9 +299,7 @@ def test_own_signatures_by_re_signing_agree_with_verification(alliance, monkeypa
     a.services["ma"].book_status = lambda: status_of("ma", 100)  # SPEC §10: the answer carries it, signed over
     qid = a.query("mq")
     entry = next(e for e in a.log() if e.get("query_id") == qid)
-    with a.services["ma"].engine.connect() as conn:
-        r = conn.execute(select(store.answer_journal)).one()
-    row = rec.JournalRow(r.query_id, bytes(r.request_sha256), bytes(r.ciphertext_sha256), r.answered_at_ms)
+    row = _only_journal_row(a, "ma")
     key = bytes(a.members["ma"].body.ed25519_public_key)
     own = rec.OwnSignatures(key, a.members["ma"].signing_key)
     mine = next(x for x in entry["answers"] if x["member_id"] == "ma")

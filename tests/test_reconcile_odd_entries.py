@@ -146,12 +146,9 @@ def test_the_reconciler_alerts_when_the_log_cannot_be_read(tmp_path, engine, mon
         assert [r.kind for r in conn.execute(select(store.alerts))] == ["reconcile_failed"]
 
 
-def test_a_lasting_failure_is_alerted_once_per_run_of_failures(tmp_path, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Not one alert every 15 minutes for ever: once while the same failure
-    lasts, a different one alerts too, and after a run that completes the
-    same failure alerts again."""
-    outcome: list[Exception | None] = []
-
+def _scripted_reconciler(tmp_path, engine, monkeypatch, outcome: list[Exception | None]) -> rec.Reconciler:  # type: ignore[no-untyped-def]
+    """A Reconciler whose runs play ``outcome`` in order: an exception the
+    run raises, or None for a run that completes."""
     def run(*args: Any, **kw: Any) -> rec.Result:
         exc = outcome.pop(0)
         if exc is not None:
@@ -159,7 +156,15 @@ def test_a_lasting_failure_is_alerted_once_per_run_of_failures(tmp_path, engine,
         return rec.Result(checked=0, reconciled=0, missing=[], tree_size=0)
 
     monkeypatch.setattr(rec, "reconcile_home", run)
-    reconciler = rec.Reconciler(tmp_path, engine)
+    return rec.Reconciler(tmp_path, engine)
+
+
+def test_a_lasting_failure_is_alerted_once_per_run_of_failures(tmp_path, engine, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Not one alert every 15 minutes for ever: once while the same failure
+    lasts, a different one alerts too, and after a run that completes the
+    same failure alerts again."""
+    outcome: list[Exception | None] = []
+    reconciler = _scripted_reconciler(tmp_path, engine, monkeypatch, outcome)
     fork, other = CryptoError("audit log fork: two different checkpoints of the same size"), TypeError("odd")
     outcome.extend([fork, fork, fork, other, fork, None, fork])
     for _ in range(7):
@@ -214,15 +219,7 @@ def test_a_gateway_that_keeps_reconcile_from_running_is_alerted_after_an_hour(tm
     that could not complete raise one alert, and a run that completes resets
     the count."""
     outcome: list[Exception | None] = []
-
-    def run(*args: Any, **kw: Any) -> rec.Result:
-        exc = outcome.pop(0)
-        if exc is not None:
-            raise exc
-        return rec.Result(checked=0, reconciled=0, missing=[], tree_size=0)
-
-    monkeypatch.setattr(rec, "reconcile_home", run)
-    reconciler = rec.Reconciler(tmp_path, engine)
+    reconciler = _scripted_reconciler(tmp_path, engine, monkeypatch, outcome)
 
     def kinds() -> list[str]:
         with engine.connect() as conn:
