@@ -10,15 +10,17 @@ threads, and its subjects queue in every member's dispatcher and in the log's
 commit queue ahead of other queriers' requests."""
 from __future__ import annotations
 
+import queue
 import threading
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import audit_log
+from alliance_gateway.member_dispatch import Arrival
 from alliance_gateway.refusals import QueryFailure
 
 # Subjects of one screening stream processed at once (SPEC §8 screening). More
@@ -26,6 +28,9 @@ from alliance_gateway.refusals import QueryFailure
 # on the bench box, 8 gave 67-68 subjects/s, 16 gave 76-78, 24-32 gave 79-81;
 # 16 takes most of that without letting one stream hold 32 gateway threads.
 SCREEN_IN_FLIGHT = 16
+# Requests are read in waves of this many (see _ScreenStream): two waves in flight, one
+# with the members while the other is admitted or logged.
+SCREEN_WAVE = SCREEN_IN_FLIGHT // 2
 MAX_SCREEN_STREAMS = 2  # open at once per peer, per gateway replica
 
 
@@ -55,15 +60,16 @@ class StreamSlots:
 
 class ScreenRpcs:
     """Mixin for GatewayService: the Screen RPC. Needs of the host class:
-    log, process, _peer, _check_rate."""
+    log, process, arrivals, _peer, _check_rate."""
 
     screen_streams: StreamSlots
 
     def Screen(self, request_iterator: Iterator[pb.SignedQuery], context: grpc.ServicerContext) -> Iterator[pb.GatewayQueryResponse]:
         """Up to SCREEN_IN_FLIGHT subjects of one batch are processed at once
         (each exactly as a single query: reserved, fanned out, logged before
-        its answer); answers stream back in request order. A peer may have
-        MAX_SCREEN_STREAMS open at once."""
+        its answer); answers stream back in request order, each as soon as
+        it and those before it are done. A peer may have MAX_SCREEN_STREAMS
+        open at once."""
         peer_id, peer_role, cert_sha256 = self._peer(context)  # type: ignore[attr-defined]
         if not self.screen_streams.open(peer_id):
             context.set_trailing_metadata((("alliance-reason", "too_many_screens"), ("alliance-exit-code", "4")))
@@ -71,33 +77,117 @@ class ScreenRpcs:
                           f"too_many_screens: {peer_id} already has {MAX_SCREEN_STREAMS} screening streams open at this gateway; "
                           "wait for one to finish")
         try:
-            proofs = _StreamProofs(self.log)  # type: ignore[attr-defined]
             with ThreadPoolExecutor(SCREEN_IN_FLIGHT, thread_name_prefix="screen") as pool:
-                pending: deque[Future[pb.GatewayQueryResponse]] = deque()
-                try:
-                    for request in request_iterator:
-                        proofs.start(request.known_tree_size)
-                        if proofs.size:  # carry() restates the receipt's proof from the size held: one proof, not two
-                            request.known_tree_size = 0
-                        kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
-                        self._check_rate(context, peer_id, peer_role, kind)  # type: ignore[attr-defined]
-                        pending.append(pool.submit(self._screen_one, request, peer_id, peer_role, kind, cert_sha256))
-                        while pending and (len(pending) >= SCREEN_IN_FLIGHT or pending[0].done()):
-                            yield proofs.carry(pending.popleft().result())
-                    while pending:
-                        yield proofs.carry(pending.popleft().result())
-                finally:
-                    for fut in pending:
-                        fut.cancel()  # the stream ended early: subjects not yet started are never sent
+                yield from _ScreenStream(self, pool, context, peer_id, peer_role, cert_sha256).answers(request_iterator)
         finally:
             self.screen_streams.close(peer_id)  # after the pool: its running subjects have finished
 
     def _screen_one(self, request: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
-                    cert_sha256: bytes) -> pb.GatewayQueryResponse:
+                    cert_sha256: bytes, arrival: Arrival) -> pb.GatewayQueryResponse:
         try:
-            return self.process(request, peer_id, peer_role, kind, cert_sha256)  # type: ignore[attr-defined]
+            return self.process(request, peer_id, peer_role, kind, cert_sha256, arrival=arrival)  # type: ignore[attr-defined]
         except QueryFailure as failure:
             return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
+
+
+_END = object()  # the request stream ended
+
+
+class _ScreenStream:
+    """One Screen call. A reader thread takes requests off the stream while
+    fewer than SCREEN_IN_FLIGHT are unanswered, counts each as on its way to
+    the fan-out (``Arrivals``) the moment it is read, and hands it to the
+    pool; the handler's thread streams the answers back in request order.
+
+    Two things follow from reading on a thread of its own. An answer goes
+    out as soon as it is done, never waiting for the querier's next request
+    (a querier that holds back, as a slow or careful client may, cannot
+    deadlock the stream). And requests the querier sent ahead are read as a
+    burst when answers free their places, so the members' dispatchers hold
+    for the whole burst (they wait while queries are on their way) and each
+    member is asked for many subjects per call (SPEC §8) instead of for the
+    one subject that happened to be admitted first."""
+
+    def __init__(self, service: Any, pool: ThreadPoolExecutor, context: grpc.ServicerContext,
+                 peer_id: str, peer_role: str, cert_sha256: bytes) -> None:
+        self.service = service
+        self.pool = pool
+        self.context = context
+        self.peer = (peer_id, peer_role, cert_sha256)
+        self.proofs = _StreamProofs(service.log)
+        self.places = threading.Semaphore(SCREEN_IN_FLIGHT)
+        self.order: queue.SimpleQueue[Any] = queue.SimpleQueue()  # (future, arrival) in request order, then _END or an exception
+        self.lock = threading.Lock()  # no subject is handed to the pool once the answers have stopped
+        self.stopped = False
+
+    def answers(self, request_iterator: Iterator[pb.SignedQuery]) -> Iterator[pb.GatewayQueryResponse]:
+        threading.Thread(target=self._read, args=(request_iterator,), name="screen-reader", daemon=True).start()
+        try:
+            while True:
+                item = self.order.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item  # e.g. rate_limited: the context already carries its status and trailers
+                future, _arrival = item
+                response = future.result()
+                self.places.release()
+                yield self.proofs.carry(response)
+        finally:
+            with self.lock:
+                self.stopped = True
+            self.places.release()  # a reader waiting for a place wakes, sees the stop and leaves
+            self._cancel_unsent()
+
+    def _read(self, request_iterator: Iterator[pb.SignedQuery]) -> None:
+        try:
+            while True:
+                for _ in range(SCREEN_WAVE):  # read in waves: the dispatchers hold for the whole wave
+                    self.places.acquire()
+                    if self.stopped:
+                        return
+                for _ in range(SCREEN_WAVE):
+                    if self.stopped:
+                        return
+                    request = next(request_iterator, None)
+                    if request is None:
+                        self.order.put(_END)
+                        return
+                    self._hand_over(request)
+        except BaseException as exc:  # noqa: BLE001 - handed to the handler's thread, which raises it in order
+            self.order.put(exc)
+
+    def _hand_over(self, request: pb.SignedQuery) -> None:
+        service, (peer_id, peer_role, cert_sha256) = self.service, self.peer
+        arrival = service.arrivals.arriving()  # on its way from now: the dispatchers hold for it
+        try:
+            self.proofs.start(request.known_tree_size)
+            if self.proofs.size:  # carry() restates the receipt's proof from the size held: one proof, not two
+                request.known_tree_size = 0
+            kind = "precheck" if _peek_mode(request) == pb.QUERY_MODE_PRECHECK else "query"
+            service._check_rate(self.context, peer_id, peer_role, kind)
+            with self.lock:
+                if self.stopped:
+                    arrival.done()
+                    return
+                future = self.pool.submit(service._screen_one, request, peer_id, peer_role, kind, cert_sha256, arrival)
+                self.order.put((future, arrival))  # under the lock: the answers' end sees every subject handed over
+        except BaseException:
+            arrival.done()  # never counted as on its way for ever: every batch would wait its full hold
+            raise
+
+    def _cancel_unsent(self) -> None:
+        """The stream ended early: subjects not yet started are never sent
+        (running ones finish when the pool shuts down)."""
+        while True:
+            try:
+                item = self.order.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple):
+                future, arrival = item
+                future.cancel()
+                arrival.done()  # idempotent; a running subject's own process() has called it or will
 
 
 class _StreamProofs:

@@ -34,7 +34,7 @@ from alliance_gateway.group_commit import GroupCommit
 from alliance_gateway.home import GatewayConfig
 from alliance_gateway.key_share_rpcs import KeyShareRpcs
 from alliance_gateway.log_rpcs import LogRpcs
-from alliance_gateway.member_dispatch import Arrivals
+from alliance_gateway.member_dispatch import Arrival, Arrivals
 from alliance_gateway.membership_rpcs import MembershipRPCs
 from alliance_gateway.peers import PeerChecks
 from alliance_gateway.policy_store import PolicyCache
@@ -140,14 +140,16 @@ class GatewayService(ScreenRpcs, MembershipRPCs, ReconcileRPCs, DisclosureRpcs, 
             raise  # unreachable: abort raises
 
     def process(self, query: pb.SignedQuery, peer_id: str, peer_role: str, kind: str,
-                peer_cert_sha256: bytes) -> pb.GatewayQueryResponse:
+                peer_cert_sha256: bytes, *, arrival: Arrival | None = None) -> pb.GatewayQueryResponse:
         """One query from an authenticated TLS peer (id, role and certificate
         digest). Order matters and is what `audit verify` re-derives: bounds,
         then who is asking, then the signed request, then what is reserved
-        (query id, quota slot) before any member does any work."""
+        (query id, quota slot) before any member does any work. ``arrival``:
+        the query's place among those on their way to the fan-out, when the
+        caller counted it in earlier (a screening stream, as it reads it)."""
         ctx = QueryContext(kind=kind, peer_id=peer_id, query=query, received_ms=self._now_ms(), version=2, rules=self.rules)
         t0 = time.perf_counter()
-        arrival = self.arrivals.arriving()
+        arrival = arrival or self.arrivals.arriving()
         try:
             check_bounds(ctx)
             querier, body = self._admit(ctx, peer_role, peer_cert_sha256)

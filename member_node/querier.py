@@ -254,8 +254,8 @@ class Querier:
         # gRPC pulls a request stream ahead as far as flow control lets it, thousands of requests
         # beyond what the gateway works on; each is signed with its time, and one older than the
         # gateway's freshness window (±60 s, SPEC §5.4) is refused. So a request is made only
-        # when fewer than SCREEN_AHEAD are unanswered: it is signed moments before its turn.
-        ahead = threading.Semaphore(SCREEN_AHEAD)
+        # while few enough are unanswered (ScreenAhead): it is signed shortly before its turn.
+        ahead = ScreenAhead()
         finished = threading.Event()
         exhausted = threading.Event()  # every input row was read (and every subject sent)
 
@@ -351,11 +351,57 @@ class Querier:
 
 
 SCREEN_DECRYPT_WORKERS = max(1, os.cpu_count() or 1)
-# Requests of a screen made but not yet answered. The gateway works on 16 of a
-# stream at once (gateway/screen_rpcs.py); 32 keeps it fed, and even at one
-# subject a second the last of them is signed 32 s before its turn, within the
-# 60 s freshness window.
-SCREEN_AHEAD = 32
+# Requests of a screen made but not yet answered (ScreenAhead). The gateway
+# works on 16 of a stream at once and reads the next 8 together once 8 places
+# are free (gateway/screen_rpcs.py), so at least 24 keep its next wave waiting
+# on the wire; up to 64 keep it there even while this process is slow to make
+# requests (2,000-subject screens at 10 members: 32 → 64 took the mean member
+# call from 5.2 to 8.4 subjects). Never more than about SCREEN_AHEAD_S worth of
+# answers at the rate they come back, so a request is at most about that old
+# when the gateway reaches it, well inside its ±60 s freshness window.
+SCREEN_AHEAD_MIN = 24
+SCREEN_AHEAD = 64
+SCREEN_AHEAD_S = 20.0
+
+
+class ScreenAhead:
+    """How many requests of a screen may be made and not yet answered:
+    the answers of the last SCREEN_AHEAD_S seconds (about the rate times
+    that long), within [SCREEN_AHEAD_MIN, SCREEN_AHEAD]. ``acquire`` before
+    making a request, ``release`` on each answer. Thread-safe."""
+
+    def __init__(self, low: int = SCREEN_AHEAD_MIN, high: int = SCREEN_AHEAD, horizon_s: float = SCREEN_AHEAD_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.low, self.high, self.horizon_s, self._clock = low, high, horizon_s, clock
+        self._unanswered = 0
+        self._answered: deque[float] = deque(maxlen=high)  # times of recent answers; more than `high` never matter
+        self._changed = threading.Condition()
+
+    def limit(self) -> int:
+        with self._changed:
+            return self._limit()
+
+    def _limit(self) -> int:
+        since = self._clock() - self.horizon_s
+        while self._answered and self._answered[0] < since:
+            self._answered.popleft()
+        return max(self.low, len(self._answered))
+
+    def acquire(self, timeout: float) -> bool:
+        """One more request may be made; False after ``timeout`` seconds without a place."""
+        with self._changed:
+            if self._unanswered >= self._limit():
+                self._changed.wait(timeout)
+                if self._unanswered >= self._limit():
+                    return False
+            self._unanswered += 1
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self._unanswered = max(0, self._unanswered - 1)
+            self._answered.append(self._clock())
+            self._changed.notify()
 
 
 def _settled(item: Future[dict[str, Any]] | dict[str, Any] | AllianceError) -> bool:

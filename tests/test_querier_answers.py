@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -573,14 +574,52 @@ def test_a_screen_signs_each_request_just_before_its_turn_however_far_the_transp
     assert max(ages_ms) < 1_500, max(ages_ms)  # reading everything first: the last one 3.3 s old
 
 
-def test_the_querier_keeps_more_requests_ahead_than_the_gateway_works_on() -> None:
-    """The gateway's Screen sends a finished answer when the next request
-    arrives; a querier holding back once the gateway has as many as it works
-    on would wait for an answer the gateway waits to send (a deadlock)."""
+def test_the_querier_keeps_the_gateways_next_wave_waiting() -> None:
+    """The gateway reads a stream's next SCREEN_WAVE requests together once
+    that many of its SCREEN_IN_FLIGHT places are free; with fewer ahead,
+    it would read them one by one and each member would be asked for one
+    or two subjects per call."""
     from alliance_gateway import screen_rpcs
     from alliance_member import querier as querier_mod
 
-    assert querier_mod.SCREEN_AHEAD > screen_rpcs.SCREEN_IN_FLIGHT
+    assert querier_mod.SCREEN_AHEAD_MIN >= screen_rpcs.SCREEN_IN_FLIGHT + screen_rpcs.SCREEN_WAVE
+    assert querier_mod.ScreenAhead().limit() == querier_mod.SCREEN_AHEAD_MIN  # before any answer
+
+
+def test_a_screen_keeps_ahead_only_as_many_requests_as_the_last_20_seconds_answered() -> None:
+    """A request is signed when made; the gateway refuses one older than
+    60 s. At 100 answers a second the querier may keep 64 ahead (0.64 s);
+    at one a second only the floor of 24 (24 s), not 64 (64 s: stale)."""
+    from alliance_member.querier import ScreenAhead
+
+    now = [1000.0]
+    ahead = ScreenAhead(low=24, high=64, horizon_s=20.0, clock=lambda: now[0])
+    assert [ahead.acquire(timeout=0) for _ in range(25)] == [True] * 24 + [False]
+    for _ in range(64):  # a fast gateway: 100 answers a second
+        ahead.release()
+        now[0] += 0.01
+    assert ahead.limit() == 64
+    assert sum(ahead.acquire(timeout=0) for _ in range(70)) == 64
+    now[0] += 21  # nothing answered for longer than the horizon
+    assert ahead.limit() == 24 and not ahead.acquire(timeout=0)
+    for _ in range(64):  # a slow gateway: one answer a second
+        ahead.release()
+        now[0] += 1.0
+    assert ahead.limit() == 24  # 20 answers within the horizon: the floor
+
+
+def test_a_screen_waiting_for_a_place_wakes_on_an_answer() -> None:
+    from alliance_member.querier import ScreenAhead
+
+    ahead = ScreenAhead(low=1, high=1)
+    assert ahead.acquire(timeout=0)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(ahead.acquire(timeout=10)))
+    waiter.start()
+    time.sleep(0.05)
+    ahead.release()
+    waiter.join(5)
+    assert got == [True]
 
 
 @pytest.mark.parametrize("how", ["ends", "breaks"])
