@@ -101,9 +101,11 @@ class Arrivals:
     def on_the_way(self) -> int:
         return self._count  # one int read: no lock needed to look
 
-    def _leave(self) -> None:
-        with self._lock:
-            self._count -= 1
+    def _leave(self, ticket: "Arrival") -> None:
+        with self._lock:  # a ticket may be done on two threads at once (a screen stopping): count it out once
+            if ticket._arrivals is self:
+                ticket._arrivals = None
+                self._count -= 1
 
 
 class Arrival:
@@ -115,9 +117,9 @@ class Arrival:
         self._arrivals: Arrivals | None = arrivals
 
     def done(self) -> None:
-        arrivals, self._arrivals = self._arrivals, None
+        arrivals = self._arrivals
         if arrivals is not None:
-            arrivals._leave()
+            arrivals._leave(self)
 
 
 @dataclass
@@ -196,11 +198,11 @@ class MemberDispatcher:
         its own). Returns at once when nothing is on its way (light load) or
         nothing is queued (the next submit starts a pump of its own)."""
         arrivals = self._arrivals
-        if arrivals is None or self._hold_s <= 0 or not arrivals.on_the_way() or not self._queue:
+        if arrivals is None or self._hold_s <= 0 or arrivals.on_the_way() <= 0 or not self._queue:
             return
         loop_clock = self._loop.time  # real time: the hold is a real wait, whatever clock deadlines use
         until = loop_clock() + self._hold_s
-        while arrivals.on_the_way():
+        while arrivals.on_the_way() > 0:
             with self._lock:
                 if len(self._queue) >= self._max_items:
                     return

@@ -88,6 +88,8 @@ class ScreenRpcs:
             return self.process(request, peer_id, peer_role, kind, cert_sha256, arrival=arrival)  # type: ignore[attr-defined]
         except QueryFailure as failure:
             return pb.GatewayQueryResponse(query_id=_peek_query_id(request), error=failure.as_error())
+        finally:
+            arrival.done()  # process() does, from its first statements on; this covers whatever fails before them
 
 
 _END = object()  # the request stream ended
@@ -159,6 +161,8 @@ class _ScreenStream:
 
     def _hand_over(self, request: pb.SignedQuery) -> None:
         service, (peer_id, peer_role, cert_sha256) = self.service, self.peer
+        if self.stopped:
+            return  # read as the answers stopped: neither counted, rate-checked nor sent
         arrival = service.arrivals.arriving()  # on its way from now: the dispatchers hold for it
         try:
             self.proofs.start(request.known_tree_size)

@@ -356,9 +356,14 @@ SCREEN_DECRYPT_WORKERS = max(1, os.cpu_count() or 1)
 # are free (gateway/screen_rpcs.py), so at least 24 keep its next wave waiting
 # on the wire; up to 64 keep it there even while this process is slow to make
 # requests (2,000-subject screens at 10 members: 32 → 64 took the mean member
-# call from 5.2 to 8.4 subjects). Never more than about SCREEN_AHEAD_S worth of
-# answers at the rate they come back, so a request is at most about that old
-# when the gateway reaches it, well inside its ±60 s freshness window.
+# call from 5.2 to 8.4 subjects). Never more than SCREEN_AHEAD_S worth of
+# answers at the rate they came back, so at a steady pace a request is about
+# that old when the gateway reaches it, inside its ±60 s freshness window. A
+# request already made cannot be re-signed: if the gateway's pace for this
+# stream falls more than threefold at once (and below about one subject a
+# second; 0.5 with a fixed 32), the last requests made may be refused
+# `stale_timestamp`, each as its own subject's error (the stream goes on, and
+# `member screen --resume` asks them again).
 SCREEN_AHEAD_MIN = 24
 SCREEN_AHEAD = 64
 SCREEN_AHEAD_S = 20.0
