@@ -21,10 +21,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from alliance import signing
 from alliance.errors import CryptoError
 
 ED25519_TYPE = 0x01
@@ -232,10 +232,8 @@ def open_note(note: str, verifier: NoteVerifier) -> str:
             raise CryptoError(f"signature line {number} is too short to hold a key ID and a signature")
         if name != verifier.name or sig[:4] != verifier.key_id:
             continue  # an unknown key: ignored
-        try:
-            verifier.public_key.verify(sig[4:], message)
-        except InvalidSignature:
-            raise CryptoError(f"signature by {verifier.name} (line {number}) does not verify") from None
+        if not signing.ed25519_valid(verifier.public_key, sig[4:], message):
+            raise CryptoError(f"signature by {verifier.name} (line {number}) does not verify")
         if verified:
             raise CryptoError(f"signed note has more than one signature by {verifier.name}")
         verified += 1

@@ -17,10 +17,10 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from alliance.checkpoint import SIGNATURE_PREFIX, Checkpoint
+from alliance import signing
 from alliance.errors import CryptoError
 
 COSIGNATURE_ALGORITHM = b"\x04"
@@ -70,10 +70,8 @@ def verify_line(line: str, cp: Checkpoint, witnesses: Mapping[str, bytes], *, no
     (time_s,) = struct.unpack(">Q", blob[4:12])
     if now_s is not None and time_s > now_s + MAX_FUTURE_S:
         raise CryptoError(f"cosignature by {name} is dated in the future")
-    try:
-        Ed25519PublicKey.from_public_bytes(key).verify(blob[12:], signed_message(cp.body(), time_s))
-    except InvalidSignature:
-        raise CryptoError(f"cosignature by {name} does not verify") from None
+    if not signing.ed25519_valid(key, blob[12:], signed_message(cp.body(), time_s)):
+        raise CryptoError(f"cosignature by {name} does not verify")
     return Cosignature(name, time_s)
 
 

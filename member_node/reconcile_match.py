@@ -29,8 +29,9 @@ class OwnSignatures:
     signing key (the one matching ``public_key``), a signature equal to that
     key's signature of the message is ours: Ed25519 signing is deterministic
     (RFC 8032 §5.1.6), so those are the bytes the answer path produced, valid
-    by construction, at a third of a verification's cost. Any other bytes
-    (an older key's, a forgery) still get a full verification."""
+    by construction, for less than a verification (sign 0.033 ms, verify
+    0.053 ms). Any other bytes (an older key's, a forgery) still get a full
+    verification."""
 
     def __init__(self, public_key: Ed25519PublicKey | bytes, signing_key: Ed25519PrivateKey | None = None) -> None:
         self.public_key = public_key if isinstance(public_key, Ed25519PublicKey) else _public_key(public_key)

@@ -11,8 +11,6 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from alliance import signing
 
@@ -23,25 +21,9 @@ SignatureJob = tuple[int, tuple[bytes, ...], bytes, bytes, bool, str]
 """(entry index, candidate Ed25519 keys, prefixed message, signature,
 expected validity, what to say when the outcome is not the expected one)."""
 
-_KEY_CACHE: dict[bytes, Ed25519PublicKey | None] = {}
-
 
 def _signature_valid(key: bytes, message: bytes, signature: bytes) -> bool:
-    if key in _KEY_CACHE:
-        public = _KEY_CACHE[key]
-    else:
-        try:
-            public = Ed25519PublicKey.from_public_bytes(key)
-        except ValueError:
-            public = None
-        _KEY_CACHE[key] = public
-    if public is None or len(signature) != signing.ED25519_SIGNATURE_SIZE:
-        return False
-    try:
-        public.verify(signature, message)
-        return True
-    except InvalidSignature:
-        return False
+    return signing.ed25519_valid(key, signature, message)
 
 
 def check_signature_jobs(jobs: Sequence[SignatureJob]) -> list[tuple[int, str]]:

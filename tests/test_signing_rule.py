@@ -1,0 +1,130 @@
+"""The alliance's one Ed25519 rule (alliance/signing.py, ``ed25519_valid``:
+libsodium's verification) against OpenSSL's (the `cryptography` package,
+which signs here). Whatever the rule accepts, OpenSSL must accept too, so a
+log the gateway wrote under it verifies under either; and it refuses the
+edge cases that make a signature malleable or valid for many keys, which
+OpenSSL lets through. The points are the curve's low-order points, in
+every encoding (canonical and not): constants of edwards25519, not vectors
+from elsewhere."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from alliance import signing
+
+P = 2**255 - 19
+L = 2**252 + 27742317777372353535851937790883648493  # the prime order of the base point (RFC 8032 §5.1)
+
+
+def _enc(y: int, sign: int = 0) -> bytes:
+    return (y | (sign << 255)).to_bytes(32, "little")
+
+
+# The eight points of small order (y coordinates; RFC 7748 / edwards25519) and their
+# non-canonical encodings: y + p where it still fits in 255 bits, and the sign bit
+# set where x = 0 (only the non-negative x exists there).
+_ORDER_8_Y = int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little")
+_ORDER_8_Y2 = int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little")
+LOW_ORDER = [_enc(1), _enc(P - 1), _enc(0), _enc(0, 1),
+             _enc(_ORDER_8_Y), _enc(_ORDER_8_Y, 1), _enc(_ORDER_8_Y2), _enc(_ORDER_8_Y2, 1)]
+NON_CANONICAL = [_enc(1, 1), _enc(P - 1, 1), _enc(P), _enc(P, 1), _enc(P + 1), _enc(P + 1, 1)]
+
+
+def _openssl_valid(key: bytes, signature: bytes, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def test_low_order_points_are_of_low_order() -> None:
+    """The constants above: 8·P is the identity for each (checked with
+    independent affine arithmetic, not with either library)."""
+    d = -121665 * pow(121666, -1, P) % P
+
+    def decode(b: bytes) -> tuple[int, int]:
+        n = int.from_bytes(b, "little")
+        y, sign = n & ((1 << 255) - 1), n >> 255
+        y %= P
+        x2 = (y * y - 1) * pow(d * y * y + 1, -1, P) % P
+        x = pow(x2, (P + 3) // 8, P)
+        if (x * x - x2) % P:
+            x = x * pow(2, (P - 1) // 4, P) % P
+        assert (x * x - x2) % P == 0
+        if x & 1 != sign and x:
+            x = P - x
+        return x, y
+
+    def add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        (x1, y1), (x2, y2) = a, b
+        t = d * x1 * x2 * y1 * y2 % P
+        return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+
+    for enc in LOW_ORDER:
+        point = decode(enc)
+        acc = (0, 1)
+        for _ in range(8):
+            acc = add(acc, point)
+        assert acc == (0, 1), enc.hex()
+
+
+def _signed(seed: int) -> tuple[bytes, bytes, bytes]:
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"rule %d" % seed).digest())
+    message = b"alliance signing rule %d" % seed
+    return key.public_key().public_bytes_raw(), key.sign(message), message
+
+
+def test_honest_signatures_verify_under_both_and_tampering_under_neither() -> None:
+    for seed in range(50):
+        key, sig, msg = _signed(seed)
+        assert signing.ed25519_valid(key, sig, msg) and _openssl_valid(key, sig, msg)
+        for i in (0, 31, 32, 63):
+            bad = bytearray(sig)
+            bad[i] ^= 0x01
+            assert not signing.ed25519_valid(key, bytes(bad), msg)
+        assert not signing.ed25519_valid(key, sig, msg + b"!")
+        other, _, _ = _signed(seed + 1000)
+        assert not signing.ed25519_valid(other, sig, msg)
+        assert not signing.ed25519_valid(key, sig[:63], msg) and not signing.ed25519_valid(key[:31], sig, msg)
+
+
+def test_the_rule_refuses_the_malleable_twin_of_a_valid_signature() -> None:
+    """S + L verifies the same equation; a rule that took it would let
+    anyone make a second valid signature for a logged answer."""
+    key, sig, msg = _signed(7)
+    s = int.from_bytes(sig[32:], "little")
+    twin = sig[:32] + (s + L).to_bytes(32, "little")
+    assert not signing.ed25519_valid(key, twin, msg)
+
+
+def test_the_rule_refuses_a_small_order_key_that_openssl_accepts() -> None:
+    """With the identity as key and R, S = 0 satisfies the equation for
+    every message: OpenSSL accepts it, the alliance's rule does not."""
+    identity = _enc(1)
+    sig = identity + bytes(32)
+    for msg in (b"one message", b"any other"):
+        assert _openssl_valid(identity, sig, msg)
+        assert not signing.ed25519_valid(identity, sig, msg)
+
+
+@pytest.mark.parametrize("message", [b"", b"alliance", bytes(range(200))])
+def test_whatever_the_rule_accepts_openssl_accepts(message: bytes) -> None:
+    """Every low-order and non-canonical encoding as key and as R, with
+    S in {0, 1, L−1, L, L+1, an honest S}, and honest keys and R beside them."""
+    honest_key, honest_sig, _ = _signed(3)
+    keys = LOW_ORDER + NON_CANONICAL + [honest_key]
+    rs = LOW_ORDER + NON_CANONICAL + [honest_sig[:32]]
+    ss = [0, 1, L - 1, L, L + 1, int.from_bytes(honest_sig[32:], "little")]
+    accepted_by_openssl_only = 0
+    for key, r, s in itertools.product(keys, rs, ss):
+        sig = r + s.to_bytes(32, "little")
+        ours, theirs = signing.ed25519_valid(key, sig, message), _openssl_valid(key, sig, message)
+        assert not ours or theirs, (key.hex(), sig.hex())
+        accepted_by_openssl_only += theirs and not ours
+    assert accepted_by_openssl_only > 0  # the set does reach the cases where the two differ
