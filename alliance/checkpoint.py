@@ -183,6 +183,8 @@ def parse_verifier_key(text: str) -> NoteVerifier:
     kid = key_id(name, key[1:])
     if kid.hex() != kid_hex.lower():
         raise CryptoError(f"verifier key ID {kid_hex} does not match its name and key ({kid.hex()})")
+    if not signing.ed25519_key_acceptable(key[1:]):
+        raise CryptoError("verifier key is a point of small order or not canonically encoded")
     return NoteVerifier(name, kid, Ed25519PublicKey.from_public_bytes(key[1:]))
 
 

@@ -1,15 +1,17 @@
-"""The alliance's one Ed25519 rule (alliance/signing.py, ``ed25519_valid``:
-libsodium's verification) against OpenSSL's (the `cryptography` package,
-which signs here). Whatever the rule accepts, OpenSSL must accept too, so a
-log the gateway wrote under it verifies under either; and it refuses the
-edge cases that make a signature malleable or valid for many keys, which
-OpenSSL lets through. The points are the curve's low-order points, in
-every encoding (canonical and not): constants of edwards25519, not vectors
-from elsewhere."""
+"""The alliance's one Ed25519 rule (alliance/signing.py, ``ed25519_valid``):
+OpenSSL's verification under a key that is canonical and not of small
+order, with libsodium's (stricter) yes taken first because it is twice as
+fast. Pinned here against OpenSSL itself (the `cryptography` package, which
+signs here) over every low-order and non-canonical encoding as key and as
+R, edge values of S, honest keys beside them, and signatures valid only
+under cofactored verification. The points are constants of edwards25519;
+the cofactored-only signature is made here with independent affine
+arithmetic."""
 from __future__ import annotations
 
 import hashlib
 import itertools
+from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -114,9 +116,10 @@ def test_the_rule_refuses_a_small_order_key_that_openssl_accepts() -> None:
 
 
 @pytest.mark.parametrize("message", [b"", b"alliance", bytes(range(200))])
-def test_whatever_the_rule_accepts_openssl_accepts(message: bytes) -> None:
+def test_the_rule_is_openssls_under_an_acceptable_key(message: bytes) -> None:
     """Every low-order and non-canonical encoding as key and as R, with
-    S in {0, 1, L−1, L, L+1, an honest S}, and honest keys and R beside them."""
+    S in {0, 1, L−1, L, L+1, an honest S}, and honest keys and R beside them:
+    the rule says yes exactly when OpenSSL does and the key is acceptable."""
     honest_key, honest_sig, _ = _signed(3)
     keys = LOW_ORDER + NON_CANONICAL + [honest_key]
     rs = LOW_ORDER + NON_CANONICAL + [honest_sig[:32]]
@@ -125,6 +128,101 @@ def test_whatever_the_rule_accepts_openssl_accepts(message: bytes) -> None:
     for key, r, s in itertools.product(keys, rs, ss):
         sig = r + s.to_bytes(32, "little")
         ours, theirs = signing.ed25519_valid(key, sig, message), _openssl_valid(key, sig, message)
-        assert not ours or theirs, (key.hex(), sig.hex())
+        assert ours == (theirs and signing.ed25519_key_acceptable(key)), (key.hex(), sig.hex())
         accepted_by_openssl_only += theirs and not ours
-    assert accepted_by_openssl_only > 0  # the set does reach the cases where the two differ
+    assert accepted_by_openssl_only > 0  # the set does reach keys the rule refuses
+
+
+def test_every_small_order_or_non_canonical_key_is_unacceptable_and_honest_ones_are_fine() -> None:
+    assert not any(signing.ed25519_key_acceptable(k) for k in LOW_ORDER + NON_CANONICAL)
+    assert all(signing.ed25519_key_acceptable(_signed(seed)[0]) for seed in range(50))
+    assert not signing.ed25519_key_acceptable(bytes(31)) and not signing.ed25519_key_acceptable(bytes(33))
+
+
+def _edwards() -> tuple[Any, Any, Any]:
+    d = -121665 * pow(121666, -1, P) % P
+
+    def add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        (x1, y1), (x2, y2) = a, b
+        t = d * x1 * x2 * y1 * y2 % P
+        return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+
+    def mul(k: int, point: tuple[int, int]) -> tuple[int, int]:
+        acc = (0, 1)
+        while k:
+            if k & 1:
+                acc = add(acc, point)
+            point, k = add(point, point), k >> 1
+        return acc
+
+    def enc(point: tuple[int, int]) -> bytes:
+        return _enc(point[1], point[0] & 1)
+
+    by = 4 * pow(5, -1, P) % P
+    x2 = (by * by - 1) * pow(d * by * by + 1, -1, P) % P
+    bx = pow(x2, (P + 3) // 8, P)
+    if (bx * bx - x2) % P:
+        bx = bx * pow(2, (P - 1) // 4, P) % P
+    base = (P - bx if bx & 1 else bx, by)
+    return add, (lambda k: mul(k, base)), enc
+
+
+def _sig_with_r(a: int, r_point: Any, message: bytes, r_scalar: int) -> tuple[bytes, bytes]:
+    """A signature by key aB with the given R point (nonce r_scalar for its prime-order part)."""
+    add, base_mul, enc = _edwards()
+    key, r = enc(base_mul(a)), enc(r_point)
+    h = int.from_bytes(hashlib.sha512(r + key + message).digest(), "little") % L
+    return key, r + ((r_scalar + h * a) % L).to_bytes(32, "little")
+
+
+def test_a_signature_valid_only_under_cofactored_verification_is_refused() -> None:
+    """R = rB + T with T of order 2 under an honest key: 8(SB − R − hA) is
+    the identity, SB − R − hA is not. OpenSSL refuses it, so must the rule,
+    whatever libsodium build is installed (a cofactored one is not used)."""
+    add, base_mul, _ = _edwards()
+    a, r, msg = 12345678901234567890 % L, 98765432109876543210 % L, b"cofactored only"
+    key, sig = _sig_with_r(a, add(base_mul(r), (0, P - 1)), msg, r)
+    assert not _openssl_valid(key, sig, msg)
+    assert not signing.ed25519_valid(key, sig, msg)
+    assert not signing.ed25519_valid(*signing._ED25519_COFACTORED_ONLY)  # the module's own check vector
+    assert not _openssl_valid(*signing._ED25519_COFACTORED_ONLY)
+    key, sig = _sig_with_r(a, base_mul(r), msg, r)  # the same without T: valid everywhere
+    assert _openssl_valid(key, sig, msg) and signing.ed25519_valid(key, sig, msg)
+
+
+def test_a_libsodium_that_verified_cofactored_would_not_be_trusted_for_the_fast_path() -> None:
+    assert signing._SODIUM_FAST_PATH  # the pinned PyNaCl's libsodium: cofactorless
+    assert not signing._sodium_agrees(lambda key, sig, msg: True)
+
+
+def test_r_of_small_order_under_an_honest_key_is_valid_as_openssl_says() -> None:
+    """libsodium refuses R of small order; OpenSSL, which wrote every earlier
+    release's logs, accepts it under an honest key. The rule follows OpenSSL,
+    so a log an earlier gateway wrote with such a signature still verifies."""
+    a, msg = 555555555555555 % L, b"a request signed by an old client"
+    key, sig = _sig_with_r(a, (0, 1), msg, 0)  # R = identity, S = h·a
+    from nacl.bindings import crypto_sign_open
+    from nacl.exceptions import BadSignatureError
+
+    with pytest.raises(BadSignatureError):
+        crypto_sign_open(sig + msg, key)
+    assert _openssl_valid(key, sig, msg) and signing.ed25519_valid(key, sig, msg)
+
+
+def test_enrolment_and_log_keys_of_small_order_are_refused_by_name() -> None:
+    """Under a key of small order no signature can be trusted (OpenSSL took
+    S = 0 for every message); a join, a credential or a log key carrying one
+    is refused with that reason, not later with "does not verify"."""
+    import base64
+
+    from alliance import checkpoint, pki
+    from alliance.errors import CryptoError
+
+    for key in LOW_ORDER + NON_CANONICAL:
+        with pytest.raises(CryptoError, match="small order or not canonically encoded"):
+            pki.check_ed25519_public(key, "join request for 'evil'")
+        kid = checkpoint.key_id("log.example/test", key).hex()
+        text = f"log.example/test+{kid}+" + base64.b64encode(b"\x01" + key).decode()
+        with pytest.raises(CryptoError, match="small order or not canonically encoded"):
+            checkpoint.parse_verifier_key(text)
+    pki.check_ed25519_public(_signed(1)[0], "join request for 'honest'")

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from alliance import signing
 from alliance._internal.hexgroups import format_hex_groups, parse_hex_groups
 from alliance.errors import CryptoError, InvalidInput
 from alliance.v1 import alliance_pb2 as pb
@@ -106,6 +107,9 @@ def check_ed25519_public(raw: bytes, who: str) -> None:
         Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
         raise CryptoError(f"{who}: malformed Ed25519 public key ({len(raw)} bytes)") from None
+    if not signing.ed25519_key_acceptable(raw):
+        raise CryptoError(f"{who}: Ed25519 public key is a point of small order or not canonically encoded; "
+                          "no signature under it can be trusted (make a new key with `alliance member keygen`)")
 
 
 def check_x25519_public(raw: bytes, who: str) -> None:
