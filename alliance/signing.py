@@ -38,7 +38,8 @@ def sign(private_key: Ed25519PrivateKey, prefix: bytes, message: bytes) -> bytes
 
 
 _P = 2**255 - 19
-# Encodings of the eight points of small order (y, with the sign bit where x ≠ 0 allows it).
+# y of the eight points of small order (a point and its negation share y; with x = 0, the
+# sign bit set is a non-canonical encoding of the same point).
 _SMALL_ORDER_Y = frozenset({1, _P - 1, 0,
                             0x05fc536d880238b13933c6d305acdfd5f098eff289f4c345b027b2c28f95e826,
                             0x7a03ac9277fdc74ec6cc392cfa53202a0f67100d760b3cba4fd84d3d706a17c7})
