@@ -5,6 +5,7 @@ re-serialises before verifying."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import struct
 from typing import Any
 
@@ -85,6 +86,9 @@ def _sodium_agrees(check: Any = None) -> bool:
 
 
 _SODIUM_FAST_PATH = _sodium_agrees()
+if not _SODIUM_FAST_PATH:
+    logging.getLogger("alliance").warning(
+        "this libsodium verifies Ed25519 cofactored; signatures are checked with OpenSSL alone (correct, about 2x slower)")
 
 
 def ed25519_valid(public_key: Ed25519PublicKey | bytes, signature: bytes, message: bytes) -> bool:

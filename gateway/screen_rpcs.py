@@ -96,10 +96,11 @@ _END = object()  # the request stream ended
 
 
 class _ScreenStream:
-    """One Screen call. A reader thread takes requests off the stream while
-    fewer than SCREEN_IN_FLIGHT are unanswered, counts each as on its way to
-    the fan-out (``Arrivals``) the moment it is read, and hands it to the
-    pool; the handler's thread streams the answers back in request order.
+    """One Screen call. A reader thread takes requests off the stream a wave
+    of SCREEN_WAVE at a time, once that many of the SCREEN_IN_FLIGHT places
+    are free, counts each as on its way to the fan-out (``Arrivals``) the
+    moment it is read, and hands it to the pool; the handler's thread
+    streams the answers back in request order.
 
     Two things follow from reading on a thread of its own. An answer goes
     out as soon as it is done, never waiting for the querier's next request
