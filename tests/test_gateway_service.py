@@ -271,6 +271,25 @@ def test_registry_sees_a_member_added_by_another_process_at_once(members, db_url
     engine.dispose()
 
 
+class Aborted(Exception):
+    """What ScreenPeer.abort raises: (status code, details)."""
+
+
+class ScreenPeer:
+    """A servicer context as the Screen handler uses it: the peer's identity,
+    trailing metadata kept, abort raising ``Aborted``."""
+
+    def __init__(self, members: Any, member_id: str = "mq") -> None:
+        self.peer = (member_id, "member", members[member_id].body.tls_cert_sha256)
+        self.trailing: tuple = ()
+
+    def set_trailing_metadata(self, metadata: tuple) -> None:
+        self.trailing = metadata
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
 def _screen(svc: GatewayService, members, queries: list[pb.SignedQuery]) -> list[pb.GatewayQueryResponse]:  # type: ignore[no-untyped-def]
     class Peer:
         peer = ("mq", "member", members["mq"].body.tls_cert_sha256)
@@ -356,20 +375,6 @@ def test_a_peer_keeps_at_most_two_screening_streams_open(gateway) -> None:
     svc, _, members = gateway
     assert MAX_SCREEN_STREAMS == 2
 
-    class Aborted(Exception):
-        pass
-
-    class Peer:
-        def __init__(self, member_id: str) -> None:
-            self.peer = (member_id, "member", members[member_id].body.tls_cert_sha256)
-            self.trailing: tuple = ()
-
-        def set_trailing_metadata(self, metadata: tuple) -> None:
-            self.trailing = metadata
-
-        def abort(self, code: grpc.StatusCode, details: str) -> None:
-            raise Aborted(code, details)
-
     def held_open():  # type: ignore[no-untyped-def]
         """A request stream that sends nothing until closed."""
         gate: queue.Queue = queue.Queue()
@@ -379,22 +384,22 @@ def test_a_peer_keeps_at_most_two_screening_streams_open(gateway) -> None:
     streams = []
     for _ in range(2):
         gate, requests = held_open()
-        stream = svc.Screen(requests, Peer("mq"))
+        stream = svc.Screen(requests, ScreenPeer(members, "mq"))
         threading.Thread(target=lambda s=stream: list(s), daemon=True).start()  # open, waiting for requests
         streams.append(gate)
     until = time.monotonic() + 10
     while svc.screen_streams._open.get("mq", 0) < 2:
         assert time.monotonic() < until
         time.sleep(0.01)
-    third = Peer("mq")
+    third = ScreenPeer(members, "mq")
     with pytest.raises(Aborted) as refused:
         list(svc.Screen(iter([]), third))
     assert refused.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "too_many_screens" in refused.value.args[1]
     assert dict(third.trailing)["alliance-reason"] == "too_many_screens"
-    assert list(svc.Screen(iter([]), Peer("ma"))) == []  # another peer is not affected
+    assert list(svc.Screen(iter([]), ScreenPeer(members, "ma"))) == []  # another peer is not affected
     streams[0].put(None)  # one stream ends: its slot is free again
     while svc.screen_streams._open.get("mq", 0) > 1:
         assert time.monotonic() < until
         time.sleep(0.01)
-    assert list(svc.Screen(iter([]), Peer("mq"))) == []
+    assert list(svc.Screen(iter([]), ScreenPeer(members, "mq"))) == []
     streams[1].put(None)

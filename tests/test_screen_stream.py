@@ -14,27 +14,10 @@ import pytest
 from alliance.v1 import alliance_pb2 as pb
 from alliance_gateway import screen_rpcs
 from tests.alliance_fixtures import signed_query
+from tests.test_gateway_service import Aborted, ScreenPeer as Peer
 from tests.test_gateway_service import ca, gateway, members  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-class Aborted(Exception):
-    pass
-
-
-class Peer:
-    """A servicer context as the Screen handler uses it."""
-
-    def __init__(self, members: Any, member_id: str = "mq") -> None:
-        self.peer = (member_id, "member", members[member_id].body.tls_cert_sha256)
-        self.trailing: tuple = ()
-
-    def set_trailing_metadata(self, metadata: tuple) -> None:
-        self.trailing = metadata
-
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise Aborted(code, details)
 
 
 def _drain(stream: Any, out: list, timeout_s: float = 20.0) -> threading.Thread:
@@ -92,9 +75,15 @@ def _reader_gone(before: set[threading.Thread]) -> None:
         time.sleep(0.01)
 
 
-def _blocking_process(svc: Any, started: list, release: threading.Event) -> None:
+def _blocking_process(svc: Any, *, released: bool = False) -> tuple[list[int], threading.Event]:
     """process() replaced by one that notes how many subjects are on their
-    way when each starts, waits for ``release``, then answers."""
+    way when each starts (``started``), waits for ``release`` (already set
+    when ``released``), then answers; the peer is read off the fake context."""
+    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
+    started: list[int] = []
+    release = threading.Event()
+    if released:
+        release.set()
     def process(request, peer_id, peer_role, kind, cert, *, arrival=None):  # type: ignore[no-untyped-def]
         assert arrival is not None, "a streamed subject comes with its place among those on their way"
         started.append(svc.arrivals.on_the_way())
@@ -102,6 +91,7 @@ def _blocking_process(svc: Any, started: list, release: threading.Event) -> None
         arrival.done()
         return pb.GatewayQueryResponse(query_id=pb.QueryRequestBody.FromString(request.body).query_id)
     svc.process = process
+    return started, release
 
 
 def test_requests_of_a_wave_are_counted_on_their_way_as_they_are_read(gateway) -> None:  # noqa: F811
@@ -109,10 +99,7 @@ def test_requests_of_a_wave_are_counted_on_their_way_as_they_are_read(gateway) -
     a screen's requests count from the moment they are read, so a wave
     reaches each member in one call rather than in ones and twos."""
     svc, _, members = gateway
-    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
-    started: list[int] = []
-    release = threading.Event()
-    _blocking_process(svc, started, release)
+    started, release = _blocking_process(svc)
     wave = screen_rpcs.SCREEN_WAVE
     requests = [signed_query(members["mq"]) for _ in range(wave)]
     out: list = []
@@ -134,10 +121,7 @@ def test_a_stream_stopped_early_leaves_nothing_counted_on_its_way(gateway) -> No
     this gateway wait its full hold: the client going away mid-stream must
     leave the count at zero, and the reader must not hang."""
     svc, _, members = gateway
-    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
-    started: list[int] = []
-    release = threading.Event()
-    _blocking_process(svc, started, release)
+    started, release = _blocking_process(svc)
     more: queue.Queue = queue.Queue()
     for _ in range(screen_rpcs.SCREEN_IN_FLIGHT + 5):
         more.put(signed_query(members["mq"]))
@@ -163,11 +147,7 @@ def test_a_refusal_while_reading_ends_the_stream_after_the_answers_before_it(gat
     hands over the answers to the subjects before it, then fails with the
     refusal's status, and counts nothing on its way."""
     svc, _, members = gateway
-    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
-    started: list[int] = []
-    release = threading.Event()
-    release.set()
-    _blocking_process(svc, started, release)
+    _blocking_process(svc, released=True)
     calls = [0]
 
     def check_rate(context, peer_id, peer_role, kind):  # type: ignore[no-untyped-def]
@@ -235,11 +215,7 @@ def test_a_request_read_as_the_stream_stops_is_not_counted_for_ever(gateway) -> 
     """The reader may be inside the request stream when the answers stop:
     the request it then gets is neither sent nor left on its way."""
     svc, _, members = gateway
-    svc._peer = lambda context: context.peer  # type: ignore[method-assign]
-    started: list[int] = []
-    release = threading.Event()
-    release.set()
-    _blocking_process(svc, started, release)
+    started, _ = _blocking_process(svc, released=True)
     stopped = threading.Event()
 
     def requests():  # type: ignore[no-untyped-def]

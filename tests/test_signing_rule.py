@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -45,35 +44,51 @@ def _openssl_valid(key: bytes, signature: bytes, message: bytes) -> bool:
     return True
 
 
+# Affine edwards25519 arithmetic (RFC 8032 §5.1), independent of both libraries.
+_D = -121665 * pow(121666, -1, P) % P
+Point = tuple[int, int]
+
+
+def _decode(b: bytes) -> Point:
+    n = int.from_bytes(b, "little")
+    y, sign = (n & ((1 << 255) - 1)) % P, n >> 255
+    x2 = (y * y - 1) * pow(_D * y * y + 1, -1, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * pow(2, (P - 1) // 4, P) % P
+    assert (x * x - x2) % P == 0
+    if x & 1 != sign and x:
+        x = P - x
+    return x, y
+
+
+def _add(a: Point, b: Point) -> Point:
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % P
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
+
+
+def _mul(k: int, point: Point) -> Point:
+    acc = (0, 1)
+    while k:
+        if k & 1:
+            acc = _add(acc, point)
+        point, k = _add(point, point), k >> 1
+    return acc
+
+
+def _point_enc(point: Point) -> bytes:
+    return _enc(point[1], point[0] & 1)
+
+
+_BASE = _decode(_enc(4 * pow(5, -1, P) % P))  # y = 4/5, x even
+
+
 def test_low_order_points_are_of_low_order() -> None:
     """The constants above: 8·P is the identity for each (checked with
     independent affine arithmetic, not with either library)."""
-    d = -121665 * pow(121666, -1, P) % P
-
-    def decode(b: bytes) -> tuple[int, int]:
-        n = int.from_bytes(b, "little")
-        y, sign = n & ((1 << 255) - 1), n >> 255
-        y %= P
-        x2 = (y * y - 1) * pow(d * y * y + 1, -1, P) % P
-        x = pow(x2, (P + 3) // 8, P)
-        if (x * x - x2) % P:
-            x = x * pow(2, (P - 1) // 4, P) % P
-        assert (x * x - x2) % P == 0
-        if x & 1 != sign and x:
-            x = P - x
-        return x, y
-
-    def add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-        (x1, y1), (x2, y2) = a, b
-        t = d * x1 * x2 * y1 * y2 % P
-        return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
-
     for enc in LOW_ORDER:
-        point = decode(enc)
-        acc = (0, 1)
-        for _ in range(8):
-            acc = add(acc, point)
-        assert acc == (0, 1), enc.hex()
+        assert _mul(8, _decode(enc)) == (0, 1), enc.hex()
 
 
 def _signed(seed: int) -> tuple[bytes, bytes, bytes]:
@@ -139,38 +154,9 @@ def test_every_small_order_or_non_canonical_key_is_unacceptable_and_honest_ones_
     assert not signing.ed25519_key_acceptable(bytes(31)) and not signing.ed25519_key_acceptable(bytes(33))
 
 
-def _edwards() -> tuple[Any, Any, Any]:
-    d = -121665 * pow(121666, -1, P) % P
-
-    def add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
-        (x1, y1), (x2, y2) = a, b
-        t = d * x1 * x2 * y1 * y2 % P
-        return ((x1 * y2 + x2 * y1) * pow(1 + t, -1, P) % P, (y1 * y2 + x1 * x2) * pow(1 - t, -1, P) % P)
-
-    def mul(k: int, point: tuple[int, int]) -> tuple[int, int]:
-        acc = (0, 1)
-        while k:
-            if k & 1:
-                acc = add(acc, point)
-            point, k = add(point, point), k >> 1
-        return acc
-
-    def enc(point: tuple[int, int]) -> bytes:
-        return _enc(point[1], point[0] & 1)
-
-    by = 4 * pow(5, -1, P) % P
-    x2 = (by * by - 1) * pow(d * by * by + 1, -1, P) % P
-    bx = pow(x2, (P + 3) // 8, P)
-    if (bx * bx - x2) % P:
-        bx = bx * pow(2, (P - 1) // 4, P) % P
-    base = (P - bx if bx & 1 else bx, by)
-    return add, (lambda k: mul(k, base)), enc
-
-
-def _sig_with_r(a: int, r_point: Any, message: bytes, r_scalar: int) -> tuple[bytes, bytes]:
+def _sig_with_r(a: int, r_point: Point, message: bytes, r_scalar: int) -> tuple[bytes, bytes]:
     """A signature by key aB with the given R point (nonce r_scalar for its prime-order part)."""
-    add, base_mul, enc = _edwards()
-    key, r = enc(base_mul(a)), enc(r_point)
+    key, r = _point_enc(_mul(a, _BASE)), _point_enc(r_point)
     h = int.from_bytes(hashlib.sha512(r + key + message).digest(), "little") % L
     return key, r + ((r_scalar + h * a) % L).to_bytes(32, "little")
 
@@ -179,14 +165,13 @@ def test_a_signature_valid_only_under_cofactored_verification_is_refused() -> No
     """R = rB + T with T of order 2 under an honest key: 8(SB − R − hA) is
     the identity, SB − R − hA is not. OpenSSL refuses it, so must the rule,
     whatever libsodium build is installed (a cofactored one is not used)."""
-    add, base_mul, _ = _edwards()
     a, r, msg = 12345678901234567890 % L, 98765432109876543210 % L, b"cofactored only"
-    key, sig = _sig_with_r(a, add(base_mul(r), (0, P - 1)), msg, r)
+    key, sig = _sig_with_r(a, _add(_mul(r, _BASE), (0, P - 1)), msg, r)
     assert not _openssl_valid(key, sig, msg)
     assert not signing.ed25519_valid(key, sig, msg)
     assert not signing.ed25519_valid(*signing._ED25519_COFACTORED_ONLY)  # the module's own check vector
     assert not _openssl_valid(*signing._ED25519_COFACTORED_ONLY)
-    key, sig = _sig_with_r(a, base_mul(r), msg, r)  # the same without T: valid everywhere
+    key, sig = _sig_with_r(a, _mul(r, _BASE), msg, r)  # the same without T: valid everywhere
     assert _openssl_valid(key, sig, msg) and signing.ed25519_valid(key, sig, msg)
 
 
